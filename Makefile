@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	VENV=$(VENV) bash scripts/install.sh
+
+demo: install
+	$(BIN)/vprbench quickstart
+
+test: install
+	$(BIN)/ruff check vprbench tests benchmarks scripts
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check vprbench tests benchmarks scripts
+	$(BIN)/ruff format --check vprbench tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

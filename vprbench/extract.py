@@ -1,0 +1,211 @@
+"""Batched extraction of global descriptors into the HDF5 cache (resumable, one key per setting)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, DescriptorCache
+from vprbench.datasets.formatted import FormattedDataset
+from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
+from vprbench.errors import VPRBenchError
+from vprbench.models.registry import VPRModel, create_model, get_card, resolve_options
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BAD_IMAGE_POLICIES = ("error", "skip")
+# Fault injection for the resume tests: seconds to sleep after each written batch.
+_SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_BATCH"
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class ExtractSettings:
+    """Everything about an extraction that a user chooses."""
+
+    model: str
+    weights: str | None = None
+    overrides: dict[str, Any] | None = None
+    image_size: tuple[int, int] | None = None  # None: the model card's
+    batch_size: int | None = (
+        None  # None: the protocol's official size for batch-dependent models, else 32
+    )
+    dtype: str = "fp32"
+    device: str = "cpu"
+    on_bad_image: str = "error"
+    workers: int = 0
+
+
+@dataclass
+class ExtractResult:
+    """The cache entry and what produced it."""
+
+    descriptors: CachedDescriptors
+    model: VPRModel
+    preprocess: Preprocess
+    batch_size: int
+    computed: bool  # False when everything came from the cache
+    seconds: float
+    skipped: dict[str, list[str]]
+
+
+def _validate(settings: ExtractSettings) -> None:
+    if settings.dtype not in DTYPES:
+        raise VPRBenchError(f"--dtype must be one of {list(DTYPES)}, got {settings.dtype!r}")
+    if settings.on_bad_image not in BAD_IMAGE_POLICIES:
+        raise VPRBenchError(f"--on-bad-image must be one of {list(BAD_IMAGE_POLICIES)}")
+    if settings.batch_size is not None and settings.batch_size < 1:
+        raise VPRBenchError(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if settings.image_size is not None and min(settings.image_size) < 1:
+        raise VPRBenchError(f"--image-size must be positive, got {settings.image_size}")
+    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VPRBenchError("--device cuda requested, but CUDA is not available here")
+
+
+def cache_key(
+    model: VPRModel, dataset: FormattedDataset, preprocess: Preprocess, settings, batch_size: int
+) -> dict:
+    """The cache key: every input that changes a descriptor, and nothing else."""
+    info = model.weights_info
+    return {
+        "format": FORMAT_VERSION,
+        "model": model.card.name,
+        "options": model.options,
+        "weights_sha256": info.sha256,
+        "random_init": info.random_init,
+        "preprocess": preprocess.as_dict(),
+        "dtype": settings.dtype,
+        "batch_size": batch_size if model.card.batch_dependent else None,
+        "dataset": dataset.name,
+        "dataset_digest": dataset.digest,
+        "on_bad_image": settings.on_bad_image,
+    }
+
+
+def resolve_batch_size(settings: ExtractSettings, dataset: FormattedDataset, registry=None) -> int:
+    """The user's batch size, else the protocol's official one for batch-dependent models, else 32."""
+    if settings.batch_size is not None:
+        return settings.batch_size
+    card = get_card(settings.model)
+    if card.batch_dependent:
+        from vprbench.protocols import load_registry
+
+        protocol = (registry or load_registry()).get(dataset.manifest.get("protocol") or "")
+        if protocol is not None and protocol.inference_batch_size:
+            return protocol.inference_batch_size
+    return 32
+
+
+def extract(
+    dataset: FormattedDataset,
+    settings: ExtractSettings,
+    cache_dir: Path,
+    progress: ProgressFactory | None = None,
+    model: VPRModel | None = None,
+) -> ExtractResult:
+    """Descriptors of every database and query image of ``dataset`` with ``settings``, from the cache
+    when present; otherwise computed batch by batch (resuming any earlier partial run) and cached."""
+    _validate(settings)
+    start = time.perf_counter()
+    card = get_card(settings.model)
+    if model is None:
+        options = resolve_options(card, settings.overrides or {})
+        torch.manual_seed(0)  # random-init models are then reproducible, and cacheable
+        model = create_model(
+            settings.model, weights=settings.weights, cache_dir=cache_dir, **options
+        )
+    preprocess = Preprocess(
+        image_size=tuple(settings.image_size or card.image_size),
+        interpolation=card.interpolation,
+        mean=card.mean,
+        std=card.std,
+    )
+    if preprocess.interpolation not in INTERPOLATIONS:
+        raise VPRBenchError(f"model card '{card.name}': unknown interpolation")
+    batch_size = resolve_batch_size(settings, dataset)
+    cache = DescriptorCache(cache_dir)
+    key = cache_key(model, dataset, preprocess, settings, batch_size)
+    cached = cache.load(key)
+    if cached is not None:
+        return ExtractResult(cached, model, preprocess, batch_size, False, 0.0, {})
+    with cache.lock(key):
+        cached = cache.load(key)  # another process may have finished it while we waited
+        if cached is not None:
+            return ExtractResult(cached, model, preprocess, batch_size, False, 0.0, {})
+        folder, shard_batch = cache.open_partial(key, batch_size)
+        skipped = {
+            split: _extract_split(
+                model, dataset, split, preprocess, settings, folder, shard_batch, progress
+            )
+            for split in SPLITS
+        }
+        counts = {split: len(dataset.split(split)) for split in SPLITS}
+        cache.finalise(key, folder, counts, shard_batch)
+    cached = cache.load(key)
+    assert cached is not None
+    return ExtractResult(
+        cached, model, preprocess, shard_batch, True, time.perf_counter() - start, skipped
+    )
+
+
+def _extract_split(
+    model: VPRModel,
+    dataset: FormattedDataset,
+    split: str,
+    preprocess: Preprocess,
+    settings: ExtractSettings,
+    folder: Path,
+    batch_size: int,
+    progress: ProgressFactory | None,
+) -> list[str]:
+    """Compute the missing batches of one split into shards; returns the skipped image paths."""
+    paths = [dataset.image_path(p) for p in dataset.split(split)]
+    n_batches = -(-len(paths) // batch_size)
+    todo = [
+        b for b in range(n_batches) if not DescriptorCache.shard_path(folder, split, b).is_file()
+    ]
+    # Batches never straddle the database/query boundary and keep dataset order: this matters for
+    # batch-dependent models, whose descriptors depend on which images share a batch.
+    batches = [list(range(b * batch_size, min(len(paths), (b + 1) * batch_size))) for b in todo]
+    tick = progress(f"{dataset.name} {split}", len(paths)) if progress else None
+    if tick:
+        tick(len(paths) - sum(len(b) for b in batches))
+    if not batches:
+        return []
+    loader = DataLoader(
+        ImageList(paths, preprocess), batch_sampler=batches, num_workers=settings.workers
+    )
+    device = torch.device(settings.device)
+    model.to(device)
+    sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
+    skipped: list[str] = []
+    for b, (indices, images, errors) in zip(todo, loader, strict=True):
+        bad = [e for e in errors if e]
+        if bad and settings.on_bad_image == "error":
+            raise VPRBenchError(bad[0] + "; use --on-bad-image skip to leave it out")
+        skipped.extend(bad)
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type, dtype=DTYPES[settings.dtype], enabled=settings.dtype != "fp32"
+            ),
+        ):
+            out = model(images.to(device))
+        desc = F.normalize(out.float(), dim=1).cpu().numpy()
+        valid = np.array([not e for e in errors], dtype=bool)
+        desc[~valid] = 0.0
+        DescriptorCache.write_shard(folder, split, b, desc, valid)
+        if tick:
+            tick(len(indices))
+        if sleep:
+            time.sleep(sleep)
+    return skipped

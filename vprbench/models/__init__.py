@@ -1,0 +1,11 @@
+"""Registered models. Importing this package registers each built-in model once."""
+
+from vprbench.models import baselines, dinov2  # noqa: F401  (registration side effects)
+from vprbench.models.registry import (  # noqa: F401
+    ModelCard,
+    VPRModel,
+    create_model,
+    get_card,
+    list_models,
+    parse_overrides,
+)

