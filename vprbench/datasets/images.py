@@ -67,4 +67,5 @@ class ImageList(Dataset):
             return index, tensor, ""
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             h, w = self.preprocess.image_size
-            return index, torch.zeros(3, h, w), f"{path}: cannot read image ({exc})"
+            reason = getattr(exc, "strerror", None) or "not a decodable image"
+            return index, torch.zeros(3, h, w), f"{path}: cannot read image ({reason})"

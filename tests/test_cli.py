@@ -1,0 +1,266 @@
+"""The command line end to end: quickstart, evaluate on a hand-made dataset, and every bad-input case
+(a one-line error and a non-zero exit, nothing half-written)."""
+
+import json
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_vpr_bench_folder
+from vprbench.cli import main
+
+
+def run(argv, capsys, monkeypatch):
+    """Run ``vprbench ARGV`` in-process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["vprbench", *argv])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str) -> str:
+    """The single error line (progress bars may precede it on stderr); it must come last."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    return errors[0]
+
+
+def test_evaluate_hand_made_dataset(tmp_path, capsys, monkeypatch, isolated_dirs):
+    # queries are noisy copies of their first positive; query 5 has no positives at all
+    src = make_vpr_bench_folder(tmp_path / "src", 12, [[0, 1], [2], [4, 5], [7], [11], []])
+    code, out, err = run(
+        ["datasets", "import", str(src), "--format", "vpr-bench", "--name", "hand"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "imported" in out and "1 without positives" in out
+    code, out, _ = run(
+        ["evaluate", "--model", "pixels", "--dataset", "hand", "--k", "1,5"], capsys, monkeypatch
+    )
+    assert code == 0, out
+    (record_path,) = (isolated_dirs["results"] / "runs").glob("pixels__hand__*.json")
+    record = json.loads(record_path.read_text())
+    assert record["results"]["recall"] == {"1": 5 / 6, "5": 5 / 6}
+    assert record["results"]["num_queries_without_positives"] == 1
+    assert record["settings"]["no_positive_policy"] == "miss"
+    assert record["settings"]["search"]["exact"] is True
+    code, out, _ = run(
+        [
+            "evaluate",
+            "--model",
+            "pixels",
+            "--dataset",
+            "hand",
+            "--k",
+            "1",
+            "--no-positive-policy",
+            "exclude",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    record = json.loads(record_path.read_text())
+    assert record["results"]["recall"] == {"1": 1.0} and record["results"]["num_evaluated"] == 5
+    assert "nothing recomputed" in out
+    preds = np.load(record["files"]["predictions"])
+    assert preds["indices"].shape == (6, 12) and preds["indices"][1, 0] == 2
+
+
+def test_quickstart_end_to_end(capsys, monkeypatch, isolated_dirs):
+    code, out, err = run(["quickstart"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "pixels" in out and "effnet-lite0-gem" in out and "run record" in out
+    records = [
+        json.loads(p.read_text())
+        for p in sorted((isolated_dirs["results"] / "runs").glob("*.json"))
+    ]
+    assert sorted(r["model"]["name"] for r in records) == ["effnet-lite0-gem", "pixels"]
+    gt = np.load(isolated_dirs["data"] / "nordland-sample" / "positives.npz")
+    positives = [gt["indices"][gt["indptr"][i] : gt["indptr"][i + 1]] for i in range(600)]
+    for record in records:
+        assert (
+            record["protocol"]["num_database"] == 600 and record["protocol"]["num_queries"] == 600
+        )
+        assert record["model"]["weights"]["random_init"] is False
+        # recompute recall with plain numpy from the cached descriptors: same numbers as faiss gave
+        with h5py.File(record["files"]["descriptors"], "r") as f:
+            db, q = f["database"][...].astype(np.float64), f["queries"][...].astype(np.float64)
+        order = np.argsort(((q[:, None, :] - db[None, :, :]) ** 2).sum(-1), axis=1, kind="stable")
+        for k in (1, 5, 10, 20):
+            hits = sum(bool(np.isin(order[i, :k], positives[i]).any()) for i in range(600))
+            assert record["results"]["recall"][str(k)] == pytest.approx(hits / 600, abs=1 / 600)
+    # Run again: everything comes from the cache.
+    code, out, err = run(["quickstart"], capsys, monkeypatch)
+    assert code == 0
+
+
+def test_models_and_datasets_listing(capsys, monkeypatch):
+    code, out, _ = run(["models", "list"], capsys, monkeypatch)
+    assert code == 0 and "effnet-lite0-gem" in out and "dinov2-gem" in out
+    code, out, _ = run(["models", "info", "dinov2-gem"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["options"] == {"backbone": "vitb14"}
+    code, out, _ = run(["datasets", "list"], capsys, monkeypatch)
+    assert code == 0 and "pitts30k-test" in out and "27,592" in out
+    code, out, _ = run(["datasets", "info", "msls-val"], capsys, monkeypatch)
+    assert code == 0 and "740" in out and "mapillary" in out.lower()
+    code, out, _ = run(["datasets", "verify", "nordland-sample"], capsys, monkeypatch)
+    assert code == 0 and "1,200 images readable" in out
+
+
+def test_random_init_is_loud(tmp_path, capsys, monkeypatch, isolated_dirs):
+    src = make_vpr_bench_folder(tmp_path / "src", 4, [[0], [1]], size=(28, 28))
+    run(
+        ["datasets", "import", str(src), "--format", "vpr-bench", "--name", "r"],
+        capsys,
+        monkeypatch,
+    )
+    code, out, err = run(
+        [
+            "evaluate",
+            "--model",
+            "dinov2-gem",
+            "--set",
+            "backbone=vits14",
+            "--dataset",
+            "r",
+            "--image-size",
+            "28",
+            "28",
+            "--k",
+            "1",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "RANDOM INIT" in err and "RANDOM INIT" in out
+    (record,) = (isolated_dirs["results"] / "runs").glob("*.json")
+    assert json.loads(record.read_text())["model"]["weights"]["random_init"] is True
+
+
+@pytest.fixture
+def hand(tmp_path, capsys, monkeypatch):
+    src = make_vpr_bench_folder(tmp_path / "src", 4, [[0], [1]])
+    run(
+        ["datasets", "import", str(src), "--format", "vpr-bench", "--name", "hand"],
+        capsys,
+        monkeypatch,
+    )
+    return src
+
+
+def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
+    code, _, err = run(["extract", "--model", "netvlad", "--dataset", "hand"], capsys, monkeypatch)
+    assert code == 1
+    assert (
+        "unknown model 'netvlad'; valid names: dinov2-gem, effnet-lite0-gem, pixels"
+        in one_line_error(err)
+    )
+    code, _, err = run(["extract", "--model", "pixels", "--dataset", "handd"], capsys, monkeypatch)
+    assert code == 1 and "unknown dataset 'handd'; valid names:" in one_line_error(err)
+
+
+def test_missing_image_named(hand, capsys, monkeypatch, isolated_dirs):
+    (hand / "query" / "0000001.png").unlink()
+    code, _, err = run(["extract", "--model", "pixels", "--dataset", "hand"], capsys, monkeypatch)
+    line = one_line_error(err)
+    assert code == 1 and "0000001.png: cannot read image" in line
+    assert not list(isolated_dirs["cache"].rglob("*.h5"))
+    code, out, err = run(
+        ["extract", "--model", "pixels", "--dataset", "hand", "--on-bad-image", "skip"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "1 unreadable image(s) skipped" in err
+    code, out, err = run(
+        [
+            "evaluate",
+            "--model",
+            "pixels",
+            "--dataset",
+            "hand",
+            "--on-bad-image",
+            "skip",
+            "--k",
+            "1",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    (record,) = (isolated_dirs["results"] / "runs").glob("*.json")
+    record = json.loads(record.read_text())
+    assert record["settings"]["on_bad_image"] == "skip"
+    assert record["results"]["num_skipped_query_images"] == 1
+    assert record["results"]["recall"]["1"] == 0.5  # the skipped query is a miss
+
+
+def test_ground_truth_count_mismatch(tmp_path, capsys, monkeypatch, isolated_dirs):
+    src = make_vpr_bench_folder(tmp_path / "src", 4, [[0], [1]])
+    (src / "query" / "0000001.png").unlink()
+    code, _, err = run(
+        ["datasets", "import", str(src), "--format", "vpr-bench", "--name", "x"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 1 and "2 queries, but" in one_line_error(err)
+    assert not (isolated_dirs["data"] / "x").exists()
+
+
+def test_malformed_registry(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "datasets.yaml"
+    bad.write_text("protocols:\n  sped:\n    description: x\n")
+    monkeypatch.setenv("VPRBENCH_DATASETS_YAML", str(bad))
+    code, _, err = run(["datasets", "list"], capsys, monkeypatch)
+    assert code == 1 and f"{bad}: protocols.sped: missing field 'database'" in one_line_error(err)
+
+
+def test_bad_weights(hand, tmp_path, capsys, monkeypatch, isolated_dirs):
+    path = tmp_path / "w.pth"
+    torch.save({"model_state_dict": {"head.weight": torch.zeros(2)}}, path)
+    args = [
+        "extract",
+        "--model",
+        "dinov2-gem",
+        "--set",
+        "backbone=vits14",
+        "--dataset",
+        "hand",
+        "--image-size",
+        "28",
+        "28",
+    ]
+    code, _, err = run([*args, "--weights", str(path)], capsys, monkeypatch)
+    line = one_line_error(err)
+    assert (
+        code == 1
+        and "weights do not match the model" in line
+        and "unexpected key(s): backbone.head.weight" in line
+    )
+    code, _, err = run([*args, "--weights", f"{path}#sha256={'1' * 64}"], capsys, monkeypatch)
+    assert code == 1 and "sha256 mismatch" in one_line_error(err)
+    assert not list(isolated_dirs["cache"].rglob("*.h5"))
+
+
+def test_bad_option_values(hand, capsys, monkeypatch):
+    code, _, err = run(
+        ["evaluate", "--model", "pixels", "--dataset", "hand", "--k", "1,x"], capsys, monkeypatch
+    )
+    assert code == 1 and "--k expects positive integers" in one_line_error(err)
+    code, _, err = run(
+        ["evaluate", "--model", "pixels", "--dataset", "hand", "--k", "50"], capsys, monkeypatch
+    )
+    assert code == 1 and "k=50 exceeds the 4 database images" in one_line_error(err)
+    code, _, err = run(
+        ["extract", "--model", "pixels", "--dataset", "hand", "--device", "cuda"],
+        capsys,
+        monkeypatch,
+    )
+    if not torch.cuda.is_available():
+        assert code == 1 and "CUDA is not available" in one_line_error(err)
