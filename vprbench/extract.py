@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,20 @@ def _validate(settings: ExtractSettings) -> None:
         raise VPRBenchError(f"--image-size must be positive, got {settings.image_size}")
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise VPRBenchError("--device cuda requested, but CUDA is not available here")
+    if settings.dtype == "bf16" and settings.device == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "bf16 on this CPU has no native instructions and is emulated: expect it to be much "
+            "slower than fp32 (benchmarks/extract_dtype.py measures it)",
+            stacklevel=3,
+        )
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN reports native bf16 support (AVX-512 BF16 or AMX) on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def cache_key(
