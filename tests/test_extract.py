@@ -72,6 +72,7 @@ class BatchMean(VPRModel):
     def __init__(self):
         super().__init__()
         self.descriptor_dim = 3 * 8 * 8
+        self.batch_dependent = True
 
     def forward(self, x):
         flat = x.flatten(1)

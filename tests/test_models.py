@@ -11,17 +11,25 @@ import torch
 from vprbench.errors import VPRBenchError
 from vprbench.models import create_model, get_card, list_models, parse_overrides
 from vprbench.models.baselines import packaged_effnet_weights
-from vprbench.models.dinov2 import build_dinov2_backbone
+from vprbench.models.vit import DINOv2ViT
 
 
 def test_registry_names_and_cards():
-    assert list_models() == ["dinov2-gem", "effnet-lite0-gem", "pixels"]
+    assert list_models() == [
+        "cricavpr",
+        "cricavpr-noencoder",
+        "d2vpr",
+        "d2vpr-encoder",
+        "dinov2-gem",
+        "effnet-lite0-gem",
+        "pixels",
+    ]
     card = get_card("dinov2-gem")
     assert card.image_size == (224, 224) and card.interpolation == "bicubic"
     assert card.options == {"backbone": "vitb14"} and not card.batch_dependent
     with pytest.raises(
         VPRBenchError,
-        match="unknown model 'netvlad'; valid names: dinov2-gem, effnet-lite0-gem, pixels",
+        match="unknown model 'netvlad'; valid names: cricavpr, cricavpr-noencoder, d2vpr, ",
     ):
         get_card("netvlad")
 
@@ -54,10 +62,7 @@ def test_effnet_loads_the_packaged_imagenet_weights_strictly():
 def official_dinov2_state_dict(arch="vits14", seed=1):
     """A state dict with the key names and shapes of the official dinov2_<arch>_pretrain.pth."""
     torch.manual_seed(seed)
-    backbone = build_dinov2_backbone(arch)
-    state = {k: torch.randn_like(v) for k, v in backbone.state_dict().items()}
-    state["mask_token"] = torch.zeros(1, backbone.embed_dim)
-    return state
+    return {k: torch.randn_like(v) for k, v in DINOv2ViT(arch).state_dict().items()}
 
 
 def test_dinov2_backbone_matches_official_layout():

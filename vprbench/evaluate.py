@@ -70,7 +70,7 @@ def evaluate(
             "name": model.card.name,
             "options": model.options,
             "descriptor_dim": int(cached.database.shape[1]),
-            "batch_dependent": model.card.batch_dependent,
+            "batch_dependent": model.batch_dependent,
             "weights": model.weights_info.as_dict(),
         },
         "protocol": {

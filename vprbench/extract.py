@@ -99,19 +99,20 @@ def cache_key(
         "random_init": info.random_init,
         "preprocess": preprocess.as_dict(),
         "dtype": settings.dtype,
-        "batch_size": batch_size if model.card.batch_dependent else None,
+        "batch_size": batch_size if model.batch_dependent else None,
         "dataset": dataset.name,
         "dataset_digest": dataset.digest,
         "on_bad_image": settings.on_bad_image,
     }
 
 
-def resolve_batch_size(settings: ExtractSettings, dataset: FormattedDataset, registry=None) -> int:
+def resolve_batch_size(
+    settings: ExtractSettings, dataset: FormattedDataset, model: VPRModel, registry=None
+) -> int:
     """The user's batch size, else the protocol's official one for batch-dependent models, else 32."""
     if settings.batch_size is not None:
         return settings.batch_size
-    card = get_card(settings.model)
-    if card.batch_dependent:
+    if model.batch_dependent:
         from vprbench.protocols import load_registry
 
         protocol = (registry or load_registry()).get(dataset.manifest.get("protocol") or "")
@@ -146,7 +147,7 @@ def extract(
     )
     if preprocess.interpolation not in INTERPOLATIONS:
         raise VPRBenchError(f"model card '{card.name}': unknown interpolation")
-    batch_size = resolve_batch_size(settings, dataset)
+    batch_size = resolve_batch_size(settings, dataset, model)
     cache = DescriptorCache(cache_dir)
     key = cache_key(model, dataset, preprocess, settings, batch_size)
     cached = cache.load(key)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vprbench.errors import VPRBenchError
 from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo
-from vprbench.models.weights import read_checkpoint, resolve_weights, sha256_file, strict_load
+from vprbench.models.weights import read_checkpoint, resolve_weights, sha256_file
 
 
 class RandomInitWarning(UserWarning):
@@ -15,11 +15,15 @@ class RandomInitWarning(UserWarning):
 
 
 def load_weights(
-    model: VPRModel, spec: str | None, card: ModelCard, cache_dir: Path | None
+    model: VPRModel,
+    spec: str | None,
+    card: ModelCard,
+    cache_dir: Path | None,
+    official_url: str | None = None,
 ) -> VPRModel:
     """Load ``spec`` into ``model`` with strict keys (after the model's key map), or mark it random.
 
-    ``spec`` is a file, a URL, or ``official`` (the card's URL and sha256).
+    ``spec`` is a file, a URL, or ``official`` (``official_url``, else the card's URL and sha256).
     """
     if spec is None:
         warnings.warn(
@@ -31,11 +35,22 @@ def load_weights(
         return model
     sha256 = None
     if spec == "official":
-        if card.weights is None or card.weights.url is None:
-            raise VPRBenchError(f"model '{card.name}' has no official weights URL")
-        spec, sha256 = card.weights.url, card.weights.sha256
+        if official_url is not None:
+            spec = official_url
+        elif card.weights is not None and card.weights.url is not None:
+            spec, sha256 = card.weights.url, card.weights.sha256
+        else:
+            raise VPRBenchError(f"model '{card.name}' has no official weights URL; pass a file")
     path = resolve_weights(spec, cache_dir, sha256)
-    state = model.map_state_dict(read_checkpoint(path))
-    strict_load(model, state, str(path))
-    model.weights_info = WeightsInfo(source=str(spec), sha256=sha256_file(path), random_init=False)
+    kind = model.load_checkpoint(read_checkpoint(path), str(path))
+    model.weights_info = WeightsInfo(
+        source=str(spec), sha256=sha256_file(path), random_init=False, kind=kind
+    )
+    if kind != "full":
+        warnings.warn(
+            f"model '{card.name}': only the backbone was initialised from {path.name}; the rest is "
+            "untrained",
+            RandomInitWarning,
+            stacklevel=3,
+        )
     return model

@@ -59,6 +59,7 @@ class WeightsInfo:
     source: str | None
     sha256: str | None
     random_init: bool
+    kind: str = "full"  # "full" model, or "backbone-init" (pre-training weights, backbone only)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,10 +72,18 @@ class VPRModel(nn.Module):
     options: dict[str, Any]
     weights_info: WeightsInfo
     descriptor_dim: int
+    batch_dependent: bool = False  # descriptors depend on which images share an inference batch
 
     def map_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Turn a released checkpoint's keys into this module's keys (identity by default)."""
         return state_dict
+
+    def load_checkpoint(self, state_dict: dict[str, torch.Tensor], source: str) -> str:
+        """Load a released checkpoint with strict keys; returns what it was ("full" by default)."""
+        from vprbench.models.weights import strict_load
+
+        strict_load(self, self.map_state_dict(state_dict), source)
+        return "full"
 
 
 Builder = Callable[..., VPRModel]
@@ -151,4 +160,6 @@ def create_model(
     model = _REGISTRY[name][1](options=options, weights=weights, cache_dir=cache_dir)
     model.card = card
     model.options = options
+    if "batch_dependent" not in vars(model):
+        model.batch_dependent = card.batch_dependent
     return model.eval()
