@@ -17,6 +17,8 @@ from timm.layers import LayerScale, Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
+from vprbench.errors import VPRBenchError
+
 PATCH = 14
 STORED_GRID = 37  # position embeddings are stored for 518 / 14 = 37 patches a side
 
@@ -117,7 +119,7 @@ class DINOv2ViT(nn.Module):
     def __init__(self, arch: str, adapters: bool = False, final_norm: bool = True) -> None:
         super().__init__()
         if arch not in ARCHS:
-            raise ValueError(f"DINOv2 backbone must be one of {sorted(ARCHS)}, got {arch!r}")
+            raise VPRBenchError(f"DINOv2 backbone must be one of {sorted(ARCHS)}, got {arch!r}")
         dim, heads = ARCHS[arch]
         self.embed_dim = dim
         self.patch_embed = PatchEmbed(dim)
@@ -157,7 +159,7 @@ class DINOv2ViT(nn.Module):
     ) -> tuple[list[torch.Tensor], tuple[int, int]]:
         h, w = x.shape[-2:]
         if h % PATCH or w % PATCH:
-            raise ValueError(f"DINOv2 input must be a multiple of 14 pixels, got {h}x{w}")
+            raise VPRBenchError(f"DINOv2 input must be a multiple of 14 pixels, got {h}x{w}")
         grid = (h // PATCH, w // PATCH)
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
