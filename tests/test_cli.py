@@ -264,3 +264,50 @@ def test_bad_option_values(hand, capsys, monkeypatch):
     )
     if not torch.cuda.is_available():
         assert code == 1 and "CUDA is not available" in one_line_error(err)
+
+
+def test_d2vpr_through_the_cache_with_overrides_and_pca(hand, capsys, monkeypatch, isolated_dirs):
+    base = ["--dataset", "hand", "--image-size", "56", "56"]
+    code, out, err = run(["extract", "--model", "d2vpr", *base], capsys, monkeypatch)
+    assert code == 0 and "dim 10752" in out and "RANDOM INIT" in err
+    code, out, _ = run(["extract", "--model", "d2vpr", *base], capsys, monkeypatch)
+    assert "nothing recomputed" in out
+    code, out, _ = run(
+        ["extract", "--model", "d2vpr", "--set", "aggregator=gem", *base], capsys, monkeypatch
+    )
+    assert code == 0 and "dim 768" in out and "computed" in out
+    files = sorted(isolated_dirs["cache"].rglob("d2vpr/*.h5"))
+    assert len(files) == 2
+    code, out, err = run(
+        ["evaluate", "--model", "d2vpr-encoder", "--batch-size", "2", *base, "--k", "1",
+         "--pca", "3", "--pca-fit", "hand"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, err
+    (record_path,) = (isolated_dirs["results"] / "runs").glob("d2vpr-encoder__hand__*.json")
+    record = json.loads(record_path.read_text())
+    assert record["model"]["batch_dependent"] is True and record["settings"]["batch_size"] == 2
+    assert record["settings"]["pca"]["dim"] == 3 and record["model"]["descriptor_dim"] == 3
+    with h5py.File(record["files"]["descriptors"], "r") as f:
+        assert json.loads(f.attrs["key"])["batch_size"] == 2
+    code, _, err = run(
+        ["evaluate", "--model", "pixels", "--dataset", "hand", "--pca", "3"], capsys, monkeypatch
+    )
+    assert code == 1 and "--pca DIM and --pca-fit DATASET go together" in one_line_error(err)
+
+
+def test_batch_dependent_models_use_the_protocols_official_batch_size():
+    from types import SimpleNamespace
+
+    from vprbench.extract import ExtractSettings, resolve_batch_size
+
+    sped = SimpleNamespace(manifest={"protocol": "sped"})
+    pitts = SimpleNamespace(manifest={"protocol": "pitts30k-test"})
+    dependent, independent = (
+        SimpleNamespace(batch_dependent=True),
+        SimpleNamespace(batch_dependent=False),
+    )
+    assert resolve_batch_size(ExtractSettings(model="cricavpr"), sped, dependent) == 3
+    assert resolve_batch_size(ExtractSettings(model="cricavpr"), pitts, dependent) == 8
+    assert resolve_batch_size(ExtractSettings(model="d2vpr"), sped, independent) == 32
+    assert resolve_batch_size(ExtractSettings(model="cricavpr", batch_size=5), sped, dependent) == 5

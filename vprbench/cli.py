@@ -20,6 +20,7 @@ from vprbench.metrics import NO_POSITIVE_POLICIES
 from vprbench.models import get_card, list_models, parse_overrides
 from vprbench.models.common import RandomInitWarning
 from vprbench.paths import cache_root, data_root, results_root
+from vprbench.pca import load_or_fit_pca
 from vprbench.protocols import GT_FORMATS, load_registry
 from vprbench.ui import console, err_console, progress_bars, recall_table
 
@@ -343,6 +344,8 @@ def extract_cmd(
 @cli.command("evaluate")
 @extraction_options
 @click.option("--k", "ks", default=",".join(map(str, DEFAULT_KS)), show_default=True)
+@click.option("--pca", "pca_dim", type=int, default=None, help="Reduce descriptors to DIM by PCA.")
+@click.option("--pca-fit", default=None, help="Dataset whose descriptors the PCA is fitted on.")
 @click.option(
     "--no-positive-policy",
     type=click.Choice(NO_POSITIVE_POLICIES),
@@ -365,6 +368,8 @@ def evaluate_cmd(
     root,
     cache_dir,
     ks,
+    pca_dim,
+    pca_fit,
     no_positive_policy,
     results_dir,
 ) -> None:
@@ -373,14 +378,21 @@ def evaluate_cmd(
         k_values = parse_ks(ks)
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
+    if (pca_dim is None) != (pca_fit is None):
+        raise VPRBenchError("--pca DIM and --pca-fit DATASET go together")
     settings = _settings(
         model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
     )
     ds, result = _run_extract(dataset, settings, root, cache_dir)
     _describe_extract(result)
+    pca = None
+    if pca_dim is not None:
+        _, fit_on = _run_extract(pca_fit, settings, root, cache_dir)
+        pca = load_or_fit_pca(cache_root(cache_dir), fit_on.descriptors, pca_dim)
+        console.print(f"PCA to {pca.dim} dims, fitted on {pca_fit}: {pca.path}", soft_wrap=True)
     try:
         record, path = evaluate(
-            ds, result, k_values, no_positive_policy, results_root(results_dir), device=device
+            ds, result, k_values, no_positive_policy, results_root(results_dir), device, pca
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc

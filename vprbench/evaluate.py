@@ -17,6 +17,7 @@ from vprbench.cache import key_digest
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.extract import ExtractResult
 from vprbench.metrics import NO_POSITIVE_POLICIES, recall_at_k
+from vprbench.pca import PCA
 from vprbench.search import exact_search
 
 DEFAULT_KS = (1, 5, 10, 20)
@@ -41,9 +42,11 @@ def evaluate(
     no_positive_policy: str = "miss",
     results_dir: Path = Path("results"),
     device: str = "cpu",
+    pca: PCA | None = None,
 ) -> tuple[dict, Path]:
-    """Search the database with every query, compute recall@k, and write the run record (JSON) and
-    the top-K predictions (.npz) under ``results_dir/runs``. Returns (record, record path)."""
+    """Search the database with every query (after ``pca``, if given), compute recall@k, and write
+    the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``.
+    Returns (record, record path)."""
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
     cached = extracted.descriptors
@@ -51,13 +54,17 @@ def evaluate(
     top_k = min(max(SAVED_TOP_K, max(ks)), len(cached.database))
     if max(ks) > n_valid_db:
         raise ValueError(f"k={max(ks)} exceeds the {n_valid_db} database images")
+    database, queries = cached.database, cached.queries
+    if pca is not None:
+        database, queries = pca.transform(database), pca.transform(queries)
     indices, distances = exact_search(
-        cached.database, cached.queries, top_k, database_valid=cached.database_valid
+        database, queries, top_k, database_valid=cached.database_valid
     )
     indices[~cached.queries_valid] = -1  # a skipped query retrieves nothing: always a miss
     result = recall_at_k(indices, dataset.positives, ks, no_positive_policy)
     model = extracted.model
-    run_id = f"{model.card.name}__{dataset.name}__{key_digest(cached.key)}"
+    run_key = cached.key if pca is None else {"descriptors": cached.key, "pca": pca.key}
+    run_id = f"{model.card.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
@@ -69,7 +76,7 @@ def evaluate(
         "model": {
             "name": model.card.name,
             "options": model.options,
-            "descriptor_dim": int(cached.database.shape[1]),
+            "descriptor_dim": int(database.shape[1]),
             "batch_dependent": model.batch_dependent,
             "weights": model.weights_info.as_dict(),
         },
@@ -92,6 +99,15 @@ def evaluate(
                 "index": "faiss.IndexFlatL2",
                 "exact": True,
                 "metric": "L2 on L2-normalised",
+            },
+            "pca": None
+            if pca is None
+            else {
+                "dim": pca.dim,
+                "fit_dataset": pca.key["descriptors"]["dataset"],
+                "max_images": pca.key["max_images"],
+                "renormalised": False,
+                "file": str(pca.path),
             },
             "no_positive_policy": no_positive_policy,
             "ks": list(ks),

@@ -45,7 +45,7 @@ class MulConvAdapter(nn.Module):
 
     tokens [B, 1+H*W, C] -> D_fc1 (C -> C/2), ReLU -> on the patch map: 1x1, 1x1+3x3 and 1x1+5x5 conv
     branches whose outputs concatenate back to C/2 channels -> plus the D_fc1 output (residual; the CLS
-    token only takes that residual) -> D_fc2 (C/2 -> C). ``width`` = C; the branch widths are CricaVPR's
+    token skips the convs and so comes out doubled, as in the official code) -> D_fc2 (C/2 -> C). ``width`` = C; the branch widths are CricaVPR's
     (768: 192, 24->96, 24->96) scaled by C / 768, as D²-VPR halves them for ViT-S.
     """
 
@@ -157,7 +157,7 @@ class DINOv2ViT(nn.Module):
     def forward(
         self, x: torch.Tensor, take: tuple[int, ...] = (12,)
     ) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # plain ints, also under tracing (fvcore)
         if h % PATCH or w % PATCH:
             raise VPRBenchError(f"DINOv2 input must be a multiple of 14 pixels, got {h}x{w}")
         grid = (h // PATCH, w // PATCH)
