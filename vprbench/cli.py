@@ -319,25 +319,9 @@ def _describe_extract(result) -> None:
 
 @cli.command("extract")
 @extraction_options
-def extract_cmd(
-    model_name,
-    dataset,
-    weights,
-    overrides,
-    image_size,
-    batch_size,
-    dtype,
-    device,
-    on_bad_image,
-    workers,
-    root,
-    cache_dir,
-) -> None:
+def extract_cmd(dataset, root, cache_dir, **options) -> None:
     """Extract descriptors of a dataset into the HDF5 cache (resumable)."""
-    settings = _settings(
-        model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
-    )
-    _, result = _run_extract(dataset, settings, root, cache_dir)
+    _, result = _run_extract(dataset, _settings(**options), root, cache_dir)
     _describe_extract(result)
 
 
@@ -355,23 +339,7 @@ def extract_cmd(
 )
 @results_option
 def evaluate_cmd(
-    model_name,
-    dataset,
-    weights,
-    overrides,
-    image_size,
-    batch_size,
-    dtype,
-    device,
-    on_bad_image,
-    workers,
-    root,
-    cache_dir,
-    ks,
-    pca_dim,
-    pca_fit,
-    no_positive_policy,
-    results_dir,
+    dataset, root, cache_dir, ks, pca_dim, pca_fit, no_positive_policy, results_dir, **options
 ) -> None:
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
     try:
@@ -380,9 +348,7 @@ def evaluate_cmd(
         raise VPRBenchError(str(exc)) from exc
     if (pca_dim is None) != (pca_fit is None):
         raise VPRBenchError("--pca DIM and --pca-fit DATASET go together")
-    settings = _settings(
-        model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
-    )
+    settings = _settings(**options)
     ds, result = _run_extract(dataset, settings, root, cache_dir)
     _describe_extract(result)
     pca = None
@@ -392,7 +358,13 @@ def evaluate_cmd(
         console.print(f"PCA to {pca.dim} dims, fitted on {pca_fit}: {pca.path}", soft_wrap=True)
     try:
         record, path = evaluate(
-            ds, result, k_values, no_positive_policy, results_root(results_dir), device, pca
+            ds,
+            result,
+            k_values,
+            no_positive_policy,
+            results_root(results_dir),
+            settings.device,
+            pca,
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc

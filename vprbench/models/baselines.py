@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vprbench.models.common import load_weights
+from vprbench.models.common import backbone_with_gem, load_weights
 from vprbench.models.pooling import GeM
 from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo, WeightSource, register_model
 from vprbench.models.weights import read_checkpoint, sha256_file, strict_load
@@ -74,13 +74,7 @@ class EfficientNetLiteGeM(VPRModel):
         self.descriptor_dim = 1280
 
     def map_state_dict(self, state_dict):
-        # Released ImageNet files hold the classifier and no GeM exponent: keep the feature
-        # extractor's keys under backbone., add p = 3 when absent, drop nothing else silently.
-        if any(k.startswith("backbone.") for k in state_dict):
-            return state_dict
-        mapped = {f"backbone.{k}": v for k, v in state_dict.items()}
-        mapped.setdefault("aggregation.p", torch.ones(1) * 3.0)
-        return mapped
+        return backbone_with_gem(state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.aggregation(self.backbone.extract_features(x)), dim=1)

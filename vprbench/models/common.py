@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
+
 from vprbench.errors import VPRBenchError
 from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo
 from vprbench.models.weights import read_checkpoint, resolve_weights, sha256_file
@@ -54,3 +56,14 @@ def load_weights(
             stacklevel=3,
         )
     return model
+
+
+def backbone_with_gem(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key map of the backbone + GeM baselines: a released backbone file (no ``backbone.`` prefix,
+    no GeM exponent) goes under ``backbone.``, with GeM's exponent at its usual start of 3. A file
+    saved from the vprbench model itself passes unchanged."""
+    if any(k.startswith("backbone.") for k in state_dict):
+        return state_dict
+    mapped = {f"backbone.{k}": v for k, v in state_dict.items()}
+    mapped.setdefault("aggregation.p", torch.ones(1) * 3.0)
+    return mapped

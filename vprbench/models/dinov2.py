@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vprbench.models.common import load_weights
+from vprbench.models.common import backbone_with_gem, load_weights
 from vprbench.models.pooling import GeM
 from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
 from vprbench.models.vit import DINOv2ViT, image_grid
@@ -41,12 +41,7 @@ class DINOv2GeM(VPRModel):
         self.descriptor_dim = self.backbone.embed_dim
 
     def map_state_dict(self, state_dict):
-        # The official file is a bare backbone; GeM's exponent starts at its usual 3.
-        if any(k.startswith("backbone.") for k in state_dict):
-            return state_dict
-        mapped = {f"backbone.{k}": v for k, v in state_dict.items()}
-        mapped.setdefault("aggregation.p", torch.ones(1) * 3.0)
-        return mapped
+        return backbone_with_gem(state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (last,), grid = self.backbone(x)
