@@ -385,7 +385,9 @@ def quickstart_cmd(root, cache_dir, results_dir) -> None:
             data_root(root), cache_root(cache_dir), results_root(results_dir), bars
         )
     console.print(
-        recall_table(records, title="nordland-sample (600 summer db / 600 winter queries)")
+        recall_table(
+            records, title="nordland-sample: 600 summer db / 600 winter queries", show_dataset=False
+        )
     )
     console.print(f"dataset:     {data_root(root) / manage.SAMPLE_NAME}")
     console.print(f"descriptors: {cache_root(cache_dir) / 'descriptors' / manage.SAMPLE_NAME}")

@@ -32,12 +32,13 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield factory
 
 
-def recall_table(records: list[dict], title: str = "Recall@k") -> Table:
-    """One row per run record: model, dataset, R@k (percent), query counts."""
+def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: bool = True) -> Table:
+    """One row per run record: model, dataset (unless all rows share it), R@k (percent), counts."""
     ks = sorted({int(k) for r in records for k in r["results"]["recall"]})
     table = Table(title=title)
-    table.add_column("model", overflow="fold")
-    table.add_column("dataset", overflow="fold")
+    table.add_column("model", no_wrap=True)
+    if show_dataset:
+        table.add_column("dataset", no_wrap=True)
     for k in ks:
         table.add_column(f"R@{k}", justify="right")
     table.add_column("queries", justify="right")
@@ -49,7 +50,7 @@ def recall_table(records: list[dict], title: str = "Recall@k") -> Table:
         )
         table.add_row(
             name,
-            r["protocol"]["name"],
+            *([r["protocol"]["name"]] if show_dataset else []),
             *[f"{100 * recall[str(k)]:.2f}" if str(k) in recall else "" for k in ks],
             str(r["results"]["num_evaluated"]),
             str(r["results"]["num_queries_without_positives"]),
