@@ -311,3 +311,31 @@ def test_batch_dependent_models_use_the_protocols_official_batch_size():
     assert resolve_batch_size(ExtractSettings(model="cricavpr"), pitts, dependent) == 8
     assert resolve_batch_size(ExtractSettings(model="d2vpr"), sped, independent) == 32
     assert resolve_batch_size(ExtractSettings(model="cricavpr", batch_size=5), sped, dependent) == 5
+
+
+def test_datasets_format_export_and_download_commands(tmp_path, capsys, monkeypatch, isolated_dirs):
+    from tests.test_formatters import make_nordland_pnv, registry_with
+
+    src = make_nordland_pnv(tmp_path / "pnv", n=12)
+    registry_with(tmp_path, "nordland-pnv", 12, 12)
+    monkeypatch.setenv("VPRBENCH_DATASETS_YAML", str(tmp_path / "datasets.yaml"))
+    code, out, err = run(
+        ["datasets", "format", "nordland-pnv", "--from", str(src)], capsys, monkeypatch
+    )
+    assert code == 0 and "formatted nordland-pnv: 12 database, 12 queries" in out, err
+    out_dir = tmp_path / "exported"
+    code, out, _ = run(
+        ["datasets", "export", "nordland-pnv", "--to", "gsv-cities", "--out", str(out_dir)],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and (out_dir / "nordland_pnv_gt.npy").is_file()
+    code, _, err = run(["datasets", "download", "msls-val"], capsys, monkeypatch)
+    line = one_line_error(err)
+    assert (
+        code == 1
+        and "mapillary.com/dataset/places" in line
+        and "datasets format msls-val --from PATH" in line
+    )
+    code, _, err = run(["datasets", "format", "sped", "--from", str(src)], capsys, monkeypatch)
+    assert code == 1 and "missing ground_truth_new.npy" in one_line_error(err)

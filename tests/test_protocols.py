@@ -11,7 +11,19 @@ EXPECTED = {
     "nordland": (27592, 2760, "explicit", 1, 128),
     "nordland-pnv": (27592, 27592, "frame-window", 10, 128),
     "sped": (607, 607, "same-index", 0, 3),
+    "pitts250k-test": (83952, 8280, "utm-radius", 25, 8),
+    "amstertime": (None, None, "same-index", 0, 8),
     "nordland-sample": (600, 600, "explicit", 1, None),
+}
+FORMATTERS = {
+    "pitts30k-test": ("netvlad-mat", ("pitts30k_test.mat",)),
+    "pitts250k-test": ("netvlad-mat", ("pitts250k_test.mat",)),
+    "msls-val": ("msls", ("train_val",)),
+    "msls-val-full": ("msls-full", ("train_val",)),
+    "nordland": ("vpr-bench", ("ground_truth_new.npy",)),
+    "nordland-pnv": ("nordland-pnv", ("summer", "winter", "cleanImageNames.txt")),
+    "sped": ("vpr-bench", ("ground_truth_new.npy",)),
+    "amstertime": ("pairs", ("new", "old")),
 }
 
 
@@ -28,6 +40,15 @@ def test_registry_holds_the_seeded_protocols():
         )
         assert p.inference_batch_size == batch
         assert p.licence and p.obtain and p.description
+        if name in FORMATTERS:
+            assert (p.formatter, p.source_files) == FORMATTERS[name]
+    downloadable = {name for name, p in registry.items() if p.downloads}
+    assert downloadable == {"nordland", "nordland-pnv", "sped", "amstertime"}
+    assert [a["name"] for a in registry["nordland-pnv"].downloads] == [
+        "summer.tar.gz",
+        "winter.tar.gz",
+        "cleanImageNames.txt",
+    ]
 
 
 def test_unknown_protocol_lists_valid_names():
@@ -61,6 +82,15 @@ def _registry_with(tmp_path, mutate):
         (lambda e: e["positive"].update(threshold=-1), r"field 'threshold' must be >= 0"),
         (lambda e: e["ground_truth"].update(formats=["csv"]), r"unknown format\(s\) \['csv'\]"),
         (lambda e: e.update(inference_batch_size=0), r"'inference_batch_size' must be positive"),
+        (
+            lambda e: e["source"].update(formatter="zip"),
+            r"sped.source: field 'formatter' must be one of",
+        ),
+        (
+            lambda e: e["source"]["download"][0].update(mirrors=[]),
+            r"download\[0\]: field 'mirrors'",
+        ),
+        (lambda e: e["source"]["download"][0].update(sha256="abc"), r"'sha256' must be 64 hex"),
     ],
 )
 def test_malformed_entries_name_file_and_field(tmp_path, mutate, match):

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from vprbench import __version__
 from vprbench.datasets import manage
+from vprbench.datasets.export import EXPORT_FORMATS, export_dataset
 from vprbench.datasets.formatted import list_formatted, load_formatted
 from vprbench.errors import VPRBenchError
 from vprbench.evaluate import DEFAULT_KS, evaluate, parse_ks
@@ -204,6 +205,67 @@ def datasets_import(path, fmt, name, threshold, prefix, image_root, db_list, q_l
     console.print(
         f"[green]imported[/] {name}: {len(gt.database):,} database, {len(gt.queries):,} queries "
         f"({gt.num_without_positives} without positives) -> {out}"
+    )
+    for note in gt.notes:
+        console.print(f"  note: {note}")
+
+
+@datasets.command("format")
+@click.argument("name")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Folder holding the files obtained from the benchmark's official source.",
+)
+@root_option
+def datasets_format(name: str, source: Path, root: Path | None) -> None:
+    """Format a benchmark from its official files (Pitts .mat, MSLS csv, Nordland, SPED, ...)."""
+    with progress_bars() as bars:
+        out, gt = manage.format_dataset(name, source, data_root(root), load_registry(), bars)
+    _describe_formatted(name, out, gt)
+
+
+@datasets.command("download")
+@click.argument("name")
+@root_option
+def datasets_download(name: str, root: Path | None) -> None:
+    """Download, unpack, format and verify a redistributable benchmark."""
+    with progress_bars() as bars:
+        out, gt, reports = manage.download_dataset(name, data_root(root), load_registry(), bars)
+    for report in reports:
+        check = "sha256 verified" if report.verified else "no published sha256; recorded"
+        console.print(f"{report.path} ({check}: {report.sha256})", soft_wrap=True)
+        for failure in report.failures:
+            err_console.print(f"  tried: {failure}", soft_wrap=True)
+    _describe_formatted(name, out, gt)
+
+
+@datasets.command("export")
+@click.argument("name")
+@click.option("--to", "to", type=click.Choice(EXPORT_FORMATS), required=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default ./exports/<name>-<format>).",
+)
+@root_option
+def datasets_export(name: str, to: str, out: Path | None, root: Path | None) -> None:
+    """Write a formatted dataset in VDD or gsv-cities format, to cross-check with other tools."""
+    ds = load_formatted(name, data_root(root))
+    out = out or Path("exports") / f"{name}-{to}"
+    for path in export_dataset(ds, to, out):
+        console.print(f"wrote {path}", soft_wrap=True)
+    console.print(f"image paths are relative to {ds.image_root}", soft_wrap=True)
+
+
+def _describe_formatted(name, out, gt) -> None:
+    console.print(
+        f"[green]formatted[/] {name}: {len(gt.database):,} database, {len(gt.queries):,} queries "
+        f"({gt.num_without_positives} without positives), counts match the registry -> {out}",
+        soft_wrap=True,
     )
     for note in gt.notes:
         console.print(f"  note: {note}")

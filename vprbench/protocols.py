@@ -18,6 +18,8 @@ from vprbench.errors import VPRBenchError
 
 POSITIVE_RULES = ("utm-radius", "frame-window", "same-index", "explicit")
 GT_FORMATS = ("vdd", "gsv-cities", "vpr-bench", "pnv")
+# How `datasets format` reads each benchmark's official files (vprbench/datasets/formatters.py).
+FORMATTER_NAMES = ("netvlad-mat", "msls", "msls-full", "vpr-bench", "nordland-pnv", "pairs")
 
 _REQUIRED = {
     "description": str,
@@ -28,7 +30,7 @@ _REQUIRED = {
     "licence": str,
     "obtain": str,
 }
-_OPTIONAL = {"inference_batch_size": int}
+_OPTIONAL = {"inference_batch_size": int, "source": dict}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class Protocol:
     licence: str
     obtain: str
     inference_batch_size: int | None = None
+    formatter: str | None = None  # None: no official layout to format from (import it instead)
+    source_files: tuple[str, ...] = ()
+    downloads: tuple[dict, ...] = ()  # archives {name, mirrors, sha256, extract}; () = request-only
 
     def positive_summary(self) -> str:
         """How positives are defined, in a few words: '<= 25 m', '+/-10 frames', 'same index'."""
@@ -120,6 +125,7 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
     threshold = _field(pos, "threshold", (int, float), f"{where}.positive")
     if threshold < 0:
         raise VPRBenchError(f"{where}.positive: field 'threshold' must be >= 0, got {threshold}")
+    source = _parse_source(entry.get("source"), f"{where}.source")
     batch = _field(entry, "inference_batch_size", int, where, optional=True)
     if batch is not None and batch <= 0:
         raise VPRBenchError(f"{where}: field 'inference_batch_size' must be positive, got {batch}")
@@ -138,7 +144,38 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         licence=fields["licence"],
         obtain=fields["obtain"],
         inference_batch_size=batch,
+        **source,
     )
+
+
+def _parse_source(source: dict | None, where: str) -> dict:
+    """The optional ``source:`` block: formatter, the files it needs, downloadable archives."""
+    if source is None:
+        return {}
+    if not isinstance(source, dict):
+        raise VPRBenchError(f"{where}: expected a mapping")
+    _check_keys(source, {"formatter", "files", "download"}, where)
+    formatter = _field(source, "formatter", str, where)
+    if formatter not in FORMATTER_NAMES:
+        raise VPRBenchError(
+            f"{where}: field 'formatter' must be one of {list(FORMATTER_NAMES)}, got {formatter!r}"
+        )
+    files = _field(source, "files", list, where)
+    archives = _field(source, "download", list, where, optional=True) or []
+    for i, archive in enumerate(archives):
+        here = f"{where}.download[{i}]"
+        if not isinstance(archive, dict):
+            raise VPRBenchError(f"{here}: expected a mapping")
+        _check_keys(archive, {"name", "mirrors", "sha256", "extract"}, here)
+        _field(archive, "name", str, here)
+        mirrors = _field(archive, "mirrors", list, here)
+        if not mirrors or not all(isinstance(m, str) for m in mirrors):
+            raise VPRBenchError(f"{here}: field 'mirrors' must be a non-empty list of URLs")
+        sha = _field(archive, "sha256", str, here, optional=True)
+        if sha is not None and len(sha) != 64:
+            raise VPRBenchError(f"{here}: field 'sha256' must be 64 hex digits")
+        _field(archive, "extract", bool, here, optional=True)
+    return {"formatter": formatter, "source_files": tuple(files), "downloads": tuple(archives)}
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:

@@ -126,10 +126,12 @@ def _safe_members(names: list[str], archive: Path) -> None:
 
 
 def extract(archive: Path, dest: Path) -> Path:
-    """Unpack a .zip, .tar, .tar.gz or .tgz into ``dest`` (through a temporary folder, renamed into
-    place), refusing members that would land outside it. Returns ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    """Unpack a .zip, .tar, .tar.gz or .tgz into ``dest``, refusing members that would land outside
+    it. The archive is unpacked in a temporary folder first; only then is each of its top-level
+    entries moved into ``dest`` (replacing an entry of the same name), so several archives can be
+    unpacked side by side and a damaged one leaves ``dest`` as it was. Returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=dest))
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
@@ -141,9 +143,13 @@ def extract(archive: Path, dest: Path) -> Path:
                 t.extractall(tmp, filter="data")
         else:
             raise VPRBenchError(f"{archive}: neither a zip nor a tar archive")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        for entry in tmp.iterdir():
+            target = dest / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            os.replace(entry, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise VPRBenchError(f"{archive}: damaged archive ({exc})") from exc
     finally:

@@ -106,6 +106,13 @@ def write_formatted(
         (tmp / "queries.txt").write_text("\n".join(gt.queries) + "\n")
         indptr, indices = to_csr(gt.positives)
         np.savez(tmp / "positives.npz", indptr=indptr, indices=indices)
+        if gt.coordinates is not None:
+            np.savez(
+                tmp / "coordinates.npz",
+                kind=gt.coordinates["kind"],
+                database=np.asarray(gt.coordinates["database"], dtype=np.float64),
+                queries=np.asarray(gt.coordinates["queries"], dtype=np.float64),
+            )
         manifest = {
             "name": name,
             "protocol": protocol.name if protocol else None,
@@ -168,6 +175,15 @@ def load_formatted(name: str, data_root: Path) -> FormattedDataset:
         positives=positives,
         manifest=manifest,
     )
+
+
+def load_coordinates(ds: FormattedDataset) -> dict | None:
+    """The coordinates stored with a formatted dataset, or None if its source had none."""
+    path = ds.folder / "coordinates.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {"kind": str(z["kind"]), "database": z["database"], "queries": z["queries"]}
 
 
 def list_formatted(data_root: Path) -> list[str]:

@@ -31,6 +31,9 @@ class GroundTruth:
     threshold: float
     image_root: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # Where the source has them: {"kind": "utm" | "frame", "database": [Nd, 2], "queries": [Nq, 2]}
+    # ("frame" stores the frame number in column 0). Needed to export to VDD file names.
+    coordinates: dict | None = None
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(self.queries):

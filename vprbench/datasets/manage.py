@@ -3,6 +3,7 @@ embedded Nordland sample. The command line calls these; they hold the logic."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -94,7 +95,19 @@ def import_dataset(
     that every image exists, then write the formatted dataset. Returns (folder, ground truth)."""
     protocol = registry.get(name)
     gt = read_ground_truth(Path(path), fmt, protocol=protocol, **reader_options)
-    check_counts(gt, protocol, str(path))
+    return finish_formatting(gt, name, data_root, protocol, Path(path), progress), gt
+
+
+def finish_formatting(
+    gt: GroundTruth,
+    name: str,
+    data_root: Path,
+    protocol: Protocol | None,
+    source: Path,
+    progress: ProgressFactory | None = None,
+) -> Path:
+    """Check counts and that every image exists, then write the formatted dataset atomically."""
+    check_counts(gt, protocol, str(source))
     tick = (
         progress(f"check images of {name}", len(gt.database) + len(gt.queries))
         if progress
@@ -106,8 +119,72 @@ def import_dataset(
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         raise VPRBenchError(f"{gt.image_root}: {len(missing)} image(s) missing: {shown}")
-    folder = write_formatted(gt, name, data_root, protocol, source=str(Path(path).resolve()))
-    return folder, gt
+    return write_formatted(gt, name, data_root, protocol, source=str(Path(source).resolve()))
+
+
+def format_dataset(
+    name: str,
+    source: Path,
+    data_root: Path,
+    registry: dict[str, Protocol],
+    progress: ProgressFactory | None = None,
+) -> tuple[Path, GroundTruth]:
+    """Format a benchmark from the files of its official source (``datasets format NAME --from``)."""
+    from vprbench.datasets.formatters import FORMATTERS
+    from vprbench.protocols import get_protocol
+
+    protocol = get_protocol(name, registry)
+    if protocol.formatter is None:
+        raise VPRBenchError(
+            f"protocol '{name}' has no official layout to format from; use `vprbench datasets import`"
+        )
+    if not Path(source).exists():
+        raise VPRBenchError(f"{source}: not found")
+    gt = FORMATTERS[protocol.formatter](Path(source), protocol, list(protocol.source_files))
+    return finish_formatting(gt, name, data_root, protocol, Path(source), progress), gt
+
+
+def download_instructions(protocol: Protocol) -> str:
+    """Where and how to request a dataset that may not be redistributed, and what to run next."""
+    then = f"vprbench datasets format {protocol.name} --from PATH"
+    text = (
+        f"'{protocol.name}' cannot be downloaded by vprbench: {protocol.licence.rstrip('.')}. "
+        f"Obtain it: {protocol.obtain.rstrip('.')}"
+    )
+    return text if then in text else f"{text}; then run `{then}`"
+
+
+def download_dataset(
+    name: str,
+    data_root: Path,
+    registry: dict[str, Protocol],
+    progress: ProgressFactory | None = None,
+) -> tuple[Path, GroundTruth, list]:
+    """Fetch every archive of ``name`` (mirrors in order, resumable, checked), unpack them under
+    ``<data_root>/_raw/<name>/``, then format and verify counts. Returns (folder, gt, fetch reports)."""
+    from vprbench.datasets.download import Archive, extract, fetch
+    from vprbench.protocols import get_protocol
+
+    protocol = get_protocol(name, registry)
+    if name == SAMPLE_NAME:  # embedded in the package: nothing to fetch
+        ds = ensure_sample(data_root, registry)
+        return ds.folder, read_ground_truth(embedded_sample_path(), "vpr-bench"), []
+    if not protocol.downloads:
+        raise VPRBenchError(download_instructions(protocol))
+    raw = data_root / "_raw" / name
+    unpacked = raw / "files"
+    reports = []
+    for spec in protocol.downloads:
+        archive = Archive(spec["name"], tuple(spec["mirrors"]), spec.get("sha256"))
+        report = fetch(archive, raw / "archives", progress)
+        reports.append(report)
+        if spec.get("extract", True):
+            extract(report.path, unpacked)
+        else:
+            unpacked.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report.path, unpacked / spec["name"])
+    folder, gt = format_dataset(name, unpacked, data_root, registry, progress)
+    return folder, gt, reports
 
 
 def ensure_sample(data_root: Path, registry: dict[str, Protocol]) -> FormattedDataset:

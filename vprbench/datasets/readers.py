@@ -121,6 +121,7 @@ def read_vdd(path: str | Path, threshold: float = 25.0) -> GroundTruth:
         positive_rule="utm-radius",
         threshold=float(threshold),
         image_root=root,
+        coordinates={"kind": "utm", "database": db_xy, "queries": q_xy},
     )
 
 
@@ -284,9 +285,11 @@ def read_pnv(
     threshold = file_threshold if threshold is None else float(threshold)
     db = _read_list(Path(database_list) if database_list else None, len(utm_db), "database")
     q = _read_list(Path(queries_list) if queries_list else None, len(utm_q), "query")
+    coordinates = {"kind": "utm", "database": utm_db, "queries": utm_q}
     if rule == "utm-radius":
         positives = positives_within_radius(utm_q, utm_db, threshold)
     elif rule == "frame-window":
+        coordinates["kind"] = "frame"
         for name, arr in (("utmQ", utm_q), ("utmDb", utm_db)):
             if not np.array_equal(arr[:, 0], arr[:, 1]):
                 raise VPRBenchError(
@@ -303,4 +306,5 @@ def read_pnv(
         positive_rule=rule,
         threshold=threshold,
         image_root=Path(image_root) if image_root else npz.parent,
+        coordinates=coordinates,
     )
