@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import click
+import torch
 from rich.table import Table
 
 from vprbench import __version__
@@ -23,7 +24,14 @@ from vprbench.models.common import RandomInitWarning
 from vprbench.paths import cache_root, data_root, results_root
 from vprbench.pca import load_or_fit_pca
 from vprbench.protocols import GT_FORMATS, load_registry
-from vprbench.ui import console, err_console, progress_bars, recall_table
+from vprbench.ui import (
+    breakdown_table,
+    console,
+    err_console,
+    profile_table,
+    progress_bars,
+    recall_table,
+)
 
 root_option = click.option(
     "--root",
@@ -432,6 +440,69 @@ def evaluate_cmd(
         raise VPRBenchError(str(exc)) from exc
     console.print(recall_table([record]))
     console.print(f"run record: {path}", soft_wrap=True)
+
+
+@cli.command("profile")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--image-size", nargs=2, type=int, default=None, metavar="H W")
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Option for every model."
+)
+@click.option("--pca", "pca_dim", type=int, default=None, help="Count a PCA to DIM as well.")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--repeats", type=int, default=10, show_default=True)
+@click.option("--vs", "reference", default=None, help="Reference model (default: the first named).")
+@click.option("--force", is_flag=True, help="Measure again even if a profile of this key exists.")
+@results_option
+def profile_cmd(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
+                repeats, reference, force, results_dir) -> None:  # fmt: skip
+    """Parameters, fvcore FLOPs, latency and memory of MODELS; reductions against a reference."""
+    from vprbench.profile import ProfileSettings, profile_model, reductions
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VPRBenchError("--device cuda requested, but CUDA is not available here")
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise VPRBenchError("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    reference = reference or models[0]
+    names = list(dict.fromkeys([*models, reference]))
+    settings = ProfileSettings(
+        tuple(image_size) if image_size else None, batch_size, dtype, device, threads, warmup,
+        repeats, pca_dim,
+    )  # fmt: skip
+    records = []
+    for name in names:
+        err_console.print(f"profiling {name} ...")
+        records.append(
+            profile_model(
+                name, parse_overrides(overrides), settings, results_root(results_dir), force
+            )
+        )
+    console.print(profile_table(records, settings))
+    console.print(breakdown_table(records))
+    for row in reductions(records, reference):
+        if row["model"] != reference:
+            console.print(
+                f"{row['model']} vs {reference}: {100 * row['params']:.1f}% fewer parameters, "
+                f"{100 * row['flops']:.1f}% fewer FLOPs, {100 * row['latency']:.1f}% lower latency"
+            )
+    not_counted = sorted({op for r in records for op in r["flops"]["not_counted_ops"]})
+    console.print(
+        "FLOPs: fvcore counts one multiply-add as one flop (shown as GMACs); GFLOPs = 2 x GMACs. "
+        "Not counted (element-wise, fvcore's convention): " + ", ".join(not_counted),
+        soft_wrap=True,
+    )
+    console.print(
+        f"Latency: median \\[p25-p75] of {repeats} runs after {warmup} warm-up runs, batch "
+        f"{batch_size}, input tensors already in memory (no data loading).",
+        soft_wrap=True,
+    )
+    for r in records:
+        state = "cached" if r.get("cached") else "measured"
+        console.print(f"{r['model']}: {state}", soft_wrap=True)
 
 
 @cli.command("quickstart")

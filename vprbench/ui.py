@@ -56,3 +56,48 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
             str(r["results"]["num_queries_without_positives"]),
         )
     return table
+
+
+def profile_table(records: list[dict], settings) -> Table:
+    """One row per profile: parameters, GMACs/GFLOPs per image, latency, throughput, memory."""
+    table = Table(
+        title=f"Cost per image ({records[0]['settings']['device']}, {records[0]['settings']['dtype']})"
+    )
+    table.add_column("model", no_wrap=True)
+    for col in ("input", "params", "trainable", "GMACs", "GFLOPs", "ms/img", "img/s", "peak MiB"):
+        table.add_column(col, justify="right")
+    for r in records:
+        lat = r["latency"]
+        table.add_row(
+            r["model"],
+            "x".join(map(str, r["image_size"])),
+            f"{r['params']['total'] / 1e6:.2f} M",
+            f"{r['params']['trainable'] / 1e6:.2f} M",
+            f"{r['flops']['gmacs_per_image']:.2f}",
+            f"{r['flops']['gflops_per_image']:.2f}",
+            f"{lat['image_ms_median']:.1f} [{lat['batch_ms_p25'] / r['settings']['batch_size']:.1f}-"
+            f"{lat['batch_ms_p75'] / r['settings']['batch_size']:.1f}]",
+            f"{lat['images_per_second']:.1f}",
+            f"{r['memory']['peak_mib']:.0f}",
+        )
+    return table
+
+
+def breakdown_table(records: list[dict]) -> Table:
+    """Parameters (M) and GMACs per module group (backbone, adapters, DRM, aggregator, encoder, PCA)."""
+    groups = list(dict.fromkeys(g for r in records for g in r["params"]["by_group"]))
+    groups += [g for r in records for g in r["flops"]["macs_by_group"] if g not in groups]
+    table = Table(title="Per module: params (M) / GMACs per image")
+    table.add_column("model", no_wrap=True)
+    for g in groups:
+        table.add_column(g, justify="right")
+    for r in records:
+        cells = []
+        for g in groups:
+            p = r["params"]["by_group"].get(g)
+            f = r["flops"]["macs_by_group"].get(g)
+            cells.append(
+                "-" if p is None and f is None else f"{(p or 0) / 1e6:.2f} / {(f or 0) / 1e9:.2f}"
+            )
+        table.add_row(r["model"], *cells)
+    return table

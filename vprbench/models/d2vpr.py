@@ -146,6 +146,9 @@ class CricaVPR(RegionalVPRModel):
         super().__init__(aggregator, tdda_guidance, cross_image_encoder)
         self.backbone = DINOv2ViT("vitb14", adapters=adapters, final_norm=True)
         init_adapters(self.backbone)
+        # CricaVPR trains only the adapters inside its backbone (official train.py).
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad_(".adapter." in name)
 
     def tokens(self, x):
         (last,), grid = self.backbone(x)

@@ -1,0 +1,134 @@
+"""Profiling: FLOPs of a small model worked out by hand, parameter groups, reductions, caching."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vprbench.profile import (
+    ProfileSettings,
+    count_flops,
+    parameter_groups,
+    profile_model,
+    reductions,
+)
+
+
+class Toy(nn.Module):
+    """Every counted operator kind of the real models, on a [1, 3, 4, 4] input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, kernel_size=1, bias=False)
+        self.fc = nn.Linear(8, 5, bias=False)
+
+    def forward(self, x):
+        a = self.conv(x)  # 2 out x 3 in x 16 positions = 96 MACs
+        tokens = x.flatten(2).transpose(1, 2).unsqueeze(1)  # [1, 1, 16, 3]
+        b = F.scaled_dot_product_attention(tokens, tokens, tokens)  # 16*16*3 + 16*16*3 = 1536
+        grid = torch.zeros(1, 2, 2, 2)
+        c = F.grid_sample(x, grid, align_corners=True)  # 12 outputs x 4 = 48
+        d = F.avg_pool2d(a, 4)  # 32 inputs = 32
+        e = self.fc(torch.cat([d.flatten(1), d.flatten(1), d.flatten(1), d.flatten(1)], 1))  # 40
+        return torch.cat([b.flatten(), c.flatten(), e.flatten()])
+
+
+def test_flops_of_a_small_model_worked_out_by_hand():
+    report = count_flops(Toy(), (4, 4))
+    assert report.macs_per_image == 96 + 1536 + 48 + 32 + 40
+    assert report.by_group == {"conv": 96.0, "fc": 40.0}
+    assert "aten::scaled_dot_product_attention" not in report.not_counted
+    assert "aten::grid_sampler" not in report.not_counted
+    # per image: a batch of 3 counts the same per image
+    assert (
+        count_flops(nn.Sequential(nn.Conv2d(3, 2, 1, bias=False)), (4, 4), batch=3).macs_per_image
+        == 96
+    )
+
+
+def test_parameter_groups_split_adapters_from_the_backbone():
+    from vprbench.models import create_model
+
+    with pytest.warns(UserWarning):
+        model = create_model("d2vpr-encoder")
+    groups = parameter_groups(model)
+    assert groups == {
+        "backbone": 22_055_808,  # ViT-S/14 with mask token, without DINOv2's final norm
+        "adapters": 2_295_648,
+        "drm": 1_181_952,
+        "aggregator": 788_996 + 789_504 + 99_712 + 1,
+        "encoder": 11_027_968,
+    }
+    assert sum(groups.values()) == 38_239_589
+
+
+def test_cricavpr_trains_only_adapters_in_its_backbone():
+    from vprbench.models import create_model
+
+    with pytest.warns(UserWarning):
+        model = create_model("cricavpr")
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 20_181_185
+
+
+def test_reductions_against_a_reference():
+    records = [
+        {
+            "model": "a",
+            "params": {"total": 25},
+            "flops": {"macs_per_image": 40},
+            "latency": {"image_ms_median": 5},
+        },
+        {
+            "model": "b",
+            "params": {"total": 100},
+            "flops": {"macs_per_image": 100},
+            "latency": {"image_ms_median": 20},
+        },
+    ]
+    rows = {r["model"]: r for r in reductions(records, "b")}
+    assert (
+        rows["a"]["params"] == 0.75 and rows["a"]["flops"] == 0.6 and rows["a"]["latency"] == 0.75
+    )
+    assert rows["b"]["params"] == 0.0
+
+
+def test_profile_record_is_cached_by_key(tmp_path):
+    settings = ProfileSettings(image_size=(64, 64), warmup=0, repeats=2, threads=1)
+    first = profile_model("effnet-lite0-gem", {}, settings, tmp_path)
+    assert not first["cached"] and first["params"]["total"] == 4_652_009
+    assert first["latency"]["repeats"] == 2 and first["memory"]["peak_mib"] > 0
+    assert first["flops"]["gflops_per_image"] == pytest.approx(
+        2 * first["flops"]["gmacs_per_image"]
+    )
+    again = profile_model("effnet-lite0-gem", {}, settings, tmp_path)
+    assert again["cached"] and again["latency"] == first["latency"]
+    other = profile_model(
+        "effnet-lite0-gem",
+        {},
+        ProfileSettings(image_size=(32, 32), warmup=0, repeats=2, threads=1),
+        tmp_path,
+    )
+    assert (
+        not other["cached"] and other["flops"]["macs_per_image"] < first["flops"]["macs_per_image"]
+    )
+    saved = list((tmp_path / "profiles").glob("effnet-lite0-gem__*.json"))
+    assert len(saved) == 2 and json.loads(saved[0].read_text())["model"] == "effnet-lite0-gem"
+
+
+def test_profile_command(capsys, monkeypatch, isolated_dirs):
+    from tests.test_cli import run
+
+    code, out, err = run(
+        ["profile", "pixels", "effnet-lite0-gem", "--vs", "effnet-lite0-gem", "--image-size", "32", "32",
+         "--repeats", "2", "--warmup", "0", "--pca", "16"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "pixels vs effnet-lite0-gem:" in out and "GMACs" in out and "no data loading" in out
+    records = [
+        json.loads(p.read_text()) for p in (isolated_dirs["results"] / "profiles").glob("*.json")
+    ]
+    pca = {r["model"]: r["params"]["by_group"]["pca"] for r in records}
+    assert pca == {"pixels": 3072 * 16 + 3072, "effnet-lite0-gem": 1280 * 16 + 1280}
