@@ -99,8 +99,8 @@ def test_format_pitts30k_from_netvlad_mat(tmp_path):
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 
 
-def make_msls(root):
-    """mapillary_sls layout for cph and sf: postprocessed.csv, raw.csv, subtask_index.csv per side."""
+def make_msls(root, cities=("cph", "sf")):
+    """mapillary_sls layout per city: postprocessed.csv, raw.csv, subtask_index.csv per side."""
     rows = {  # side: (keys, easting offsets, pano flags, subtask 'all' flags)
         "database": (
             ["d0", "d1", "d2", "d3"],
@@ -115,7 +115,7 @@ def make_msls(root):
             [1, 1, 0, 1],
         ),
     }
-    for city in ("cph", "sf"):
+    for city in cities:
         for side, (keys, east, pano, subtask) in rows.items():
             folder = root / "train_val" / city / side
             folder.mkdir(parents=True)
@@ -271,3 +271,24 @@ def test_download_of_a_request_only_dataset_says_how():
         match=r"'pitts30k-test' cannot be downloaded by vprbench: .*netvlad.*datasets format pitts30k-test --from PATH",
     ):
         download_dataset("pitts30k-test", data_root(), load_registry())
+
+
+def test_download_msls_sample_reads_its_city(server, tmp_path):  # noqa: F811
+    src = make_msls(tmp_path / "MSLS_sample", cities=("zurich",))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path in sorted(src.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(src))
+    Handler.FILES["/MSLS_samples.zip"] = buf.getvalue()
+    downloads = [
+        {"name": "MSLS_samples.zip", "mirrors": [f"{server}/MSLS_samples.zip"], "sha256": None}
+    ]
+    out, gt, reports = download_dataset(
+        "msls-sample", data_root(), registry_with(tmp_path, "msls-sample", None, None, downloads)
+    )
+    assert not reports[0].verified and len(reports[0].sha256) == 64
+    ds = load_formatted("msls-sample", data_root())
+    assert ds.queries == ["train_val/zurich/query/images/zurich_q0.jpg"] and ds.positives[
+        0
+    ].tolist() == [0, 1]

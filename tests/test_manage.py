@@ -102,7 +102,8 @@ def test_embedded_sample_matches_shared_source(shared_data):
 def test_open_dataset_errors():
     registry = load_registry()
     with pytest.raises(
-        VPRBenchError, match="'sped' is not formatted .* obtain it: .vprbench datasets download sped"
+        VPRBenchError,
+        match="'sped' is not formatted .* obtain it: .vprbench datasets download sped",
     ):
         open_dataset("sped", data_root(), registry)
     with pytest.raises(VPRBenchError, match="unknown dataset 'spedd'; valid names: .*sped"):

@@ -8,6 +8,7 @@ EXPECTED = {
     "pitts30k-test": (10000, 6816, "utm-radius", 25, 8),
     "msls-val": (18871, 740, "utm-radius", 25, 128),
     "msls-val-full": (18871, None, "utm-radius", 25, 128),
+    "msls-sample": (None, None, "utm-radius", 25, None),
     "nordland": (27592, 2760, "explicit", 1, 128),
     "nordland-pnv": (27592, 27592, "frame-window", 10, 128),
     "sped": (607, 607, "same-index", 0, 3),
@@ -43,7 +44,8 @@ def test_registry_holds_the_seeded_protocols():
         if name in FORMATTERS:
             assert (p.formatter, p.source_files) == FORMATTERS[name]
     downloadable = {name for name, p in registry.items() if p.downloads}
-    assert downloadable == {"nordland", "nordland-pnv", "sped", "amstertime"}
+    assert downloadable == {"msls-sample", "nordland", "nordland-pnv", "sped", "amstertime"}
+    assert registry["msls-sample"].cities == ("zurich",) and registry["msls-val"].cities == ()
     assert [a["name"] for a in registry["nordland-pnv"].downloads] == [
         "summer.tar.gz",
         "winter.tar.gz",

@@ -54,6 +54,7 @@ class Protocol:
     formatter: str | None = None  # None: no official layout to format from (import it instead)
     source_files: tuple[str, ...] = ()
     downloads: tuple[dict, ...] = ()  # archives {name, mirrors, sha256, extract}; () = request-only
+    cities: tuple[str, ...] = ()  # MSLS: the cities to read (default: val's cph and sf)
 
     def positive_summary(self) -> str:
         """How positives are defined, in a few words: '<= 25 m', '+/-10 frames', 'same index'."""
@@ -154,7 +155,7 @@ def _parse_source(source: dict | None, where: str) -> dict:
         return {}
     if not isinstance(source, dict):
         raise VPRBenchError(f"{where}: expected a mapping")
-    _check_keys(source, {"formatter", "files", "download"}, where)
+    _check_keys(source, {"formatter", "files", "download", "cities"}, where)
     formatter = _field(source, "formatter", str, where)
     if formatter not in FORMATTER_NAMES:
         raise VPRBenchError(
@@ -175,7 +176,13 @@ def _parse_source(source: dict | None, where: str) -> dict:
         if sha is not None and len(sha) != 64:
             raise VPRBenchError(f"{here}: field 'sha256' must be 64 hex digits")
         _field(archive, "extract", bool, here, optional=True)
-    return {"formatter": formatter, "source_files": tuple(files), "downloads": tuple(archives)}
+    cities = _field(source, "cities", list, where, optional=True) or []
+    return {
+        "formatter": formatter,
+        "source_files": tuple(files),
+        "downloads": tuple(archives),
+        "cities": tuple(cities),
+    }
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:

@@ -109,13 +109,13 @@ def _msls_side(city_dir: Path, side: str, use_subtask: bool) -> tuple[list[str],
 def format_msls(
     root: Path, protocol: Protocol, files: list[str], full: bool = False
 ) -> GroundTruth:
-    """MSLS val, cities cph then sf, databases merged. ``full=False`` (msls-val): queries of subtask
+    """MSLS val, cities cph then sf (or the protocol's ``cities``), databases merged. ``full=False`` (msls-val): queries of subtask
     'all', no panoramas, and only those with a database image within the threshold (740). ``full``
     (msls-val-full): every non-panorama query, with or without positives."""
     database, queries, positives, dropped = [], [], [], 0
     db_coords, q_coords = [], []
     train_val = find_one(root, "train_val")
-    for city in MSLS_VAL_CITIES:
+    for city in protocol.cities or MSLS_VAL_CITIES:
         city_dir = train_val / city
         if not city_dir.is_dir():
             raise VPRBenchError(f"{train_val}: missing city folder {city}/")
