@@ -3,7 +3,9 @@ names, columns and .mat structure, made here), and downloads from a server on 12
 
 import hashlib
 import io
+import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -292,3 +294,80 @@ def test_download_msls_sample_reads_its_city(server, tmp_path):  # noqa: F811
     assert ds.queries == ["train_val/zurich/query/images/zurich_q0.jpg"] and ds.positives[
         0
     ].tolist() == [0, 1]
+
+
+def make_msls_test(root, with_gt):
+    """mapillary_sls test layout for two cities; subtask_index.csv and, optionally, released UTM."""
+    for city, east in (("miami", 0.0), ("athens", 9000.0)):
+        for side, keys, offsets, flags in (
+            ("database", ["d0", "d1", "d2"], [0, 100, 200], [True, True, False]),
+            ("query", ["q0", "q1"], [5, 150], [True, True]),
+        ):
+            folder = root / "test" / city / side
+            folder.mkdir(parents=True)
+            keys = [f"{city}_{k}" for k in keys]
+            pd.DataFrame({"key": keys, "all": flags}).to_csv(folder / "subtask_index.csv")
+            if with_gt:
+                pd.DataFrame(
+                    {"key": keys, "easting": [east + o for o in offsets], "northing": 0.0}
+                ).to_csv(folder / "postprocessed.csv")
+            for i, key in enumerate(keys):
+                touch_image(
+                    folder / "images" / f"{key}.jpg", 40 * i + (100 if city == "athens" else 0)
+                )
+    return root
+
+
+def challenge_registry(tmp_path):
+    """msls-challenge with two cities and 4 / 4 images, written to tmp_path/datasets.yaml."""
+    registry_with(tmp_path, "msls-challenge", 4, 4)
+    raw = yaml.safe_load((tmp_path / "datasets.yaml").read_text())
+    raw["protocols"]["msls-challenge"]["source"]["cities"] = ["miami", "athens"]
+    (tmp_path / "datasets.yaml").write_text(yaml.safe_dump(raw))
+    return load_registry(tmp_path / "datasets.yaml")
+
+
+def format_both_challenge_copies(tmp_path):
+    registry = challenge_registry(tmp_path)
+    src = make_msls_test(tmp_path / "msls_gt", with_gt=True)
+    out, gt = format_dataset("msls-challenge", src, data_root(), registry)
+    ds = load_formatted("msls-challenge", data_root())
+    assert ds.database == [
+        f"test/{c}/database/images/{c}_d{i}.jpg" for c in ("miami", "athens") for i in (0, 1)
+    ]
+    assert [p.tolist() for p in ds.positives] == [[0], [], [2], []]  # q1 is 50 m from d1
+    from vprbench.datasets.formatted import load_groups
+
+    assert load_groups(ds)["queries"].tolist() == ["miami", "miami", "athens", "athens"]
+    src2 = make_msls_test(tmp_path / "msls_nogt", with_gt=False)
+    out, gt = format_dataset("msls-challenge", src2, tmp_path / "other", registry)
+    assert gt.num_without_positives == 4 and "no UTM ground truth" in gt.notes[0]
+
+
+def test_format_msls_challenge_with_and_without_ground_truth(tmp_path):
+    format_both_challenge_copies(tmp_path)
+
+
+def test_evaluate_msls_challenge_per_city_writes_predictions(
+    tmp_path, capsys, monkeypatch, isolated_dirs
+):
+    from tests.test_cli import run
+
+    format_both_challenge_copies(tmp_path)
+    monkeypatch.setenv("VPRBENCH_DATASETS_YAML", str(tmp_path / "datasets.yaml"))
+    args = ["evaluate", "--model", "pixels", "--dataset", "msls-challenge", "--k", "1,2"]
+    code, out, err = run([*args, "--per-city"], capsys, monkeypatch)
+    assert code == 0, err
+    (record_path,) = [p for p in (isolated_dirs["results"] / "runs").glob("*.json")]
+    record = json.loads(record_path.read_text())
+    assert record["settings"]["per_city"] is True and record["results"]["ground_truth"] is True
+    lines = Path(record["files"]["msls_predictions"]).read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["miami_q0", "miami_q1", "athens_q0", "athens_q1"]
+    for line in lines:  # per city: every prediction comes from the query's own city
+        city = line.split()[0].split("_")[0]
+        assert len(line.split()) == 3 and all(k.startswith(city) for k in line.split()[1:])
+    # the dataset without ground truth: predictions but no recall
+    code, out, err = run(
+        [*args, "--root", str(tmp_path / "other"), "--per-city"], capsys, monkeypatch
+    )
+    assert code == 0 and "no ground truth here" in out

@@ -401,6 +401,9 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
 @click.option("--pca", "pca_dim", type=int, default=None, help="Reduce descriptors to DIM by PCA.")
 @click.option("--pca-fit", default=None, help="Dataset whose descriptors the PCA is fitted on.")
 @click.option(
+    "--per-city", is_flag=True, help="MSLS challenge: retrieve each query within its city."
+)
+@click.option(
     "--no-positive-policy",
     type=click.Choice(NO_POSITIVE_POLICIES),
     default="miss",
@@ -409,7 +412,16 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
 )
 @results_option
 def evaluate_cmd(
-    dataset, root, cache_dir, ks, pca_dim, pca_fit, no_positive_policy, results_dir, **options
+    dataset,
+    root,
+    cache_dir,
+    ks,
+    pca_dim,
+    pca_fit,
+    per_city,
+    no_positive_policy,
+    results_dir,
+    **options,
 ) -> None:
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
     try:
@@ -435,10 +447,18 @@ def evaluate_cmd(
             results_root(results_dir),
             settings.device,
             pca,
+            per_city,
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
-    console.print(recall_table([record]))
+    if record["results"]["ground_truth"]:
+        console.print(recall_table([record]))
+    else:
+        console.print(
+            f"'{dataset}' has no ground truth here: predictions written, no recall computed"
+        )
+    for label, file in record["files"].items():
+        console.print(f"{label}: {file}", soft_wrap=True)
     console.print(f"run record: {path}", soft_wrap=True)
 
 

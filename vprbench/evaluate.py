@@ -14,11 +14,11 @@ import torch
 
 from vprbench import __version__
 from vprbench.cache import key_digest
-from vprbench.datasets.formatted import FormattedDataset
+from vprbench.datasets.formatted import FormattedDataset, load_groups
 from vprbench.extract import ExtractResult
 from vprbench.metrics import NO_POSITIVE_POLICIES, recall_at_k
 from vprbench.pca import PCA
-from vprbench.search import exact_search
+from vprbench.search import exact_search, grouped_search
 
 DEFAULT_KS = (1, 5, 10, 20)
 SAVED_TOP_K = 100
@@ -43,6 +43,7 @@ def evaluate(
     results_dir: Path = Path("results"),
     device: str = "cpu",
     pca: PCA | None = None,
+    per_city: bool = False,
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``.
@@ -57,18 +58,36 @@ def evaluate(
     database, queries = cached.database, cached.queries
     if pca is not None:
         database, queries = pca.transform(database), pca.transform(queries)
-    indices, distances = exact_search(
-        database, queries, top_k, database_valid=cached.database_valid
-    )
+    groups = load_groups(dataset) if per_city else None
+    if per_city and groups is None:
+        raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
+    if groups is not None:
+        indices, distances = grouped_search(
+            database, queries, top_k, groups["database"], groups["queries"], cached.database_valid
+        )
+    else:
+        indices, distances = exact_search(
+            database, queries, top_k, database_valid=cached.database_valid
+        )
     indices[~cached.queries_valid] = -1  # a skipped query retrieves nothing: always a miss
-    result = recall_at_k(indices, dataset.positives, ks, no_positive_policy)
+    has_ground_truth = any(p.size for p in dataset.positives)
+    result = (
+        recall_at_k(indices, dataset.positives, ks, no_positive_policy)
+        if has_ground_truth
+        else None
+    )
     model = extracted.model
-    run_key = cached.key if pca is None else {"descriptors": cached.key, "pca": pca.key}
+    run_key = {"descriptors": cached.key, "pca": pca.key if pca else None, "per_city": per_city}
     run_id = f"{model.card.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
     _atomic_savez(predictions_path, indices=indices, distances=distances)
+    files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
+    if dataset.manifest.get("source_format", "").startswith("msls"):
+        msls_path = runs / f"{run_id}.msls_predictions.txt"
+        _atomic_write(msls_path, msls_prediction_lines(dataset, indices))
+        files["msls_predictions"] = str(msls_path)
     record = {
         "run_id": run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -111,16 +130,18 @@ def evaluate(
             },
             "no_positive_policy": no_positive_policy,
             "ks": list(ks),
+            "per_city": per_city,
         },
         "results": {
-            "recall": {str(k): v for k, v in result.recall.items()},
-            "num_queries": result.num_queries,
-            "num_evaluated": result.num_evaluated,
-            "num_queries_without_positives": result.num_without_positives,
+            "recall": {} if result is None else {str(k): v for k, v in result.recall.items()},
+            "ground_truth": has_ground_truth,
+            "num_queries": len(dataset.queries),
+            "num_evaluated": 0 if result is None else result.num_evaluated,
+            "num_queries_without_positives": sum(1 for p in dataset.positives if p.size == 0),
             "num_skipped_database_images": int((~cached.database_valid).sum()),
             "num_skipped_query_images": int((~cached.queries_valid).sum()),
         },
-        "files": {"descriptors": str(cached.path), "predictions": str(predictions_path)},
+        "files": files,
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -131,6 +152,16 @@ def evaluate(
     record_path = runs / f"{run_id}.json"
     _atomic_write(record_path, json.dumps(record, indent=2) + "\n")
     return record, record_path
+
+
+def msls_prediction_lines(dataset: FormattedDataset, indices: np.ndarray, k: int = 25) -> str:
+    """The mapillary_sls prediction format: per query, its key then its ranked database keys."""
+    key = lambda path: Path(path).stem  # noqa: E731
+    lines = []
+    for q, row in zip(dataset.queries, indices, strict=True):
+        ranked = [key(dataset.database[i]) for i in row[:k] if i >= 0]
+        lines.append(" ".join([key(q), *ranked]))
+    return "\n".join(lines) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:

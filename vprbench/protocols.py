@@ -19,7 +19,15 @@ from vprbench.errors import VPRBenchError
 POSITIVE_RULES = ("utm-radius", "frame-window", "same-index", "explicit")
 GT_FORMATS = ("vdd", "gsv-cities", "vpr-bench", "pnv")
 # How `datasets format` reads each benchmark's official files (vprbench/datasets/formatters.py).
-FORMATTER_NAMES = ("netvlad-mat", "msls", "msls-full", "vpr-bench", "nordland-pnv", "pairs")
+FORMATTER_NAMES = (
+    "netvlad-mat",
+    "msls",
+    "msls-full",
+    "msls-test",
+    "vpr-bench",
+    "nordland-pnv",
+    "pairs",
+)
 
 _REQUIRED = {
     "description": str,

@@ -31,3 +31,28 @@ def exact_search(
         indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
         distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
     return indices, distances.astype(np.float32)
+
+
+def grouped_search(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    database_groups: np.ndarray,
+    query_groups: np.ndarray,
+    database_valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_search` in which each query only sees database rows of its own group (for MSLS
+    challenge cities). Same outputs, indices into the whole database."""
+    database_groups, query_groups = np.asarray(database_groups), np.asarray(query_groups)
+    valid = np.ones(len(database), bool) if database_valid is None else np.asarray(database_valid)
+    indices = np.full((len(queries), k), -1, dtype=np.int64)
+    distances = np.full((len(queries), k), np.inf, dtype=np.float32)
+    for group in np.unique(query_groups):
+        q_rows = np.flatnonzero(query_groups == group)
+        db_rows = np.flatnonzero(database_groups == group)
+        if db_rows.size == 0:
+            continue
+        local, dist = exact_search(database[db_rows], queries[q_rows], k, valid[db_rows])
+        indices[q_rows] = np.where(local >= 0, db_rows[np.clip(local, 0, None)], -1)
+        distances[q_rows] = dist
+    return indices, distances

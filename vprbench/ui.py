@@ -44,7 +44,7 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
     table.add_column("queries", justify="right")
     table.add_column("no pos.", justify="right")
     for r in records:
-        recall = r["results"]["recall"]
+        recall = r["results"]["recall"]  # empty when the dataset has no ground truth
         name = r["model"]["name"] + (
             " [RANDOM INIT]" if r["model"]["weights"]["random_init"] else ""
         )

@@ -106,6 +106,12 @@ def write_formatted(
         (tmp / "queries.txt").write_text("\n".join(gt.queries) + "\n")
         indptr, indices = to_csr(gt.positives)
         np.savez(tmp / "positives.npz", indptr=indptr, indices=indices)
+        if gt.groups is not None:
+            np.savez(
+                tmp / "groups.npz",
+                database=np.array(gt.groups["database"]),
+                queries=np.array(gt.groups["queries"]),
+            )
         if gt.coordinates is not None:
             np.savez(
                 tmp / "coordinates.npz",
@@ -184,6 +190,15 @@ def load_coordinates(ds: FormattedDataset) -> dict | None:
         return None
     with np.load(path) as z:
         return {"kind": str(z["kind"]), "database": z["database"], "queries": z["queries"]}
+
+
+def load_groups(ds: FormattedDataset) -> dict | None:
+    """Retrieval groups of each image (MSLS cities), or None if the dataset has none."""
+    path = ds.folder / "groups.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {"database": z["database"], "queries": z["queries"]}
 
 
 def list_formatted(data_root: Path) -> list[str]:

@@ -150,6 +150,67 @@ def format_msls_full(root: Path, protocol: Protocol, files: list[str]) -> Ground
     return format_msls(root, protocol, files, full=True)
 
 
+MSLS_TEST_CITIES = ("miami", "athens", "buenosaires", "stockholm", "bengaluru", "kampala")
+
+
+def _msls_test_side(city_dir: Path, side: str) -> tuple[list[str], np.ndarray | None]:
+    """Images of subtask 'all' (as mapillary_sls reads test cities), and their UTM when the folder
+    holds a postprocessed.csv with easting/northing (the ground truth released after the challenge)."""
+    folder = city_dir / side
+    index_path = folder / "subtask_index.csv"
+    if not index_path.is_file():
+        raise VPRBenchError(f"{folder}: missing subtask_index.csv")
+    index = pd.read_csv(index_path, index_col=0)
+    for column in ("key", "all"):
+        if column not in index.columns:
+            raise VPRBenchError(f"{index_path}: missing column '{column}'")
+    keep = index["all"].astype(bool).to_numpy()
+    base = folder.relative_to(city_dir.parent.parent)
+    paths = [f"{base}/images/{k}.jpg" for k in index["key"].to_numpy()[keep]]
+    post = folder / "postprocessed.csv"
+    if not post.is_file():
+        return paths, None
+    table = pd.read_csv(post, index_col=0).set_index("key")
+    missing = [k for k in index["key"].to_numpy()[keep] if k not in table.index]
+    if missing or not {"easting", "northing"} <= set(table.columns):
+        raise VPRBenchError(f"{post}: needs easting/northing for every key, missing {missing[:3]}")
+    xy = table.loc[index["key"].to_numpy()[keep], ["easting", "northing"]].to_numpy(np.float64)
+    return paths, xy
+
+
+def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
+    """MSLS challenge (test cities), subtask 'all', each image tagged with its city so that evaluation
+    can retrieve per city. Positives within the threshold where the UTM ground truth is present; without
+    it every query has none, and evaluation writes predictions for the official scorer instead."""
+    test = find_one(root, "test")
+    database, queries, positives, db_groups, q_groups = [], [], [], [], []
+    have_gt = True
+    for city in protocol.cities or MSLS_TEST_CITIES:
+        city_dir = test / city
+        if not city_dir.is_dir():
+            raise VPRBenchError(f"{test}: missing city folder {city}/")
+        db_paths, db_xy = _msls_test_side(city_dir, "database")
+        q_paths, q_xy = _msls_test_side(city_dir, "query")
+        have_gt &= db_xy is not None and q_xy is not None
+        if db_xy is not None and q_xy is not None:
+            found = positives_within_radius(q_xy, db_xy, protocol.threshold)
+        else:
+            found = [np.zeros(0, dtype=np.int64)] * len(q_paths)
+        positives.extend(pos + len(database) for pos in found)
+        database.extend(db_paths)
+        queries.extend(q_paths)
+        db_groups.extend([city] * len(db_paths))
+        q_groups.extend([city] * len(q_paths))
+    notes = (
+        []
+        if have_gt
+        else ["no UTM ground truth in some test cities: their queries have no positives"]
+    )
+    return GroundTruth(database, queries, positives, "msls-test", "utm-radius", protocol.threshold,
+                       image_root=test.parent, notes=notes,
+                       groups={"database": db_groups, "queries": q_groups})  # fmt: skip
+
+
 def format_vpr_bench(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
     return read_vpr_bench(find_one(root, files[0]).parent)
 
@@ -216,6 +277,7 @@ FORMATTERS = {
     "netvlad-mat": format_netvlad_mat,
     "msls": format_msls,
     "msls-full": format_msls_full,
+    "msls-test": format_msls_test,
     "vpr-bench": format_vpr_bench,
     "nordland-pnv": format_nordland_pnv,
     "pairs": format_pairs,

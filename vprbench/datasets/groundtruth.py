@@ -34,6 +34,8 @@ class GroundTruth:
     # Where the source has them: {"kind": "utm" | "frame", "database": [Nd, 2], "queries": [Nq, 2]}
     # ("frame" stores the frame number in column 0). Needed to export to VDD file names.
     coordinates: dict | None = None
+    # Optional retrieval groups (MSLS cities): {"database": [Nd] names, "queries": [Nq] names}
+    groups: dict | None = None
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(self.queries):
