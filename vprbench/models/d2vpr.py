@@ -16,6 +16,8 @@ by the DRM's LayerNorm); adapters then start from their official initialisation.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -190,44 +192,48 @@ CRICAVPR_WEIGHTS = WeightSource(
     url="https://github.com/Lu-Feng/CricaVPR/releases/download/v1.0/CricaVPR.pth",
     note="No checksum is published with the release; vprbench records the file's sha256 in every run.",
 )
-_COMMON = dict(image_size=(224, 224), interpolation="bilinear", descriptor_dim=14 * DIM)
-_D2VPR_OPTIONS = {"adapters": True, "drm": True, "aggregator": "tdda", "tdda_guidance": True}
-_CRICA_OPTIONS = {"adapters": True, "aggregator": "regional-gem", "tdda_guidance": True}
+D2VPR_CARD = ModelCard(
+    name="d2vpr",
+    description="D²-VPR student: DINOv2 ViT-S/14 + adapters, DRM, TDDA; no cross-image encoder.",
+    image_size=(224, 224),
+    descriptor_dim=14 * DIM,
+    weights=D2VPR_WEIGHTS,
+    options={"adapters": True, "drm": True, "aggregator": "tdda", "tdda_guidance": True,
+             "cross_image_encoder": False},
+    reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
+)  # fmt: skip
+CRICAVPR_CARD = ModelCard(
+    name="cricavpr",
+    description="CricaVPR: DINOv2 ViT-B/14 + adapters, regional GeM, cross-image encoder (batch-dependent).",
+    image_size=(224, 224),
+    descriptor_dim=14 * DIM,
+    batch_dependent=True,
+    weights=CRICAVPR_WEIGHTS,
+    options={"adapters": True, "aggregator": "regional-gem", "tdda_guidance": True,
+             "cross_image_encoder": True},
+    reference="Lu et al., CricaVPR (CVPR 2024)",
+)  # fmt: skip
+
+
+def _with_encoder(card: ModelCard, name: str, encoder: bool, description: str) -> ModelCard:
+    """The same model with the cross-image encoder switched, registered under its own name."""
+    options = {**card.options, "cross_image_encoder": encoder}
+    return replace(
+        card, name=name, description=description, options=options, batch_dependent=encoder
+    )
+
 
 CARDS = {
-    "d2vpr": ModelCard(
-        name="d2vpr",
-        description="D²-VPR student: DINOv2 ViT-S/14 + adapters, DRM, TDDA; no cross-image encoder.",
-        weights=D2VPR_WEIGHTS,
-        options={**_D2VPR_OPTIONS, "cross_image_encoder": False},
-        reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
-        **_COMMON,
+    "d2vpr": D2VPR_CARD,
+    "d2vpr-encoder": _with_encoder(
+        D2VPR_CARD,
+        "d2vpr-encoder",
+        True,
+        "D²-VPR with CricaVPR's cross-image encoder (batch-dependent).",
     ),
-    "d2vpr-encoder": ModelCard(
-        name="d2vpr-encoder",
-        description="D²-VPR with CricaVPR's cross-image encoder (batch-dependent).",
-        batch_dependent=True,
-        weights=D2VPR_WEIGHTS,
-        options={**_D2VPR_OPTIONS, "cross_image_encoder": True},
-        reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
-        **_COMMON,
-    ),
-    "cricavpr": ModelCard(
-        name="cricavpr",
-        description="CricaVPR: DINOv2 ViT-B/14 + adapters, regional GeM, cross-image encoder (batch-dependent).",
-        batch_dependent=True,
-        weights=CRICAVPR_WEIGHTS,
-        options={**_CRICA_OPTIONS, "cross_image_encoder": True},
-        reference="Lu et al., CricaVPR (CVPR 2024)",
-        **_COMMON,
-    ),
-    "cricavpr-noencoder": ModelCard(
-        name="cricavpr-noencoder",
-        description="CricaVPR without its cross-image encoder.",
-        weights=CRICAVPR_WEIGHTS,
-        options={**_CRICA_OPTIONS, "cross_image_encoder": False},
-        reference="Lu et al., CricaVPR (CVPR 2024)",
-        **_COMMON,
+    "cricavpr": CRICAVPR_CARD,
+    "cricavpr-noencoder": _with_encoder(
+        CRICAVPR_CARD, "cricavpr-noencoder", False, "CricaVPR without its cross-image encoder."
     ),
 }
 
