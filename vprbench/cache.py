@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vprbench.atomic import write_npz, write_text
 from vprbench.errors import VPRBenchError
 
 FORMAT_VERSION = 1
@@ -115,7 +116,7 @@ class DescriptorCache:
                 return folder, int(info["batch_size"])
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(meta, json.dumps({"key": key, "batch_size": batch_size}))
+        write_text(meta, json.dumps({"key": key, "batch_size": batch_size}))
         return folder, batch_size
 
     @staticmethod
@@ -127,13 +128,11 @@ class DescriptorCache:
         folder: Path, split: str, batch: int, descriptors: np.ndarray, valid: np.ndarray
     ) -> None:
         """Write one batch's descriptors [B, D] float32 and validity [B] bool, atomically."""
-        final = DescriptorCache.shard_path(folder, split, batch)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, descriptors=descriptors.astype(np.float32), valid=valid.astype(bool))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        write_npz(
+            DescriptorCache.shard_path(folder, split, batch),
+            descriptors=descriptors.astype(np.float32),
+            valid=valid.astype(bool),
+        )
 
     def finalise(self, key: dict, folder: Path, counts: dict[str, int], batch_size: int) -> Path:
         """Assemble the shards of every split into the final .h5 (atomic rename), drop the shards."""
@@ -165,10 +164,3 @@ class DescriptorCache:
                 os.unlink(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -149,10 +149,11 @@ def datasets_info(name: str, root: Path | None) -> None:
     """Everything known about one protocol or imported dataset."""
     registry = load_registry()
     folder = data_root(root)
-    if name not in registry and name not in list_formatted(folder):
+    formatted = set(list_formatted(folder))
+    if name not in registry and name not in formatted:
         raise VPRBenchError(
             f"unknown dataset '{name}'; valid names: "
-            + ", ".join(sorted(set(registry) | set(list_formatted(folder))))
+            + ", ".join(sorted(set(registry) | formatted))
         )
     if name in registry:
         p = registry[name]
@@ -169,7 +170,7 @@ def datasets_info(name: str, root: Path | None) -> None:
         ):
             table.add_row(label, value)
         console.print(table)
-    if name in list_formatted(folder):
+    if name in formatted:
         console.print(f"[bold]Formatted copy[/] at {folder / name}:")
         console.print_json(json.dumps(load_formatted(name, folder).manifest))
 
@@ -286,9 +287,7 @@ def datasets_verify(name: str, root: Path | None) -> None:
     """Check that every image is present and readable and counts equal the registry's."""
     registry = load_registry()
     folder = data_root(root)
-    if name == manage.SAMPLE_NAME:
-        manage.ensure_sample(folder, registry)
-    ds = load_formatted(name, folder)
+    ds = manage.open_dataset(name, folder, registry)
     with progress_bars() as bars:
         report = manage.verify_dataset(
             name, folder, registry, bars(f"verify {name}", len(ds.database) + len(ds.queries))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from vprbench import __version__
+from vprbench.atomic import write_npz, write_text
 from vprbench.cache import key_digest
 from vprbench.datasets.formatted import FormattedDataset, load_groups
 from vprbench.extract import ExtractResult
@@ -82,11 +81,11 @@ def evaluate(
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
-    _atomic_savez(predictions_path, indices=indices, distances=distances)
+    write_npz(predictions_path, indices=indices, distances=distances)
     files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
     if dataset.manifest.get("source_format", "").startswith("msls"):
         msls_path = runs / f"{run_id}.msls_predictions.txt"
-        _atomic_write(msls_path, msls_prediction_lines(dataset, indices))
+        write_text(msls_path, msls_prediction_lines(dataset, indices))
         files["msls_predictions"] = str(msls_path)
     record = {
         "run_id": run_id,
@@ -150,7 +149,7 @@ def evaluate(
         },
     }
     record_path = runs / f"{run_id}.json"
-    _atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record, record_path
 
 
@@ -162,17 +161,3 @@ def msls_prediction_lines(dataset: FormattedDataset, indices: np.ndarray, k: int
         ranked = [key(dataset.database[i]) for i in row[:k] if i >= 0]
         lines.append(" ".join([key(q), *ranked]))
     return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)

@@ -9,14 +9,13 @@ A PCA is fitted once on cached descriptors, stored under ``<cache>/pca/<digest>.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vprbench.atomic import write_npz
 from vprbench.cache import CachedDescriptors, canonical_json, key_digest
 from vprbench.errors import VPRBenchError
 
@@ -91,15 +90,12 @@ def load_or_fit_pca(
                 return PCA(z["mean"], z["components"], z["explained_variance"], key, path)
     pca = fit_pca(fit_sample(fit_on, max_images), dim, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(
-            f,
-            mean=pca.mean,
-            components=pca.components,
-            explained_variance=pca.explained_variance,
-            key=canonical_json(key),
-        )
-    os.replace(tmp, path)
+    write_npz(
+        path,
+        mean=pca.mean,
+        components=pca.components,
+        explained_variance=pca.explained_variance,
+        key=canonical_json(key),
+    )
     pca.path = path
     return pca

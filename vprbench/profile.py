@@ -31,6 +31,7 @@ with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.
     from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 
 from vprbench import __version__
+from vprbench.atomic import write_text
 from vprbench.cache import key_digest
 from vprbench.errors import VPRBenchError
 from vprbench.models.registry import create_model, get_card, resolve_options
@@ -277,9 +278,7 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=2) + "\n")
     record["cached"] = False
     record["path"] = str(path)
     return record

@@ -57,18 +57,25 @@ class FormattedDataset:
         return self.database if which == "database" else self.queries
 
 
+def count_mismatches(
+    protocol: Protocol | None, n_database: int, n_queries: int
+) -> list[tuple[str, int, int]]:
+    """(side, actual, expected) for each side whose count differs from the protocol's."""
+    if protocol is None:
+        return []
+    sides = (
+        ("database", n_database, protocol.database_count),
+        ("queries", n_queries, protocol.queries_count),
+    )
+    return [(side, n, want) for side, n, want in sides if want is not None and want != n]
+
+
 def check_counts(gt: GroundTruth, protocol: Protocol | None, source: str) -> None:
     """Raise if ``gt``'s counts differ from what ``protocol`` expects."""
-    if protocol is None:
-        return
-    for side, expected, actual in (
-        ("database", protocol.database_count, len(gt.database)),
-        ("queries", protocol.queries_count, len(gt.queries)),
-    ):
-        if expected is not None and expected != actual:
-            raise VPRBenchError(
-                f"{source}: {actual} {side} images, but protocol '{protocol.name}' expects {expected}"
-            )
+    for side, actual, expected in count_mismatches(protocol, len(gt.database), len(gt.queries)):
+        raise VPRBenchError(
+            f"{source}: {actual} {side} images, but protocol '{protocol.name}' expects {expected}"
+        )
 
 
 def find_missing_images(

@@ -15,6 +15,7 @@ from vprbench.datasets import readers
 from vprbench.datasets.formatted import (
     FormattedDataset,
     check_counts,
+    count_mismatches,
     find_missing_images,
     load_formatted,
     write_formatted,
@@ -224,14 +225,10 @@ def verify_dataset(
     equal the registry's (when ``name`` is a registered protocol)."""
     ds = load_formatted(name, data_root)
     report = VerifyReport(name)
-    protocol = registry.get(name)
-    if protocol is not None:
-        for side, expected, actual in (
-            ("database", protocol.database_count, len(ds.database)),
-            ("queries", protocol.queries_count, len(ds.queries)),
-        ):
-            if expected is not None and expected != actual:
-                report.count_errors.append(f"{side}: {actual} images, registry expects {expected}")
+    for side, actual, expected in count_mismatches(
+        registry.get(name), len(ds.database), len(ds.queries)
+    ):
+        report.count_errors.append(f"{side}: {actual} images, registry expects {expected}")
     for rel in [*ds.database, *ds.queries]:
         path = ds.image_path(rel)
         if not path.is_file():
