@@ -4,18 +4,21 @@ import yaml
 from vprbench.errors import VPRBenchError
 from vprbench.protocols import default_registry_path, get_protocol, load_registry
 
+# counts, rule, threshold, unit, then the official inference batch size of CricaVPR (paper: 8 for Pitts,
+# 16 for the rest) and of D²-VPR (eval_encoder.py: SPED 3, AmsterTime/Pitts 8, MSLS-val/Nordland** 128,
+# else parser.py's 64), and the batch order.
 EXPECTED = {
-    "pitts30k-test": (10000, 6816, "utm-radius", 25, 8),
-    "msls-val": (18871, 740, "utm-radius", 25, 128),
-    "msls-val-full": (18871, None, "utm-radius", 25, 128),
-    "msls-challenge": (36565, 1135, "utm-radius", 25, 128),
-    "msls-sample": (None, None, "utm-radius", 25, None),
-    "nordland": (27592, 2760, "explicit", 1, 128),
-    "nordland-pnv": (27592, 27592, "frame-window", 10, 128),
-    "sped": (607, 607, "same-index", 0, 3),
-    "pitts250k-test": (83952, 8280, "utm-radius", 25, 8),
-    "amstertime": (None, None, "same-index", 0, 8),
-    "nordland-sample": (600, 600, "explicit", 1, None),
+    "pitts30k-test": (10000, 6816, "utm-radius", 25, "m", 8, 8, "listed"),
+    "msls-val": (18871, 740, "utm-radius", 25, "m", 16, 128, "vdd-utm"),
+    "msls-val-full": (18871, None, "utm-radius", 25, "m", 16, 64, "vdd-utm"),
+    "msls-challenge": (36565, 1135, "utm-radius", 25, "m", 16, 64, "vdd-utm"),
+    "msls-sample": (None, None, "utm-radius", 25, "m", 16, 64, "vdd-utm"),
+    "nordland": (27592, 2760, "explicit", 1, "frames", 16, 64, "listed"),
+    "nordland-pnv": (27592, 27592, "frame-window", 10, "frames", 16, 128, "listed"),
+    "sped": (607, 607, "same-index", 0, "index", 16, 3, "vdd-pairs"),
+    "pitts250k-test": (83952, 8280, "utm-radius", 25, "m", 8, 8, "listed"),
+    "amstertime": (None, None, "same-index", 0, "index", 16, 8, "vdd-pairs"),
+    "nordland-sample": (600, 600, "explicit", 1, "index", 16, 64, "listed"),
 }
 FORMATTERS = {
     "pitts30k-test": ("netvlad-mat", ("pitts30k_test.mat",)),
@@ -33,15 +36,18 @@ FORMATTERS = {
 def test_registry_holds_the_seeded_protocols():
     registry = load_registry()
     assert list(registry) == list(EXPECTED)
-    for name, (n_db, n_q, rule, threshold, batch) in EXPECTED.items():
+    for name, (n_db, n_q, rule, threshold, unit, crica, d2, order) in EXPECTED.items():
         p = registry[name]
-        assert (p.database_count, p.queries_count, p.positive_rule, p.threshold) == (
+        assert (p.database_count, p.queries_count, p.positive_rule, p.threshold, p.unit) == (
             n_db,
             n_q,
             rule,
             threshold,
+            unit,
         )
-        assert p.inference_batch_size == batch
+        assert p.official_batch_size("cricavpr")[0] == crica, name
+        assert p.official_batch_size("d2vpr")[0] == d2, name
+        assert p.batch_order == order
         assert p.licence and p.obtain and p.description
         if name in FORMATTERS:
             assert (p.formatter, p.source_files) == FORMATTERS[name]
@@ -85,7 +91,19 @@ def _registry_with(tmp_path, mutate):
         ),
         (lambda e: e["positive"].update(threshold=-1), r"field 'threshold' must be >= 0"),
         (lambda e: e["ground_truth"].update(formats=["csv"]), r"unknown format\(s\) \['csv'\]"),
-        (lambda e: e.update(inference_batch_size=0), r"'inference_batch_size' must be positive"),
+        (
+            lambda e: e.update(inference_batch_size={"d2vpr": 0}),
+            r"inference_batch_size.d2vpr: must be a positive integer",
+        ),
+        (
+            lambda e: e.update(inference_batch_size={"netvlad": 8}),
+            r"inference_batch_size: unknown convention 'netvlad'",
+        ),
+        (lambda e: e.update(batch_order="random"), r"field 'batch_order' must be one of"),
+        (
+            lambda e: e["positive"].update(unit="m"),
+            r"field 'unit' of rule same-index must be one of \['index'\], got 'm'",
+        ),
         (
             lambda e: e["source"].update(formatter="zip"),
             r"sped.source: field 'formatter' must be one of",

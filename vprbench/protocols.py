@@ -7,7 +7,7 @@ inference batch size); a formatted dataset on disk (vprbench/datasets/formatted.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,31 @@ import yaml
 from vprbench.errors import VPRBenchError
 
 POSITIVE_RULES = ("utm-radius", "frame-window", "same-index", "explicit")
+# The unit a rule's threshold is in: explicit; a reader that needs another unit converts (metres on VDD's
+# frame coordinates: vprbench/datasets/vdd.py).
+RULE_UNITS = {
+    "utm-radius": ("m",),
+    "frame-window": ("frames",),
+    "same-index": ("index",),
+    "explicit": ("m", "frames", "index"),
+}
+# Batch-dependent models (cross-image encoder) follow their paper's inference batch sizes. The sizes per
+# protocol are in datasets.yaml (``inference_batch_size: {convention: size}``); a protocol a convention
+# does not list runs at the convention's default, which is its evaluation script's default:
+#   cricavpr  Lu-Feng/CricaVPR parser.py:32 (--infer_batch_size 16); paper: "8 images for Pitts30K and
+#             16 images for others" (CricaVPR issue #7)
+#   d2vpr     tony19980810/D2VPR parser.py:19 (--infer_batch_size 64); per dataset in eval_encoder.py:46-69
+BATCH_CONVENTIONS = {"cricavpr": 16, "d2vpr": 64}
+# Which images share an inference batch (matters only for batch-dependent models). The official scripts
+# of both conventions read VDD folders with sorted(glob(...)) (D2VPR datasets_ws.py), so batches follow
+# the sort of VDD file names:
+#   listed      the formatted order already is the VDD order (Pitts: .mat order; Nordland**: cleaned
+#               list sorted by frame; datasets without a VDD version)
+#   vdd-pairs   SPED, AmsterTime: VDD names '@0@{int(stem)*1000}@@@@@{stem}@@@@@@@@.jpg', unpadded, so
+#               sorted as strings (0, 100, 10, 1, 101, ...) (VDD download_sped.py, download_amstertime.py)
+#   vdd-utm     MSLS: VDD names from util.get_dst_image_name (zero-padded UTM easting first), one
+#               folder per split for both val cities (VDD format_mapillary.py)
+BATCH_ORDERS = ("listed", "vdd-pairs", "vdd-utm")
 GT_FORMATS = ("vdd", "gsv-cities", "vpr-bench", "pnv")
 # How `datasets format` reads each benchmark's official files (vprbench/datasets/formatters.py).
 FORMATTER_NAMES = (
@@ -38,7 +63,7 @@ _REQUIRED = {
     "licence": str,
     "obtain": str,
 }
-_OPTIONAL = {"inference_batch_size": int, "source": dict}
+_OPTIONAL = {"inference_batch_size": dict, "batch_order": str, "source": dict}
 
 
 @dataclass(frozen=True)
@@ -58,7 +83,9 @@ class Protocol:
     unit: str
     licence: str
     obtain: str
-    inference_batch_size: int | None = None
+    # Official inference batch size per batch-dependent model convention (BATCH_CONVENTIONS).
+    inference_batch_size: dict[str, int] = field(default_factory=dict)
+    batch_order: str = "listed"  # BATCH_ORDERS
     formatter: str | None = None  # None: no official layout to format from (import it instead)
     source_files: tuple[str, ...] = ()
     downloads: tuple[dict, ...] = ()  # archives {name, mirrors, sha256, extract}; () = request-only
@@ -73,6 +100,17 @@ class Protocol:
         if self.positive_rule == "same-index":
             return "same index"
         return f"listed (+/-{self.threshold:g} {self.unit})"
+
+    def official_batch_size(self, convention: str) -> tuple[int, str]:
+        """(size, where it comes from) for a batch-dependent model of ``convention``."""
+        if convention not in BATCH_CONVENTIONS:
+            raise VPRBenchError(
+                f"unknown batch-size convention {convention!r}; expected one of "
+                f"{sorted(BATCH_CONVENTIONS)}"
+            )
+        if convention in self.inference_batch_size:
+            return self.inference_batch_size[convention], f"{convention} protocol for {self.name}"
+        return BATCH_CONVENTIONS[convention], f"{convention} default for {self.name}"
 
 
 def default_registry_path() -> Path:
@@ -134,10 +172,29 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
     threshold = _field(pos, "threshold", (int, float), f"{where}.positive")
     if threshold < 0:
         raise VPRBenchError(f"{where}.positive: field 'threshold' must be >= 0, got {threshold}")
+    unit = _field(pos, "unit", str, f"{where}.positive")
+    if unit not in RULE_UNITS[rule]:
+        raise VPRBenchError(
+            f"{where}.positive: field 'unit' of rule {rule} must be one of "
+            f"{list(RULE_UNITS[rule])}, got {unit!r}"
+        )
     source = _parse_source(entry.get("source"), f"{where}.source")
-    batch = _field(entry, "inference_batch_size", int, where, optional=True)
-    if batch is not None and batch <= 0:
-        raise VPRBenchError(f"{where}: field 'inference_batch_size' must be positive, got {batch}")
+    batches = _field(entry, "inference_batch_size", dict, where, optional=True) or {}
+    for convention, size in batches.items():
+        if convention not in BATCH_CONVENTIONS:
+            raise VPRBenchError(
+                f"{where}.inference_batch_size: unknown convention {convention!r}; expected some of "
+                f"{sorted(BATCH_CONVENTIONS)}"
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise VPRBenchError(
+                f"{where}.inference_batch_size.{convention}: must be a positive integer, got {size!r}"
+            )
+    order = _field(entry, "batch_order", str, where, optional=True) or "listed"
+    if order not in BATCH_ORDERS:
+        raise VPRBenchError(
+            f"{where}: field 'batch_order' must be one of {list(BATCH_ORDERS)}, got {order!r}"
+        )
     return Protocol(
         name=name,
         description=fields["description"].strip(),
@@ -149,10 +206,11 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         gt_formats=tuple(formats),
         positive_rule=rule,
         threshold=float(threshold),
-        unit=_field(pos, "unit", str, f"{where}.positive"),
+        unit=unit,
         licence=fields["licence"],
         obtain=fields["obtain"],
-        inference_batch_size=batch,
+        inference_batch_size=dict(batches),
+        batch_order=order,
         **source,
     )
 
@@ -175,7 +233,7 @@ def _parse_source(source: dict | None, where: str) -> dict:
         here = f"{where}.download[{i}]"
         if not isinstance(archive, dict):
             raise VPRBenchError(f"{here}: expected a mapping")
-        _check_keys(archive, {"name", "mirrors", "sha256", "extract"}, here)
+        _check_keys(archive, {"name", "mirrors", "sha256", "extract", "target"}, here)
         _field(archive, "name", str, here)
         mirrors = _field(archive, "mirrors", list, here)
         if not mirrors or not all(isinstance(m, str) for m in mirrors):
@@ -184,6 +242,9 @@ def _parse_source(source: dict | None, where: str) -> dict:
         if sha is not None and len(sha) != 64:
             raise VPRBenchError(f"{here}: field 'sha256' must be 64 hex digits")
         _field(archive, "extract", bool, here, optional=True)
+        target = _field(archive, "target", str, here, optional=True)
+        if target is not None and (Path(target).is_absolute() or ".." in Path(target).parts):
+            raise VPRBenchError(f"{here}: field 'target' must be a relative folder, got {target!r}")
     cities = _field(source, "cities", list, where, optional=True) or []
     return {
         "formatter": formatter,

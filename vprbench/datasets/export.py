@@ -4,8 +4,9 @@
   of positives per query), paths relative to the dataset's image root.
 - ``vdd``: ``images/test/{database,queries}/`` of symbolic links named with VDD's 15 fields. VDD keeps
   positives as UTM within 25 m, so this needs coordinates: real UTM where the source had them; for
-  frame-window protocols the VDD convention north = frame * 25 / threshold (+/- threshold frames within
-  25 m); for same-index protocols north = index * 1000 m. Explicit positive lists cannot be expressed.
+  frame-window protocols the VDD convention north = frame * 25 / (threshold + 0.5) m (+/- threshold
+  frames within 25 m; datasets/vdd.py); for same-index protocols north = index * 1000 m. Explicit
+  positive lists cannot be expressed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from vprbench.datasets.formatted import FormattedDataset, load_coordinates
+from vprbench.datasets.vdd import VDD_RADIUS, metres_per_frame
 from vprbench.errors import VPRBenchError
 
 EXPORT_FORMATS = ("gsv-cities", "vdd")
-VDD_RADIUS = 25.0
 
 
 def export_gsv_cities(ds: FormattedDataset, out: Path) -> list[Path]:
@@ -50,7 +51,7 @@ def _vdd_coordinates(ds: FormattedDataset) -> tuple[np.ndarray, np.ndarray]:
             )
         return coords["database"], coords["queries"]
     if coords is not None and coords["kind"] == "frame" and rule == "frame-window":
-        step = VDD_RADIUS / (ds.manifest["threshold"] + 0.5)  # +/-t frames inside 25 m, t+1 outside
+        step = metres_per_frame(ds.manifest["threshold"])
         to_xy = lambda f: np.stack([np.zeros(len(f)), f[:, 0] * step], 1)  # noqa: E731
         return to_xy(coords["database"]), to_xy(coords["queries"])
     if rule == "same-index" or all(p.tolist() == [i] for i, p in enumerate(ds.positives)):

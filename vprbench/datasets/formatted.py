@@ -4,6 +4,8 @@
     <data_root>/<name>/database.txt    database image paths, relative to image_root, one per line
     <data_root>/<name>/queries.txt     query image paths
     <data_root>/<name>/positives.npz   explicit positives per query (CSR: indptr, indices)
+    <data_root>/<name>/batch_order.npz the official batch order per split, where it is not the listed
+                                       one (batch-dependent models batch in it: datasets/vdd.py)
 
 A folder is written under a temporary name and renamed into place, so a name that exists is complete.
 """
@@ -49,6 +51,19 @@ class FormattedDataset:
     def image_path(self, relative: str) -> Path:
         """Absolute path of an image listed in database.txt or queries.txt."""
         return self.image_root / relative
+
+    def batch_order(self, which: str) -> np.ndarray:
+        """Dataset indices of split ``which`` in the protocol's official batch order: consecutive
+        entries share an inference batch of a batch-dependent model."""
+        path = self.folder / "batch_order.npz"
+        n = len(self.split(which))
+        if not path.is_file():
+            return np.arange(n, dtype=np.int64)
+        with np.load(path) as z:
+            order = z[which].astype(np.int64)
+        if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
+            raise VPRBenchError(f"{path}: {which} is not a permutation of the {n} images")
+        return order
 
     def split(self, which: str) -> list[str]:
         """The image list of ``'database'`` or ``'queries'``."""
@@ -107,8 +122,19 @@ def write_formatted(
     final = data_root / name
     if final.exists() and not overwrite:
         raise VPRBenchError(f"{final}: dataset '{name}' already exists")
+    from vprbench.datasets.vdd import official_batch_order
+
+    order, order_note, order_official = official_batch_order(
+        protocol.batch_order if protocol else "listed",
+        gt.source_format,
+        gt.database,
+        gt.queries,
+        gt.vdd_names,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=data_root))
     try:
+        if order is not None:
+            np.savez(tmp / "batch_order.npz", **order)
         (tmp / "database.txt").write_text("\n".join(gt.database) + "\n")
         (tmp / "queries.txt").write_text("\n".join(gt.queries) + "\n")
         indptr, indices = to_csr(gt.positives)
@@ -138,6 +164,7 @@ def write_formatted(
             "positive_rule": gt.positive_rule,
             "threshold": None if np.isnan(gt.threshold) else gt.threshold,
             "gt_digest": gt.digest(),
+            "batch_order": {"note": order_note, "official": order_official},
             "notes": gt.notes,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "vprbench_version": __version__,

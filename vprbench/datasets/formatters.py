@@ -13,7 +13,6 @@ a GroundTruth whose image paths are relative to ``image_root``. A missing file i
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +78,25 @@ def format_netvlad_mat(root: Path, protocol: Protocol, files: list[str]) -> Grou
     )
 
 
-def _msls_side(city_dir: Path, side: str, use_subtask: bool) -> tuple[list[str], np.ndarray]:
-    """Kept image paths (relative to the MSLS root) and their UTM, for one city and side, filtered as
-    mapillary_sls does for val: subtask 'all' (when asked) and no panoramas."""
+def _vdd_msls_names(raw: pd.DataFrame | None, keys: np.ndarray) -> list[str] | None:
+    """VDD's sort names of the images ``keys`` from raw.csv's latitude and longitude (the coordinates
+    VDD format_mapillary.py names files by), or None where raw.csv lacks them."""
+    from vprbench.datasets.vdd import msls_name_prefix
+
+    if raw is None or not {"key", "lat", "lon"} <= set(raw.columns):
+        return None
+    table = raw.set_index("key")
+    if not set(keys) <= set(table.index):
+        return None
+    lat, lon = table.loc[keys, "lat"].to_numpy(), table.loc[keys, "lon"].to_numpy()
+    return [msls_name_prefix(a, o, str(k)) for a, o, k in zip(lat, lon, keys, strict=True)]
+
+
+def _msls_side(
+    city_dir: Path, side: str, use_subtask: bool
+) -> tuple[list[str], np.ndarray, list[str] | None]:
+    """Kept image paths (relative to the MSLS root), their UTM and VDD sort names, for one city and
+    side, filtered as mapillary_sls does for val: subtask 'all' (when asked) and no panoramas."""
     folder = city_dir / side
     tables = {}
     for name in ("postprocessed.csv", "raw.csv", "subtask_index.csv"):
@@ -102,8 +117,10 @@ def _msls_side(city_dir: Path, side: str, use_subtask: bool) -> tuple[list[str],
     if use_subtask:
         keep &= subtask["all"].astype(bool).to_numpy()
     base = folder.relative_to(city_dir.parent.parent)
-    paths = [f"{base}/images/{k}.jpg" for k in post["key"].to_numpy()[keep]]
-    return paths, post[["easting", "northing"]].to_numpy(dtype=np.float64)[keep]
+    keys = post["key"].to_numpy()[keep]
+    paths = [f"{base}/images/{k}.jpg" for k in keys]
+    xy = post[["easting", "northing"]].to_numpy(dtype=np.float64)[keep]
+    return paths, xy, _vdd_msls_names(raw, keys)
 
 
 def format_msls(
@@ -114,22 +131,24 @@ def format_msls(
     (msls-val-full): every non-panorama query, with or without positives."""
     database, queries, positives, dropped = [], [], [], 0
     db_coords, q_coords = [], []
+    names: dict[str, list[str] | None] = {"database": [], "queries": []}
     train_val = find_one(root, "train_val")
     for city in protocol.cities or MSLS_VAL_CITIES:
         city_dir = train_val / city
         if not city_dir.is_dir():
             raise VPRBenchError(f"{train_val}: missing city folder {city}/")
-        db_paths, db_xy = _msls_side(city_dir, "database", use_subtask=True)
-        q_paths, q_xy = _msls_side(city_dir, "query", use_subtask=not full)
+        db_paths, db_xy, db_names = _msls_side(city_dir, "database", use_subtask=True)
+        q_paths, q_xy, q_names = _msls_side(city_dir, "query", use_subtask=not full)
         offset = len(database)
         found = positives_within_radius(q_xy, db_xy, protocol.threshold)
-        for path, xy, pos in zip(q_paths, q_xy, found, strict=True):
-            if pos.size or full:
-                queries.append(path)
-                positives.append(pos + offset)
-                q_coords.append(xy)
-            else:
-                dropped += 1
+        kept = [i for i, pos in enumerate(found) if pos.size or full]
+        dropped += len(found) - len(kept)
+        for i in kept:
+            queries.append(q_paths[i])
+            positives.append(found[i] + offset)
+            q_coords.append(q_xy[i])
+        _extend_names(names, "database", db_names, range(len(db_paths)))
+        _extend_names(names, "queries", q_names, kept)
         database.extend(db_paths)
         db_coords.append(db_xy)
     notes = (
@@ -143,7 +162,20 @@ def format_msls(
         "queries": np.array(q_coords).reshape(-1, 2),
     }
     return GroundTruth(database, queries, positives, "msls", "utm-radius", protocol.threshold,
-                       image_root=train_val.parent, notes=notes, coordinates=coordinates)  # fmt: skip
+                       image_root=train_val.parent, notes=notes, coordinates=coordinates,
+                       vdd_names=_complete_names(names))  # fmt: skip
+
+
+def _extend_names(names: dict, side: str, found: list[str] | None, kept) -> None:
+    """Append the VDD names of the kept images of one city; one city without them voids the side."""
+    if names[side] is None or found is None:
+        names[side] = None
+    else:
+        names[side].extend(found[i] for i in kept)
+
+
+def _complete_names(names: dict) -> dict | None:
+    return names if all(v is not None for v in names.values()) else None
 
 
 def format_msls_full(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
@@ -153,9 +185,12 @@ def format_msls_full(root: Path, protocol: Protocol, files: list[str]) -> Ground
 MSLS_TEST_CITIES = ("miami", "athens", "buenosaires", "stockholm", "bengaluru", "kampala")
 
 
-def _msls_test_side(city_dir: Path, side: str) -> tuple[list[str], np.ndarray | None]:
-    """Images of subtask 'all' (as mapillary_sls reads test cities), and their UTM when the folder
-    holds a postprocessed.csv with easting/northing (the ground truth released after the challenge)."""
+def _msls_test_side(
+    city_dir: Path, side: str
+) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+    """Images of subtask 'all' (as mapillary_sls reads test cities), their UTM when the folder holds a
+    postprocessed.csv with easting/northing (the ground truth released after the challenge), and their
+    VDD sort names when it holds a raw.csv with latitude and longitude."""
     folder = city_dir / side
     index_path = folder / "subtask_index.csv"
     if not index_path.is_file():
@@ -166,16 +201,19 @@ def _msls_test_side(city_dir: Path, side: str) -> tuple[list[str], np.ndarray | 
             raise VPRBenchError(f"{index_path}: missing column '{column}'")
     keep = index["all"].astype(bool).to_numpy()
     base = folder.relative_to(city_dir.parent.parent)
-    paths = [f"{base}/images/{k}.jpg" for k in index["key"].to_numpy()[keep]]
+    keys = index["key"].to_numpy()[keep]
+    paths = [f"{base}/images/{k}.jpg" for k in keys]
+    raw_path = folder / "raw.csv"
+    names = _vdd_msls_names(pd.read_csv(raw_path) if raw_path.is_file() else None, keys)
     post = folder / "postprocessed.csv"
     if not post.is_file():
-        return paths, None
+        return paths, None, names
     table = pd.read_csv(post, index_col=0).set_index("key")
     missing = [k for k in index["key"].to_numpy()[keep] if k not in table.index]
     if missing or not {"easting", "northing"} <= set(table.columns):
         raise VPRBenchError(f"{post}: needs easting/northing for every key, missing {missing[:3]}")
-    xy = table.loc[index["key"].to_numpy()[keep], ["easting", "northing"]].to_numpy(np.float64)
-    return paths, xy
+    xy = table.loc[keys, ["easting", "northing"]].to_numpy(np.float64)
+    return paths, xy, names
 
 
 def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
@@ -184,13 +222,16 @@ def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> Ground
     it every query has none, and evaluation writes predictions for the official scorer instead."""
     test = find_one(root, "test")
     database, queries, positives, db_groups, q_groups = [], [], [], [], []
+    names: dict[str, list[str] | None] = {"database": [], "queries": []}
     have_gt = True
     for city in protocol.cities or MSLS_TEST_CITIES:
         city_dir = test / city
         if not city_dir.is_dir():
             raise VPRBenchError(f"{test}: missing city folder {city}/")
-        db_paths, db_xy = _msls_test_side(city_dir, "database")
-        q_paths, q_xy = _msls_test_side(city_dir, "query")
+        db_paths, db_xy, db_names = _msls_test_side(city_dir, "database")
+        q_paths, q_xy, q_names = _msls_test_side(city_dir, "query")
+        _extend_names(names, "database", db_names, range(len(db_paths)))
+        _extend_names(names, "queries", q_names, range(len(q_paths)))
         have_gt &= db_xy is not None and q_xy is not None
         if db_xy is not None and q_xy is not None:
             found = positives_within_radius(q_xy, db_xy, protocol.threshold)
@@ -207,7 +248,7 @@ def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> Ground
         else ["no UTM ground truth in some test cities: their queries have no positives"]
     )
     return GroundTruth(database, queries, positives, "msls-test", "utm-radius", protocol.threshold,
-                       image_root=test.parent, notes=notes,
+                       image_root=test.parent, notes=notes, vdd_names=_complete_names(names),
                        groups={"database": db_groups, "queries": q_groups})  # fmt: skip
 
 
@@ -215,57 +256,68 @@ def format_vpr_bench(root: Path, protocol: Protocol, files: list[str]) -> Ground
     return read_vpr_bench(find_one(root, files[0]).parent)
 
 
-_FRAME = re.compile(r"(\d+)")
-
-
-def _frame_number(name: str) -> int:
-    digits = _FRAME.findall(Path(name).stem)
-    if not digits:
-        raise VPRBenchError(f"{name}: no frame number in the file name")
-    return int(digits[-1])
-
-
 def format_nordland_pnv(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
     """Nordland** (Patch-NetVLAD split): the frames of cleanImageNames.txt, summer as database and
-    winter as queries, positives within +/- threshold frames."""
+    winter as queries, positives within +/- threshold positions in the cleaned list.
+
+    The position counts images of the cleaned list in file-name order, not the frame number in the
+    file name: the list skips tunnels and stations (181 gaps), and both definitions of the protocol
+    count positions. VDD download_nordland.py (git 3aa6613^) names the num_image-th selected image of
+    sorted(glob()) with north = num_image * 25 / 10.5 m; Patch-NetVLAD nordland.npz stores image i of
+    its list as (i, i)."""
     names_file = find_one(root, "cleanImageNames.txt")
-    names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+    listed = [Path(n.strip()).name for n in names_file.read_text().splitlines() if n.strip()]
+    names = sorted(set(listed))
+    if len(names) != len(listed):
+        raise VPRBenchError(f"{names_file}: {len(listed) - len(names)} duplicate image name(s)")
     summer, winter = find_one(root, "summer"), find_one(root, "winter")
     if summer.parent != winter.parent:
         raise VPRBenchError(f"{root}: summer/ and winter/ must sit in the same folder")
-    frames = np.array([_frame_number(n) for n in names])
+    positions = np.arange(len(names), dtype=np.float64)
     return GroundTruth(
         database=[f"summer/{n}" for n in names],
         queries=[f"winter/{n}" for n in names],
-        positives=positives_within_window(frames, frames, protocol.threshold),
+        positives=positives_within_window(positions, positions, protocol.threshold),
         source_format="nordland-pnv",
         positive_rule="frame-window",
         threshold=protocol.threshold,
         image_root=summer.parent,
         coordinates={
             "kind": "frame",
-            "database": np.stack([frames, frames], 1),
-            "queries": np.stack([frames, frames], 1),
+            "database": np.stack([positions, positions], 1),
+            "queries": np.stack([positions, positions], 1),
         },
     )
 
 
 def format_pairs(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
-    """Two folders of identically named images (database folder first in ``files``): query i
-    matches database i only."""
+    """Two folders of images paired by file stem (database folder first in ``files``), whatever their
+    extensions (AmsterTime: new/*.png database, old/*.jpg queries, as VDD download_amstertime.py
+    reads them): query i matches database i only. Pairs are in stem order."""
     db_dir, q_dir = find_one(root, files[0]), find_one(root, files[1])
-    listing = {
-        d: sorted(p.name for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for d in (db_dir, q_dir)
-    }
-    if listing[db_dir] != listing[q_dir]:
+    listing = {}
+    for folder in (db_dir, q_dir):
+        by_stem: dict[str, str] = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if p.stem in by_stem:
+                raise VPRBenchError(
+                    f"{folder}: two images with stem {p.stem}: {by_stem[p.stem]}, {p.name}"
+                )
+            by_stem[p.stem] = p.name
+        listing[folder] = by_stem
+    if listing[db_dir].keys() != listing[q_dir].keys():
         only = sorted(set(listing[db_dir]) ^ set(listing[q_dir]))
-        raise VPRBenchError(f"{root}: {files[0]}/ and {files[1]}/ differ: {', '.join(only[:5])}")
-    names = listing[db_dir]
+        raise VPRBenchError(
+            f"{root}: {files[0]}/ and {files[1]}/ hold different pairs; unmatched stems: "
+            f"{', '.join(only[:5])}"
+        )
+    stems = sorted(listing[db_dir])
     return GroundTruth(
-        database=[f"{files[0]}/{n}" for n in names],
-        queries=[f"{files[1]}/{n}" for n in names],
-        positives=[np.array([i], dtype=np.int64) for i in range(len(names))],
+        database=[f"{files[0]}/{listing[db_dir][s]}" for s in stems],
+        queries=[f"{files[1]}/{listing[q_dir][s]}" for s in stems],
+        positives=[np.array([i], dtype=np.int64) for i in range(len(stems))],
         source_format="pairs",
         positive_rule="same-index",
         threshold=0.0,

@@ -36,6 +36,9 @@ class GroundTruth:
     coordinates: dict | None = None
     # Optional retrieval groups (MSLS cities): {"database": [Nd] names, "queries": [Nq] names}
     groups: dict | None = None
+    # Where the source knows them, the VDD file names (or their sort-deciding prefix) of every image,
+    # {"database": [Nd], "queries": [Nq]}: they give the official batch order (datasets/vdd.py).
+    vdd_names: dict | None = None
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(self.queries):

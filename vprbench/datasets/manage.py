@@ -43,39 +43,31 @@ def read_ground_truth(
     database_list: Path | None = None,
     queries_list: Path | None = None,
 ) -> GroundTruth:
-    """Dispatch to the reader of ``fmt``. The threshold defaults to the protocol's, where it has one."""
+    """Dispatch to the reader of ``fmt``. The threshold defaults to the protocol's, where it has one,
+    and is in the protocol's unit (metres or frames); a given ``threshold`` is in that unit too."""
     if fmt not in GT_FORMATS:
         raise VPRBenchError(f"unknown format '{fmt}'; valid formats: {', '.join(GT_FORMATS)}")
     if not path.exists():
         raise VPRBenchError(f"{path}: not found")
-    if (
-        threshold is None
-        and protocol is not None
-        and protocol.positive_rule
-        in (
-            "utm-radius",
-            "frame-window",
-        )
-    ):
+    rule = protocol.positive_rule if protocol is not None else None
+    if threshold is None and rule in ("utm-radius", "frame-window"):
         threshold = protocol.threshold
     if fmt == "vdd":
-        gt = readers.read_vdd(path, threshold=25.0 if threshold is None else threshold)
+        if rule == "frame-window":
+            gt = readers.read_vdd(path, threshold=threshold, unit="frames")
+        else:
+            gt = readers.read_vdd(path, threshold=25.0 if threshold is None else threshold)
     elif fmt == "gsv-cities":
         gt = readers.read_gsv_cities(path, prefix=prefix, image_root=image_root)
     elif fmt == "vpr-bench":
         gt = readers.read_vpr_bench(path)
     else:
-        rule = (
-            protocol.positive_rule
-            if protocol and protocol.positive_rule == "frame-window"
-            else None
-        )
         gt = readers.read_pnv(
             path,
             database_list,
             queries_list,
             image_root=image_root,
-            rule=rule or "utm-radius",
+            rule="frame-window" if rule == "frame-window" else "utm-radius",
             threshold=threshold,
         )
     if image_root is not None:
@@ -163,7 +155,7 @@ def download_dataset(
 ) -> tuple[Path, GroundTruth, list]:
     """Fetch every archive of ``name`` (mirrors in order, resumable, checked), unpack them under
     ``<data_root>/_raw/<name>/``, then format and verify counts. Returns (folder, gt, fetch reports)."""
-    from vprbench.datasets.download import Archive, extract, fetch
+    from vprbench.datasets.download import Archive, discard, extract, fetch
     from vprbench.protocols import get_protocol
 
     protocol = get_protocol(name, registry)
@@ -176,14 +168,25 @@ def download_dataset(
     unpacked = raw / "files"
     reports = []
     for spec in protocol.downloads:
-        archive = Archive(spec["name"], tuple(spec["mirrors"]), spec.get("sha256"))
+        archive = Archive(
+            spec["name"],
+            tuple(spec["mirrors"]),
+            spec.get("sha256"),
+            extract=spec.get("extract", True),
+            target=spec.get("target"),
+        )
         report = fetch(archive, raw / "archives", progress)
         reports.append(report)
-        if spec.get("extract", True):
-            extract(report.path, unpacked)
+        if archive.extract:
+            try:
+                extract(report.path, unpacked, archive.target)
+            except VPRBenchError as exc:
+                discard(report.path)  # never reuse a damaged download
+                raise VPRBenchError(f"{exc}; deleted it, run the download again") from exc
         else:
-            unpacked.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(report.path, unpacked / spec["name"])
+            folder = unpacked / archive.target if archive.target else unpacked
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report.path, folder / archive.name)
     folder, gt = format_dataset(name, unpacked, data_root, registry, progress)
     return folder, gt, reports
 

@@ -104,8 +104,15 @@ def _list_images(folder: Path) -> list[str]:
     )
 
 
-def read_vdd(path: str | Path, threshold: float = 25.0) -> GroundTruth:
-    """A VDD split folder holding ``database/`` and ``queries/``; positives within ``threshold`` m."""
+def read_vdd(path: str | Path, threshold: float = 25.0, unit: str = "m") -> GroundTruth:
+    """A VDD split folder holding ``database/`` and ``queries/``.
+
+    ``unit='m'``: positives within ``threshold`` metres of the UTM in the names. ``unit='frames'``:
+    the names hold frames of a synchronised video on VDD's fake north axis (Nordland**: east 0, north
+    = frame * 25 / (threshold + 0.5) m); frames are recovered and positives are within +/-``threshold``
+    frames, which is exactly VDD's own 25 m radius."""
+    from vprbench.datasets.vdd import frames_from_north
+
     root = Path(path)
     db = [f"database/{p}" for p in _list_images(root / "database")]
     q = [f"queries/{p}" for p in _list_images(root / "queries")]
@@ -113,15 +120,37 @@ def read_vdd(path: str | Path, threshold: float = 25.0) -> GroundTruth:
         raise VPRBenchError(f"{root}: VDD folder needs images in database/ and queries/")
     db_xy = np.array([[n.utm_east, n.utm_north] for n in map(parse_vdd_name, db)])
     q_xy = np.array([[n.utm_east, n.utm_north] for n in map(parse_vdd_name, q)])
+    if unit == "m":
+        positives = positives_within_radius(q_xy, db_xy, threshold)
+        rule, coordinates = "utm-radius", {"kind": "utm", "database": db_xy, "queries": q_xy}
+    elif unit == "frames":
+        if np.any(db_xy[:, 0] != db_xy[0, 0]) or np.any(q_xy[:, 0] != db_xy[0, 0]):
+            raise VPRBenchError(
+                f"{root}: frame-window ground truth needs VDD's frame layout (one utm_east for every "
+                "image, frames along utm_north); these names have several eastings"
+            )
+        db_f, q_f = (
+            frames_from_north(db_xy[:, 1], threshold),
+            frames_from_north(q_xy[:, 1], threshold),
+        )
+        positives = positives_within_window(q_f, db_f, threshold)
+        rule = "frame-window"
+        coordinates = {
+            "kind": "frame",
+            "database": np.stack([db_f, db_f], 1).astype(np.float64),
+            "queries": np.stack([q_f, q_f], 1).astype(np.float64),
+        }
+    else:
+        raise VPRBenchError(f"VDD reader: unit must be 'm' or 'frames', got {unit!r}")
     return GroundTruth(
         database=db,
         queries=q,
-        positives=positives_within_radius(q_xy, db_xy, threshold),
+        positives=positives,
         source_format="vdd",
-        positive_rule="utm-radius",
+        positive_rule=rule,
         threshold=float(threshold),
         image_root=root,
-        coordinates={"kind": "utm", "database": db_xy, "queries": q_xy},
+        coordinates=coordinates,
     )
 
 
