@@ -67,8 +67,14 @@ def test_evaluate_hand_made_dataset(tmp_path, capsys, monkeypatch, isolated_dirs
         capsys,
         monkeypatch,
     )
-    record = json.loads(record_path.read_text())
+    # Another --k and policy is another record: the first one is kept as it was.
+    records = sorted((isolated_dirs["results"] / "runs").glob("pixels__hand__*.json"))
+    assert len(records) == 2 and record_path in records
+    assert json.loads(record_path.read_text())["results"]["recall"] == {"1": 5 / 6, "5": 5 / 6}
+    (other,) = [r for r in records if r != record_path]
+    record = json.loads(other.read_text())
     assert record["results"]["recall"] == {"1": 1.0} and record["results"]["num_evaluated"] == 5
+    assert record["settings"]["no_positive_policy"] == "exclude"
     assert "nothing recomputed" in out
     preds = np.load(record["files"]["predictions"])
     assert preds["indices"].shape == (6, 12) and preds["indices"][1, 0] == 2
@@ -288,6 +294,11 @@ def test_d2vpr_through_the_cache_with_overrides_and_pca(hand, capsys, monkeypatc
     record = json.loads(record_path.read_text())
     assert record["model"]["batch_dependent"] is True and record["settings"]["batch_size"] == 2
     assert record["settings"]["pca"]["dim"] == 3 and record["model"]["descriptor_dim"] == 3
+    # the record says what was searched and how the PCA sample differs from the official one
+    assert record["settings"]["search"]["metric"].startswith("L2 on PCA-3 projections")
+    assert "evenly spaced" in record["settings"]["pca"]["fit_sample"]
+    assert "pitts30k/images" in record["settings"]["pca"]["official_fit"]
+    assert record["settings"]["batch_size_source"] == "--batch-size"
     with h5py.File(record["files"]["descriptors"], "r") as f:
         assert json.loads(f.attrs["key"])["batch_size"] == 2
     code, _, err = run(
@@ -296,21 +307,37 @@ def test_d2vpr_through_the_cache_with_overrides_and_pca(hand, capsys, monkeypatc
     assert code == 1 and "--pca DIM and --pca-fit DATASET go together" in one_line_error(err)
 
 
-def test_batch_dependent_models_use_the_protocols_official_batch_size():
+def test_batch_dependent_models_use_their_own_official_batch_size():
     from types import SimpleNamespace
 
     from vprbench.extract import ExtractSettings, resolve_batch_size
+    from vprbench.models import get_card
 
-    sped = SimpleNamespace(manifest={"protocol": "sped"})
-    pitts = SimpleNamespace(manifest={"protocol": "pitts30k-test"})
-    dependent, independent = (
-        SimpleNamespace(batch_dependent=True),
-        SimpleNamespace(batch_dependent=False),
+    def dataset(protocol):
+        return SimpleNamespace(name=protocol, manifest={"protocol": protocol})
+
+    def model(name, dependent=True):
+        return SimpleNamespace(batch_dependent=dependent, card=get_card(name))
+
+    def size(name, protocol, **settings):
+        return resolve_batch_size(
+            ExtractSettings(model=name, **settings), dataset(protocol), model(name)
+        )
+
+    # CricaVPR's protocol: 8 on Pitts, 16 elsewhere (paper, CricaVPR#7; parser.py)
+    assert size("cricavpr", "msls-val") == (16, "cricavpr default for msls-val")
+    assert size("cricavpr", "pitts30k-test")[0] == 8 and size("cricavpr", "sped")[0] == 16
+    assert size("cricavpr", "nordland-pnv")[0] == 16 and size("cricavpr", "amstertime")[0] == 16
+    # D²-VPR's eval_encoder.py: SPED 3, AmsterTime/Pitts 8, MSLS-val/Nordland** 128
+    assert [size("d2vpr-encoder", p)[0] for p in ("sped", "amstertime", "pitts30k-test",
+            "pitts250k-test", "msls-val", "nordland-pnv")] == [3, 8, 8, 8, 128, 128]  # fmt: skip
+    assert size("d2vpr-encoder", "sped")[1] == "d2vpr protocol for sped"
+    assert size("cricavpr", "my-own-set")[1].startswith("cricavpr default (dataset 'my-own-set'")
+    independent = resolve_batch_size(
+        ExtractSettings(model="d2vpr"), dataset("sped"), model("d2vpr", dependent=False)
     )
-    assert resolve_batch_size(ExtractSettings(model="cricavpr"), sped, dependent) == 3
-    assert resolve_batch_size(ExtractSettings(model="cricavpr"), pitts, dependent) == 8
-    assert resolve_batch_size(ExtractSettings(model="d2vpr"), sped, independent) == 32
-    assert resolve_batch_size(ExtractSettings(model="cricavpr", batch_size=5), sped, dependent) == 5
+    assert independent[0] == 32
+    assert size("cricavpr", "sped", batch_size=5) == (5, "--batch-size")
 
 
 def test_datasets_format_export_and_download_commands(tmp_path, capsys, monkeypatch, isolated_dirs):

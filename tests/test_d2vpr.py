@@ -61,7 +61,7 @@ def test_component_sizes_and_headline_reduction():
 def test_switches_change_exactly_their_part(options, total, dim):
     model = build("d2vpr", **options)
     assert n_params(model) == total
-    out = model(torch.rand(2, 3, 56, 56))
+    out = model(torch.rand(2, 3, 168, 168))  # 12x12 patches: the least regional GeM accepts
     assert out.shape == (2, dim) and model.descriptor_dim == dim
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
     assert model.batch_dependent == options.get("cross_image_encoder", False)
@@ -271,7 +271,7 @@ def test_tdda_quirks_hand_computed():
 
 
 def test_cross_image_encoder_makes_descriptors_batch_dependent():
-    x = torch.rand(3, 3, 56, 56)
+    x = torch.rand(3, 3, 168, 168)
     for name in ("cricavpr", "d2vpr-encoder"):
         model = build(name)
         for layer in model.encoder.layers:  # give the encoder a visible effect at random init
@@ -288,9 +288,29 @@ def test_cross_image_encoder_makes_descriptors_batch_dependent():
 
 def test_small_inputs_and_errors():
     model = build("d2vpr", aggregator="regional-gem")
-    with pytest.raises(VPRBenchError, match="at least 4x4"):
-        model(torch.rand(1, 3, 42, 42))
+    with pytest.raises(VPRBenchError, match="at least 12x12 patches"):
+        model(torch.rand(1, 3, 154, 154))
     with pytest.raises(VPRBenchError, match="multiple of 14"):
         build("d2vpr")(torch.rand(1, 3, 50, 50))
     with pytest.raises(VPRBenchError, match="aggregator must be one of"):
         build("d2vpr", aggregator="netvlad")
+
+
+@pytest.mark.parametrize("grid", [16, 23, 32])  # 224, 322 and 448 pixels
+def test_regional_gem_slices_like_official_cricavpr_at_every_size(grid):
+    from vprbench.models.aggregators import RegionalGeM
+
+    torch.manual_seed(grid)
+    cls, patches = torch.randn(2, 768), torch.randn(2, 768, grid, grid)
+    pool = RegionalGeM()
+    agg = pool.aggregation
+    # CricaVPR network.py:61-64, indices as written there
+    x_p = patches
+    official = [
+        cls,
+        agg(x_p[:, :, 0:8, 0:8]), agg(x_p[:, :, 0:8, 8:]), agg(x_p[:, :, 8:, 0:8]), agg(x_p[:, :, 8:, 8:]),
+        agg(x_p[:, :, 0:5, 0:5]), agg(x_p[:, :, 0:5, 5:11]), agg(x_p[:, :, 0:5, 11:]),
+        agg(x_p[:, :, 5:11, 0:5]), agg(x_p[:, :, 5:11, 5:11]), agg(x_p[:, :, 5:11, 11:]),
+        agg(x_p[:, :, 11:, 0:5]), agg(x_p[:, :, 11:, 5:11]), agg(x_p[:, :, 11:, 11:]),
+    ]  # fmt: skip
+    torch.testing.assert_close(pool(cls, patches), torch.stack(official, dim=1), rtol=0, atol=0)

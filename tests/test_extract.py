@@ -95,6 +95,7 @@ def batchmean_model():
         image_size=(8, 8),
         descriptor_dim=192,
         batch_dependent=True,
+        batch_convention="d2vpr",
     )
     register_model(card)(build)
     yield card.name
@@ -230,3 +231,108 @@ def test_two_processes_on_one_cache(tmp_path):
     b, _ = _h5_arrays(ref)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert sum("nothing recomputed" in o for o in outputs) == 1  # the second waited, then reused
+
+
+def _sped_like(tmp_path, n=12):
+    """A formatted 'sped' (the vdd-pairs batch order) of n pairs named 0000000..; query i is a noisy
+    copy of database image i."""
+    folder = make_vpr_bench_folder(tmp_path / "sped_src", n, [[i] for i in range(n)], size=(8, 8))
+    from tests.test_formatters import registry_with
+
+    import_dataset(folder, "vpr-bench", "sped", data_root(), registry_with(tmp_path, "sped", n, n))
+    return load_formatted("sped", data_root())
+
+
+def _forward(ds, split, indices):
+    """BatchMean's descriptors of ``indices`` of ``split`` run as one batch."""
+    from vprbench.datasets.images import ImageList, Preprocess
+    from vprbench.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    images = ImageList(
+        [ds.image_path(p) for p in ds.split(split)],
+        Preprocess((8, 8), "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+    )
+    with torch.inference_mode():
+        return BatchMean()(torch.stack([images[i][1] for i in indices])).numpy()
+
+
+def test_batch_dependent_models_batch_in_the_official_order(tmp_path, batchmean_model):
+    ds = _sped_like(tmp_path)
+    # VDD names SPED image i '@0@{i*1000}@...' without padding, and the official code batches the
+    # sorted names: '0@' < '10000@' < '1000@' < '11000@' < '2000@' ('0' sorts before '@'), so the
+    # images go 0, 10, 1, 11, 2, ..., 9.
+    official = [[0, 10, 1], [11, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert ds.batch_order("database").tolist() == sum(official, [])
+    result = extract(ds, ExtractSettings(model=batchmean_model), cache_root())
+    assert (
+        result.batch_size == 3
+    )  # D²-VPR's SPED size (eval_encoder.py), from the model's convention
+    assert result.batch_size_source == "d2vpr protocol for sped"
+    for split in ("database", "queries"):
+        got = getattr(result.descriptors, split)
+        for batch in official:
+            np.testing.assert_allclose(got[batch], _forward(ds, split, batch), atol=1e-6)
+    # dataset-order batches ([0, 1, 2], ...) would have given other descriptors
+    assert not np.allclose(
+        result.descriptors.database[[0, 1, 2]], _forward(ds, "database", [0, 1, 2])
+    )
+    # the order is in the key of a batch-dependent model only
+    assert result.descriptors.key["batch_order"] is not None
+    pixels = extract(ds, ExtractSettings(model="pixels"), cache_root())
+    assert pixels.descriptors.key["batch_order"] is None
+
+
+def test_skipped_images_stay_out_of_a_batch_dependent_forward(tmp_path, batchmean_model):
+    ds = _sped_like(tmp_path)
+    ds.image_path(ds.database[10]).write_bytes(b"not an image")
+    result = extract(ds, ExtractSettings(model=batchmean_model, on_bad_image="skip"), cache_root())
+    db = result.descriptors
+    assert db.database_valid.tolist() == [i != 10 for i in range(12)]
+    # official batch {0, 10, 1} lost image 10: 0 and 1 are computed together, without a zero image
+    np.testing.assert_allclose(db.database[[0, 1]], _forward(ds, "database", [0, 1]), atol=1e-6)
+    assert not db.database[10].any()
+
+
+def test_reimported_images_under_the_same_name_are_extracted_again(tmp_path):
+    a = make_vpr_bench_folder(tmp_path / "copyA", 6, [[0], [1]], seed=1)
+    b = make_vpr_bench_folder(tmp_path / "copyB", 6, [[0], [1]], seed=2)  # same names, new pixels
+    import_dataset(a, "vpr-bench", "mine", data_root(), load_registry())
+    first = extract(
+        load_formatted("mine", data_root()), ExtractSettings(model="pixels"), cache_root()
+    )
+    import_dataset(b, "vpr-bench", "mine", data_root(), load_registry())
+    second = extract(
+        load_formatted("mine", data_root()), ExtractSettings(model="pixels"), cache_root()
+    )
+    assert second.computed and second.descriptors.path != first.descriptors.path
+    assert not np.allclose(first.descriptors.database, second.descriptors.database)
+    fresh = extract(
+        load_formatted("mine", data_root()), ExtractSettings(model="pixels"), tmp_path / "fresh"
+    )
+    assert fresh.descriptors.database.tobytes() == second.descriptors.database.tobytes()
+    # a file changed in place is a new key too
+    image = tmp_path / "copyB" / "ref" / "0000000.png"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    third = extract(
+        load_formatted("mine", data_root()), ExtractSettings(model="pixels"), cache_root()
+    )
+    assert third.computed
+
+
+def test_positives_are_not_in_the_descriptor_key(tmp_path):
+    # The same images with other positives (a corrected ground truth) reuse the descriptors.
+    make_vpr_bench_folder(tmp_path / "src", 6, [[0], [1]])
+    import_dataset(tmp_path / "src", "vpr-bench", "mine", data_root(), load_registry())
+    first = extract(
+        load_formatted("mine", data_root()), ExtractSettings(model="pixels"), cache_root()
+    )
+    rows = np.empty((2, 2), dtype=object)
+    rows[0] = [0, [0, 1]]
+    rows[1] = [1, [1, 2]]
+    np.save(tmp_path / "src" / "ground_truth_new.npy", rows, allow_pickle=True)
+    import_dataset(tmp_path / "src", "vpr-bench", "mine", data_root(), load_registry())
+    again = extract(
+        load_formatted("mine", data_root()), ExtractSettings(model="pixels"), cache_root()
+    )
+    assert not again.computed and again.descriptors.path == first.descriptors.path

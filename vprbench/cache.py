@@ -3,9 +3,10 @@
 One file per cache key: ``<cache>/descriptors/<dataset>/<model>/<digest>.h5`` holding ``database`` and
 ``queries`` ([N, D] float32), ``database_valid`` / ``queries_valid`` ([N] bool) and the key as JSON in
 its attributes. The key covers everything that changes a descriptor (model, options, weights digest,
-image size, interpolation, normalisation, dtype, dataset digest, bad-image policy, and the inference
-batch size of batch-dependent models): a different key is a different file, and a file is only read if
-its stored key equals the one asked for.
+image size, interpolation, normalisation, dtype, the images themselves (resolved root plus each file's
+path, size and mtime), bad-image policy, and the inference batch size and batch order of batch-dependent
+models): a different key is a different file, and a file is only read if its stored key equals the one
+asked for.
 
 While an extraction runs, finished batches are kept as ``<digest>.partial/<split>-<batch>.npz`` shards,
 each renamed into place when written, so a killed run resumes at the first missing batch. The final
@@ -31,7 +32,7 @@ import numpy as np
 from vprbench.atomic import write_npz, write_text
 from vprbench.errors import VPRBenchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards carry their dataset indices (batches in any order)
 SPLITS = ("database", "queries")
 
 
@@ -125,14 +126,40 @@ class DescriptorCache:
 
     @staticmethod
     def write_shard(
-        folder: Path, split: str, batch: int, descriptors: np.ndarray, valid: np.ndarray
+        folder: Path,
+        split: str,
+        batch: int,
+        descriptors: np.ndarray,
+        valid: np.ndarray,
+        indices: np.ndarray,
     ) -> None:
-        """Write one batch's descriptors [B, D] float32 and validity [B] bool, atomically."""
+        """Write one batch's descriptors [B, D] float32, validity [B] bool and the dataset indices
+        [B] int64 of its images (batches may follow an order other than the dataset's), atomically."""
         write_npz(
             DescriptorCache.shard_path(folder, split, batch),
             descriptors=descriptors.astype(np.float32),
             valid=valid.astype(bool),
+            indices=np.asarray(indices, dtype=np.int64),
         )
+
+    def _assemble(
+        self, folder: Path, split: str, n: int, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors [n, D] and validity [n] of one split, each shard's rows put back at their
+        dataset indices. A shard whose images were all unreadable holds no columns (zeros)."""
+        shards = []
+        for b in range(-(-n // batch_size)):
+            with np.load(self.shard_path(folder, split, b)) as z:
+                shards.append((z["indices"], z["descriptors"], z["valid"]))
+        width = max((d.shape[1] for _, d, _ in shards), default=0)
+        desc, valid, seen = np.zeros((n, width), np.float32), np.zeros(n, bool), np.zeros(n, bool)
+        for rows, d, v in shards:
+            if d.shape[1]:
+                desc[rows] = d
+            valid[rows], seen[rows] = v, True
+        if not seen.all():
+            raise VPRBenchError(f"{folder}: {split} shards miss {int((~seen).sum())} of {n} rows")
+        return desc, valid
 
     def finalise(self, key: dict, folder: Path, counts: dict[str, int], batch_size: int) -> Path:
         """Assemble the shards of every split into the final .h5 (atomic rename), drop the shards."""
@@ -142,17 +169,24 @@ class DescriptorCache:
         try:
             with h5py.File(tmp, "w") as f:
                 for split in SPLITS:
-                    n_batches = -(-counts[split] // batch_size)
-                    parts, valid = [], []
+                    n, n_batches = counts[split], -(-counts[split] // batch_size)
+                    desc, valid, seen = None, np.zeros(n, bool), np.zeros(n, bool)
                     for b in range(n_batches):
                         with np.load(self.shard_path(folder, split, b)) as z:
-                            parts.append(z["descriptors"])
-                            valid.append(z["valid"])
-                    desc = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-                    if len(desc) != counts[split]:
-                        raise VPRBenchError(f"{folder}: {split} shards hold {len(desc)} rows")
-                    f.create_dataset(split, data=desc)
-                    f.create_dataset(f"{split}_valid", data=np.concatenate(valid))
+                            rows = z["indices"]
+                            if desc is None:
+                                desc = np.zeros((n, z["descriptors"].shape[1]), np.float32)
+                            desc[rows] = z["descriptors"]
+                            valid[rows] = z["valid"]
+                            seen[rows] = True
+                    if not seen.all():
+                        raise VPRBenchError(
+                            f"{folder}: {split} shards miss {int((~seen).sum())} of {n} rows"
+                        )
+                    f.create_dataset(
+                        split, data=np.zeros((0, 0), np.float32) if desc is None else desc
+                    )
+                    f.create_dataset(f"{split}_valid", data=valid)
                 f.attrs["key"] = canonical_json(key)
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["batch_size"] = batch_size

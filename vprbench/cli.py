@@ -164,7 +164,8 @@ def datasets_info(name: str, root: Path | None) -> None:
             ("queries", f"{p.queries_count} ({p.queries_layout})"),
             ("positive", f"{p.positive_summary()} (rule {p.positive_rule})"),
             ("ground truth", f"{p.gt_source} [formats: {', '.join(p.gt_formats)}]"),
-            ("inference batch", str(p.inference_batch_size or "-")),
+            ("inference batch", _batch_sizes(p)),
+            ("batch order", p.batch_order),
             ("licence", p.licence),
             ("obtain", p.obtain),
         ):
@@ -173,6 +174,19 @@ def datasets_info(name: str, root: Path | None) -> None:
     if name in formatted:
         console.print(f"[bold]Formatted copy[/] at {folder / name}:")
         console.print_json(json.dumps(load_formatted(name, folder).manifest))
+
+
+def _batch_sizes(p) -> str:
+    """Official inference batch size of each batch-dependent convention on protocol ``p``."""
+    from vprbench.protocols import BATCH_CONVENTIONS
+
+    parts = []
+    for convention in BATCH_CONVENTIONS:
+        size, _ = p.official_batch_size(convention)
+        parts.append(
+            f"{convention} {size}" + ("" if convention in p.inference_batch_size else " (default)")
+        )
+    return ", ".join(parts) + " (batch-dependent models only)"
 
 
 @datasets.command("import")
@@ -381,6 +395,12 @@ def _describe_extract(result) -> None:
         f"descriptors of dim {d.database.shape[1]} ({state}) -> {d.path}",
         soft_wrap=True,
     )
+    if result.model.batch_dependent:
+        console.print(
+            f"batch-dependent model: batch size {result.batch_size} ({result.batch_size_source}), "
+            f"{result.batch_order}",
+            soft_wrap=True,
+        )
     skipped = int((~d.database_valid).sum() + (~d.queries_valid).sum())
     if skipped:
         err_console.print(f"[yellow]{skipped} unreadable image(s) skipped (--on-bad-image skip)[/]")

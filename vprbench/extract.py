@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import warnings
@@ -37,9 +38,8 @@ class ExtractSettings:
     weights: str | None = None
     overrides: dict[str, Any] | None = None
     image_size: tuple[int, int] | None = None  # None: the model card's
-    batch_size: int | None = (
-        None  # None: the protocol's official size for batch-dependent models, else 32
-    )
+    # None: the official size of (model convention, protocol) for batch-dependent models, else 32
+    batch_size: int | None = None
     dtype: str = "fp32"
     device: str = "cpu"
     on_bad_image: str = "error"
@@ -57,6 +57,8 @@ class ExtractResult:
     computed: bool  # False when everything came from the cache
     seconds: float
     skipped: dict[str, list[str]]
+    batch_size_source: str = ""  # where batch_size comes from: --batch-size, a protocol, a default
+    batch_order: str = ""  # which images shared a batch (batch-dependent models), else ""
 
 
 def _validate(settings: ExtractSettings) -> None:
@@ -86,10 +88,34 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def image_fingerprint(dataset: FormattedDataset) -> str:
+    """sha256 over the resolved image root and every image's path, size and modification time: a
+    re-formatted or re-downloaded copy under the same dataset name is a different key."""
+    h = hashlib.sha256(str(Path(dataset.image_root).resolve()).encode())
+    for split in SPLITS:
+        h.update(f"\n{split}".encode())
+        for rel in dataset.split(split):
+            try:
+                st = os.stat(dataset.image_path(rel))
+                h.update(f"\n{rel}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"\n{rel}\tmissing".encode())
+    return h.hexdigest()
+
+
+def batch_order_digest(dataset: FormattedDataset) -> str:
+    """Digest of the official batch order of both splits (which images share a batch)."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        h.update(dataset.batch_order(split).astype(np.int64).tobytes())
+    return h.hexdigest()[:20]
+
+
 def cache_key(
     model: VPRModel, dataset: FormattedDataset, preprocess: Preprocess, settings, batch_size: int
 ) -> dict:
-    """The cache key: every input that changes a descriptor, and nothing else."""
+    """The cache key: every input that changes a descriptor (the images themselves included), and
+    nothing else (not the positives)."""
     info = model.weights_info
     return {
         "format": FORMAT_VERSION,
@@ -100,25 +126,37 @@ def cache_key(
         "preprocess": preprocess.as_dict(),
         "dtype": settings.dtype,
         "batch_size": batch_size if model.batch_dependent else None,
+        "batch_order": batch_order_digest(dataset) if model.batch_dependent else None,
         "dataset": dataset.name,
-        "dataset_digest": dataset.digest,
+        "images": image_fingerprint(dataset),
         "on_bad_image": settings.on_bad_image,
     }
 
 
 def resolve_batch_size(
     settings: ExtractSettings, dataset: FormattedDataset, model: VPRModel, registry=None
-) -> int:
-    """The user's batch size, else the protocol's official one for batch-dependent models, else 32."""
+) -> tuple[int, str]:
+    """(batch size, where it comes from): the user's; else, for batch-dependent models, the official
+    size of the model's convention on the dataset's protocol (datasets.yaml inference_batch_size);
+    else 32, which does not change descriptors."""
     if settings.batch_size is not None:
-        return settings.batch_size
-    if model.batch_dependent:
-        from vprbench.protocols import load_registry
+        return settings.batch_size, "--batch-size"
+    if not model.batch_dependent:
+        return 32, "vprbench default (descriptors do not depend on it)"
+    from vprbench.protocols import BATCH_CONVENTIONS, load_registry
 
-        protocol = (registry or load_registry()).get(dataset.manifest.get("protocol") or "")
-        if protocol is not None and protocol.inference_batch_size:
-            return protocol.inference_batch_size
-    return 32
+    convention = model.card.batch_convention
+    if convention is None:
+        raise VPRBenchError(
+            f"model '{model.card.name}' is batch-dependent but its card names no batch-size "
+            "convention; pass --batch-size"
+        )
+    protocol = (registry or load_registry()).get(dataset.manifest.get("protocol") or "")
+    if protocol is None:
+        return BATCH_CONVENTIONS[convention], (
+            f"{convention} default (dataset '{dataset.name}' is not a registered protocol)"
+        )
+    return protocol.official_batch_size(convention)
 
 
 def extract(
@@ -147,16 +185,23 @@ def extract(
     )
     if preprocess.interpolation not in INTERPOLATIONS:
         raise VPRBenchError(f"model card '{card.name}': unknown interpolation")
-    batch_size = resolve_batch_size(settings, dataset, model)
+    batch_size, batch_source = resolve_batch_size(settings, dataset, model)
+    order = dataset.manifest.get("batch_order", {}).get("note", "listed order")
+    order = order if model.batch_dependent else ""
     cache = DescriptorCache(cache_dir)
     key = cache_key(model, dataset, preprocess, settings, batch_size)
+
+    def result(cached, shard_batch, computed, seconds, skipped):
+        return ExtractResult(cached, model, preprocess, shard_batch, computed, seconds, skipped,
+                             batch_source, order)  # fmt: skip
+
     cached = cache.load(key)
     if cached is not None:
-        return ExtractResult(cached, model, preprocess, batch_size, False, 0.0, {})
+        return result(cached, batch_size, False, 0.0, {})
     with cache.lock(key):
         cached = cache.load(key)  # another process may have finished it while we waited
         if cached is not None:
-            return ExtractResult(cached, model, preprocess, batch_size, False, 0.0, {})
+            return result(cached, batch_size, False, 0.0, {})
         folder, shard_batch = cache.open_partial(key, batch_size)
         skipped = {
             split: _extract_split(
@@ -168,9 +213,7 @@ def extract(
         cache.finalise(key, folder, counts, shard_batch)
     cached = cache.load(key)
     assert cached is not None
-    return ExtractResult(
-        cached, model, preprocess, shard_batch, True, time.perf_counter() - start, skipped
-    )
+    return result(cached, shard_batch, True, time.perf_counter() - start, skipped)
 
 
 def _extract_split(
@@ -189,9 +232,11 @@ def _extract_split(
     todo = [
         b for b in range(n_batches) if not DescriptorCache.shard_path(folder, split, b).is_file()
     ]
-    # Batches never straddle the database/query boundary and keep dataset order: this matters for
-    # batch-dependent models, whose descriptors depend on which images share a batch.
-    batches = [list(range(b * batch_size, min(len(paths), (b + 1) * batch_size))) for b in todo]
+    # Batches never straddle the database/query boundary. A batch-dependent model (its descriptors
+    # depend on which images share a batch) batches in the protocol's official order; others in
+    # dataset order, which changes nothing for them.
+    order = dataset.batch_order(split) if model.batch_dependent else np.arange(len(paths))
+    batches = [order[b * batch_size : (b + 1) * batch_size].tolist() for b in todo]
     tick = progress(f"{dataset.name} {split}", len(paths)) if progress else None
     if tick:
         tick(len(paths) - sum(len(b) for b in batches))
@@ -209,17 +254,22 @@ def _extract_split(
         if bad and settings.on_bad_image == "error":
             raise VPRBenchError(bad[0] + "; use --on-bad-image skip to leave it out")
         skipped.extend(bad)
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device.type, dtype=DTYPES[settings.dtype], enabled=settings.dtype != "fp32"
-            ),
-        ):
-            out = model(images.to(device))
-        desc = F.normalize(out.float(), dim=1).cpu().numpy()
         valid = np.array([not e for e in errors], dtype=bool)
-        desc[~valid] = 0.0
-        DescriptorCache.write_shard(folder, split, b, desc, valid)
+        desc = np.zeros((len(errors), 0), dtype=np.float32)  # no valid image: width unknown
+        if valid.any():
+            # Unreadable images stay out of the forward pass: in a batch-dependent model they would
+            # change their batch-mates' descriptors.
+            batch = images[torch.from_numpy(valid)] if not valid.all() else images
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    device.type, dtype=DTYPES[settings.dtype], enabled=settings.dtype != "fp32"
+                ),
+            ):
+                out = F.normalize(model(batch.to(device)).float(), dim=1).cpu().numpy()
+            desc = np.zeros((len(errors), out.shape[1]), dtype=np.float32)
+            desc[valid] = out
+        DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())
         if tick:
             tick(len(indices))
         if sleep:

@@ -52,13 +52,17 @@ def gem_aggregation() -> nn.Sequential:
     return nn.Sequential(L2Norm(), GeM(), nn.Flatten(1))
 
 
-def _bounds(n: int) -> tuple[int, int, int]:
-    """Cut points of a side of n patches: half, 5/16 and 11/16 (8, 5, 11 for CricaVPR's 16)."""
-    return n // 2, int(n * 5 / 16 + 0.5), int(n * 11 / 16 + 0.5)
+# Official CricaVPR network.py:61-64 slices the patch map at fixed indices, whatever its size: quadrants
+# at 8, the 3x3 regions at 5 and 11 (x_p[:,:,0:8,0:8] ... x_p[:,:,11:,11:]). At 224x224 (a 16x16 grid)
+# these are the half and the 5/16, 11/16 cuts; at 322 or 448 they are still 8, 5 and 11, so the last
+# regions grow. vprbench reproduces the official slicing at every size.
+QUADRANT_CUT = 8
+REGION_CUTS = (5, 11)
 
 
 class RegionalGeM(nn.Module):
-    """CricaVPR's fixed regions: CLS, then GeM of 4 quadrants and 9 regions of the 5/6/5 split."""
+    """CricaVPR's fixed regions: CLS, then GeM of 4 quadrants (cut at patch 8) and 9 regions (cuts at
+    patches 5 and 11), at the official fixed indices for every input size."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,16 +70,16 @@ class RegionalGeM(nn.Module):
 
     def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         rows, cols = patches.shape[-2:]
-        if min(rows, cols) < 4:
+        if min(rows, cols) <= REGION_CUTS[1]:
             raise VPRBenchError(
-                f"regional GeM needs a patch grid of at least 4x4 (56x56 pixels), got {rows}x{cols}"
+                f"regional GeM cuts the patch grid at 5, 8 and 11 (official CricaVPR), so it needs "
+                f"at least 12x12 patches (168x168 pixels), got {rows}x{cols}"
             )
-        (hr, r1, r2), (hc, c1, c2) = _bounds(rows), _bounds(cols)
-        medium = [(slice(0, hr), slice(0, hc)), (slice(0, hr), slice(hc, None)),
-                  (slice(hr, None), slice(0, hc)), (slice(hr, None), slice(hc, None))]  # fmt: skip
-        cuts_r = (slice(0, r1), slice(r1, r2), slice(r2, None))
-        cuts_c = (slice(0, c1), slice(c1, c2), slice(c2, None))
-        small = [(r, c) for r in cuts_r for c in cuts_c]
+        h, (c1, c2) = QUADRANT_CUT, REGION_CUTS
+        halves = (slice(0, h), slice(h, None))
+        thirds = (slice(0, c1), slice(c1, c2), slice(c2, None))
+        medium = [(r, c) for r in halves for c in halves]
+        small = [(r, c) for r in thirds for c in thirds]
         pooled = [self.aggregation(patches[:, :, r, c]) for r, c in medium + small]
         return torch.stack([cls, *pooled], dim=1)
 

@@ -43,6 +43,8 @@ class ModelCard:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     batch_dependent: bool = False
+    # Whose official inference batch sizes a batch-dependent variant follows (protocols.BATCH_CONVENTIONS)
+    batch_convention: str | None = None
     weights: WeightSource | None = None
     options: dict[str, Any] = field(default_factory=dict)  # constructor switches and their defaults
     reference: str = ""
