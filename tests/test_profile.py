@@ -132,3 +132,12 @@ def test_profile_command(capsys, monkeypatch, isolated_dirs):
     ]
     pca = {r["model"]: r["params"]["by_group"]["pca"] for r in records}
     assert pca == {"pixels": 3072 * 16 + 3072, "effnet-lite0-gem": 1280 * 16 + 1280}
+
+
+def test_profile_record_states_the_tdda_offset_passes(tmp_path):
+    settings = ProfileSettings(image_size=(56, 56), warmup=0, repeats=1, threads=1)
+    record = profile_model("d2vpr", {}, settings, tmp_path)
+    assert record["flops"]["tdda_offset_passes"].startswith("1 per image")
+    assert "13 times" in record["flops"]["tdda_offset_passes"]
+    gem = profile_model("d2vpr", {"aggregator": "gem"}, settings, tmp_path)
+    assert gem["flops"]["tdda_offset_passes"] is None

@@ -76,17 +76,30 @@ def evaluate(
         else None
     )
     model = extracted.model
-    run_key = {"descriptors": cached.key, "pca": pca.key if pca else None, "per_city": per_city}
+    # Everything that changes the record: two evaluations that differ in any of these keep two records.
+    run_key = {
+        "descriptors": cached.key,
+        "pca": pca.key if pca else None,
+        "per_city": per_city,
+        "ks": list(ks),
+        "no_positive_policy": no_positive_policy,
+    }
     run_id = f"{model.card.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
     write_npz(predictions_path, indices=indices, distances=distances)
     files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
+    notes = []
     if dataset.manifest.get("source_format", "").startswith("msls"):
-        msls_path = runs / f"{run_id}.msls_predictions.txt"
-        write_text(msls_path, msls_prediction_lines(dataset, indices))
-        files["msls_predictions"] = str(msls_path)
+        try:
+            text = msls_prediction_lines(dataset, indices)
+        except ValueError as exc:
+            notes.append(f"MSLS prediction file not written: {exc}")
+        else:
+            msls_path = runs / f"{run_id}.msls_predictions.txt"
+            write_text(msls_path, text)
+            files["msls_predictions"] = str(msls_path)
     record = {
         "run_id": run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -111,22 +124,19 @@ def evaluate(
             "preprocess": extracted.preprocess.as_dict(),
             "dtype": cached.key["dtype"],
             "batch_size": extracted.batch_size,
+            "batch_size_source": extracted.batch_size_source,
+            "batch_order": extracted.batch_order or None,
             "device": device,
             "on_bad_image": cached.key["on_bad_image"],
             "search": {
                 "index": "faiss.IndexFlatL2",
                 "exact": True,
-                "metric": "L2 on L2-normalised",
+                "metric": "L2 on L2-normalised descriptors"
+                if pca is None
+                else f"L2 on PCA-{pca.dim} projections of L2-normalised descriptors "
+                "(not re-normalised, as the official test.py)",
             },
-            "pca": None
-            if pca is None
-            else {
-                "dim": pca.dim,
-                "fit_dataset": pca.key["descriptors"]["dataset"],
-                "max_images": pca.key["max_images"],
-                "renormalised": False,
-                "file": str(pca.path),
-            },
+            "pca": None if pca is None else pca_record(pca),
             "no_positive_policy": no_positive_policy,
             "ks": list(ks),
             "per_city": per_city,
@@ -141,6 +151,7 @@ def evaluate(
             "num_skipped_query_images": int((~cached.queries_valid).sum()),
         },
         "files": files,
+        "notes": notes,
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -153,11 +164,35 @@ def evaluate(
     return record, record_path
 
 
+def pca_record(pca: PCA) -> dict:
+    """What the PCA was fitted on, and how that differs from the official fit."""
+    fit = pca.key["descriptors"]
+    return {
+        "dim": pca.dim,
+        "fit_dataset": fit["dataset"],
+        "fit_sample": f"at most {pca.key['max_images']} evenly spaced valid database then query "
+        f"descriptors of '{fit['dataset']}'",
+        "official_fit": "a random 16,384 of every image under pitts30k/images (train, val and test; "
+        "D2VPR util.compute_pca, parser.py --pca_dataset_folder): vprbench's sample differs",
+        "max_images": pca.key["max_images"],
+        "renormalised": False,
+        "file": str(pca.path),
+    }
+
+
 def msls_prediction_lines(dataset: FormattedDataset, indices: np.ndarray, k: int = 25) -> str:
-    """The mapillary_sls prediction format: per query, its key then its ranked database keys."""
+    """The mapillary_sls prediction format: per query, its key then its ``k`` ranked database keys.
+    Every line has exactly k keys (the official scorer reads them with np.loadtxt, which rejects
+    ragged rows); raises ValueError if a query has fewer than k results (a skipped query image, or a
+    city database smaller than k)."""
     key = lambda path: Path(path).stem  # noqa: E731
-    lines = []
-    for q, row in zip(dataset.queries, indices, strict=True):
-        ranked = [key(dataset.database[i]) for i in row[:k] if i >= 0]
-        lines.append(" ".join([key(q), *ranked]))
+    short = [q for q, row in enumerate(indices) if (row[:k] < 0).any() or len(row) < k]
+    if short:
+        raise ValueError(
+            f"{len(short)} queries have fewer than {k} results (first: {dataset.queries[short[0]]})"
+        )
+    lines = [
+        " ".join([key(q), *(key(dataset.database[i]) for i in row[:k])])
+        for q, row in zip(dataset.queries, indices, strict=True)
+    ]
     return "\n".join(lines) + "\n"

@@ -209,6 +209,23 @@ def machine() -> dict:
     }
 
 
+def tdda_offset_passes(model) -> str | None:
+    """How many times the counted TDDA runs its offset generator per image, and how that differs from
+    the official code; None for models without TDDA. A FLOPs reduction cited from these numbers is of
+    vprbench's once-per-image TDDA (same outputs), not of the released model's 13 passes."""
+    from vprbench.models.aggregators import REGIONS, TDDA
+
+    tdda = next((m for m in model.modules() if isinstance(m, TDDA)), None)
+    if tdda is None:
+        return None
+    if tdda.recompute_offsets_per_region:
+        return f"{len(REGIONS)} per image, once per region, as the official D2VPR.py"
+    return (
+        f"1 per image (vprbench computes the region-independent offset map once; the official "
+        f"D2VPR.py runs it once per region, {len(REGIONS)} times, with identical outputs)"
+    )
+
+
 def profile_key(name: str, options: dict, s: ProfileSettings, image_size) -> dict:
     return {
         "model": name,
@@ -270,6 +287,7 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
             "convention": "fvcore counts one multiply-add as one flop (MACs); FLOPs = 2 x MACs",
             "macs_by_group": by_group,
             "not_counted_ops": flops.not_counted,
+            "tdda_offset_passes": tdda_offset_passes(model),
         },
         "latency": {**latency, "excludes": "data loading and decoding (input tensor in memory)"},
         "memory": memory,
