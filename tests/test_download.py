@@ -70,7 +70,7 @@ def sha(data):
 def test_interrupted_download_resumes_with_range(server, tmp_path):
     Handler.FILES["/a.bin"] = PAYLOAD
     Handler.FAULTS["/a.bin"] = "truncate-once"
-    report = fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD)), tmp_path)
+    report = fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD), extract=False), tmp_path)
     assert report.path.read_bytes() == PAYLOAD and report.verified
     ranges = [r for p, r in Handler.LOG if p == "/a.bin"]
     assert ranges[0] is None and ranges[1] == f"bytes={len(PAYLOAD) // 3}-"
@@ -80,7 +80,8 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
 def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
     Handler.FILES["/a.bin"] = PAYLOAD
     (tmp_path / "a.bin.part").write_bytes(PAYLOAD[:1000])
-    fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD)), tmp_path)
+    (tmp_path / "a.bin.part.source").write_text(f"{server}/a.bin")  # begun on this same mirror
+    fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD), extract=False), tmp_path)
     assert Handler.LOG == [("/a.bin", "bytes=1000-")]
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
 
@@ -90,7 +91,7 @@ def test_checksum_failure_falls_back_to_the_next_mirror(server, tmp_path):
     Handler.FAULTS["/bad/a.bin"] = "corrupt"
     Handler.FILES["/good/a.bin"] = PAYLOAD
     mirrors = (f"{server}/down/a.bin", f"{server}/bad/a.bin", f"{server}/good/a.bin")
-    report = fetch(Archive("a.bin", mirrors, sha(PAYLOAD)), tmp_path)
+    report = fetch(Archive("a.bin", mirrors, sha(PAYLOAD), extract=False), tmp_path)
     assert report.path.read_bytes() == PAYLOAD
     assert any("404" in f for f in report.failures) and any("sha256" in f for f in report.failures)
 
@@ -100,7 +101,12 @@ def test_all_mirrors_failing_lists_what_was_tried(server, tmp_path):
     Handler.FAULTS["/bad/a.bin"] = "corrupt"
     with pytest.raises(VPRBenchError) as info:
         fetch(
-            Archive("a.bin", (f"{server}/none/a.bin", f"{server}/bad/a.bin"), sha(PAYLOAD)),
+            Archive(
+                "a.bin",
+                (f"{server}/none/a.bin", f"{server}/bad/a.bin"),
+                sha(PAYLOAD),
+                extract=False,
+            ),
             tmp_path,
         )
     message = str(info.value)
@@ -114,10 +120,10 @@ def test_existing_valid_file_is_not_downloaded_again_and_server_without_range(se
     Handler.FILES["/a.bin"] = PAYLOAD
     Handler.FAULTS["/a.bin"] = "no-range"
     (tmp_path / "a.bin.part").write_bytes(b"garbage")
-    fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD)), tmp_path)
+    fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD), extract=False), tmp_path)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD  # restarted from scratch on a 200
     Handler.LOG.clear()
-    fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD)), tmp_path)
+    fetch(Archive("a.bin", (f"{server}/a.bin",), sha(PAYLOAD), extract=False), tmp_path)
     assert Handler.LOG == []
 
 
@@ -138,3 +144,24 @@ def test_extract_zip_and_tar_and_refuse_traversal(tmp_path):
     (tmp_path / "c.zip").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(VPRBenchError, match="c.zip"):
         extract(tmp_path / "c.zip", tmp_path / "out3")
+
+
+def test_a_partial_file_is_never_resumed_from_another_mirror(server, tmp_path):
+    # Mirror one served the first third and failed; mirror two's file may differ: restart there.
+    Handler.FILES["/one/a.bin"] = PAYLOAD
+    Handler.FAULTS["/one/a.bin"] = "truncate-once"
+    Handler.FILES["/two/a.bin"] = PAYLOAD
+    with pytest.raises(VPRBenchError):
+        fetch(
+            Archive("a.bin", (f"{server}/one/a.bin",), sha(PAYLOAD), extract=False),
+            tmp_path,
+            attempts_per_mirror=1,
+        )
+    assert (tmp_path / "a.bin.part").stat().st_size == len(PAYLOAD) // 3
+    Handler.LOG.clear()
+    report = fetch(
+        Archive("a.bin", (f"{server}/two/a.bin",), sha(PAYLOAD), extract=False), tmp_path
+    )
+    assert Handler.LOG == [("/two/a.bin", None)]  # no Range request: a fresh download
+    assert report.path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.bin.sha256"]

@@ -4,6 +4,7 @@ names, columns and .mat structure, made here), and downloads from a server on 12
 import hashlib
 import io
 import json
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -221,17 +222,123 @@ def test_explicit_positives_cannot_go_to_vdd(tmp_path):
         export_dataset(load_formatted("x", data_root()), "vdd", tmp_path / "out")
 
 
-def test_format_amstertime_pairs(tmp_path):
-    for folder in ("new", "old"):
-        for name in ("a.png", "b.png", "c.png"):
-            touch_image(tmp_path / "AmsterTime" / folder / name)
-    format_dataset("amstertime", tmp_path / "AmsterTime", data_root(), load_registry())
+def make_amstertime(root, n=12):
+    """AmsterTime as released (VDD download_amstertime.py): new/NNNN.png database, old/NNNN.jpg
+    queries, paired by stem."""
+    for i in range(n):
+        touch_image(root / "new" / f"{i:04d}.png", i)
+        touch_image(root / "old" / f"{i:04d}.jpg", i)
+    return root
+
+
+def test_format_amstertime_pairs_on_the_stem(tmp_path):
+    src = make_amstertime(tmp_path / "AmsterTime")
+    format_dataset("amstertime", src, data_root(), load_registry())
     ds = load_formatted("amstertime", data_root())
-    assert ds.database == ["new/a.png", "new/b.png", "new/c.png"] and ds.queries[1] == "old/b.png"
-    assert [p.tolist() for p in ds.positives] == [[0], [1], [2]]
-    (tmp_path / "AmsterTime" / "old" / "c.png").unlink()
-    with pytest.raises(VPRBenchError, match="new/ and old/ differ: c.png"):
-        format_dataset("amstertime", tmp_path / "AmsterTime", data_root(), load_registry())
+    assert ds.database[:2] == ["new/0000.png", "new/0001.png"] and ds.queries[1] == "old/0001.jpg"
+    assert [p.tolist() for p in ds.positives] == [[i] for i in range(12)]
+    # VDD names pair i '@0@{i*1000}@...' (unpadded): sorted, 0, 10, 1, 11, 2, ...
+    assert ds.batch_order("queries").tolist()[:4] == [0, 10, 1, 11]
+    (src / "old" / "0011.jpg").unlink()
+    with pytest.raises(VPRBenchError, match="unmatched stems: 0011"):
+        format_dataset("amstertime", src, data_root(), load_registry())
+
+
+def test_download_amstertime_unpacks_the_zip_inside_the_zip(server, tmp_path):  # noqa: F811
+    src = make_amstertime(tmp_path / "src", n=3)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        for path in sorted(src.rglob("*.*")):
+            z.write(path, path.relative_to(src))
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w") as z:
+        z.writestr("AmsterTime-v1.0.zip", inner.getvalue())
+    Handler.FILES["/versions/4"] = outer.getvalue()
+    downloads = [{"name": "AmsterTime.zip", "mirrors": [f"{server}/versions/4"], "sha256": None}]
+    registry = registry_with(tmp_path, "amstertime", None, None, downloads)
+    download_dataset("amstertime", data_root(), registry)
+    ds = load_formatted("amstertime", data_root())
+    assert ds.queries == ["old/0000.jpg", "old/0001.jpg", "old/0002.jpg"]
+    assert not list(Path(ds.image_root).glob("*.zip"))
+
+
+def test_download_nordland_pnv_puts_each_season_in_its_folder(server, tmp_path):  # noqa: F811
+    names = [f"images-{i:05d}.png" for i in range(202, 214)]
+    src = tmp_path / "src"
+    for season in ("summer", "winter"):
+        for i, name in enumerate(names):
+            touch_image(src / season / name, i)
+
+    def tar_of(folder, arcroot):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for path in sorted(folder.iterdir()):
+                t.add(path, f"{arcroot}{path.name}")
+        return buf.getvalue()
+
+    # summer.tar.gz holds summer/...; winter.tar.gz (VDD's Box file) holds the images at its root
+    Handler.FILES["/summer"] = tar_of(src / "summer", "summer/")
+    Handler.FILES["/winter"] = tar_of(src / "winter", "")
+    Handler.FILES["/names"] = ("\n".join(names) + "\n").encode()
+    registry = registry_with(tmp_path, "nordland-pnv", 12, 12)
+    spec = {a["name"]: a for a in registry["nordland-pnv"].downloads}
+    assert spec["winter.tar.gz"]["target"] == "winter" and all(
+        "adelaideuniversity.app.box.com" in m for a in spec.values() for m in a["mirrors"]
+    )
+    downloads = [
+        {"name": "summer.tar.gz", "mirrors": [f"{server}/summer"], "sha256": None},
+        {"name": "winter.tar.gz", "mirrors": [f"{server}/winter"], "sha256": None, "target": "winter"},
+        {"name": "cleanImageNames.txt", "mirrors": [f"{server}/names"], "sha256": None, "extract": False},
+    ]  # fmt: skip
+    download_dataset(
+        "nordland-pnv", data_root(), registry_with(tmp_path, "nordland-pnv", 12, 12, downloads)
+    )
+    ds = load_formatted("nordland-pnv", data_root())
+    assert ds.queries[0] == "winter/images-00202.png" and ds.image_path(ds.queries[-1]).is_file()
+    # an archive that does have a top-level winter/ ends in the same place
+    Handler.FILES["/winter"] = tar_of(src / "winter", "winter/")
+    fresh = tmp_path / "fresh"
+    download_dataset(
+        "nordland-pnv", fresh, registry_with(tmp_path, "nordland-pnv", 12, 12, downloads)
+    )
+    assert load_formatted("nordland-pnv", fresh).image_path("winter/images-00213.png").is_file()
+
+
+def test_a_bad_archive_is_never_kept(server, tmp_path):  # noqa: F811
+    # An expired link answers 200 with an HTML page: not kept under the final name, next mirror tried.
+    Handler.FILES["/expired"] = b"<!DOCTYPE html><html>link expired</html>"
+    Handler.FILES["/good"] = zipped_vpr_bench(tmp_path, n=4)
+    downloads = [{"name": "SPEDTEST.zip", "mirrors": [f"{server}/expired"], "sha256": None}]
+    with pytest.raises(VPRBenchError, match="not a zip or tar archive .*DOCTYPE"):
+        download_dataset("sped", data_root(), registry_with(tmp_path, "sped", 4, 4, downloads))
+    assert not (data_root() / "_raw" / "sped" / "archives" / "SPEDTEST.zip").exists()
+    downloads[0]["mirrors"] = [f"{server}/expired", f"{server}/good"]
+    out, gt, reports = download_dataset(
+        "sped", data_root(), registry_with(tmp_path, "sped", 4, 4, downloads)
+    )
+    assert len(gt.database) == 4 and "not a zip or tar" in reports[0].failures[0]
+    # the digest seen is recorded; a file damaged later is detected and fetched again
+    archive = reports[0].path
+    recorded = json.loads(archive.with_name("SPEDTEST.zip.sha256").read_text())
+    assert recorded["sha256"] == reports[0].sha256 and recorded["url"].endswith("/good")
+    archive.write_bytes(archive.read_bytes()[:-20])
+    Handler.LOG.clear()
+    download_dataset("sped", data_root(), registry_with(tmp_path, "sped", 4, 4, downloads))
+    assert ("/good", None) in Handler.LOG and archive.read_bytes() == Handler.FILES["/good"]
+    # a truncated zip is caught before it is kept; a truncated tar.gz (its first member readable)
+    # fails to unpack, and is then deleted so that the next run downloads it again
+    Handler.FILES["/short"] = Handler.FILES["/good"][: len(Handler.FILES["/good"]) // 2]
+    downloads[0].update(name="SHORT.zip", mirrors=[f"{server}/short"])
+    with pytest.raises(VPRBenchError, match="SHORT.zip: .*not a zip or tar archive"):
+        download_dataset("sped", tmp_path / "x", registry_with(tmp_path, "sped", 4, 4, downloads))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        t.add(tmp_path / "SPEDTEST", "SPEDTEST")
+    Handler.FILES["/short.tgz"] = buf.getvalue()[: len(buf.getvalue()) * 2 // 3]
+    downloads[0].update(name="SHORT.tar.gz", mirrors=[f"{server}/short.tgz"])
+    with pytest.raises(VPRBenchError, match="damaged archive .*deleted it, run the download again"):
+        download_dataset("sped", tmp_path / "x", registry_with(tmp_path, "sped", 4, 4, downloads))
+    assert not list((tmp_path / "x" / "_raw" / "sped" / "archives").glob("SHORT.tar.gz*"))
 
 
 def zipped_vpr_bench(tmp_path, n=5):
@@ -361,11 +468,21 @@ def test_evaluate_msls_challenge_per_city_writes_predictions(
     (record_path,) = [p for p in (isolated_dirs["results"] / "runs").glob("*.json")]
     record = json.loads(record_path.read_text())
     assert record["settings"]["per_city"] is True and record["results"]["ground_truth"] is True
-    lines = Path(record["files"]["msls_predictions"]).read_text().splitlines()
+    # two database images per city cannot fill the 25 keys the official scorer reads per line
+    assert "msls_predictions" not in record["files"]
+    assert "fewer than 25 results" in record["notes"][0]
+    from vprbench.evaluate import msls_prediction_lines
+
+    ds = load_formatted("msls-challenge", data_root())
+    indices = np.load(record["files"]["predictions"])["indices"]
+    lines = msls_prediction_lines(ds, indices, k=2).splitlines()
     assert [line.split()[0] for line in lines] == ["miami_q0", "miami_q1", "athens_q0", "athens_q1"]
     for line in lines:  # per city: every prediction comes from the query's own city
         city = line.split()[0].split("_")[0]
         assert len(line.split()) == 3 and all(k.startswith(city) for k in line.split()[1:])
+    indices[1, 1] = -1  # a query with fewer results: refused, never a ragged line
+    with pytest.raises(ValueError, match="1 queries have fewer than 2 results"):
+        msls_prediction_lines(ds, indices, k=2)
     # the dataset without ground truth: predictions but no recall
     code, out, err = run(
         [*args, "--root", str(tmp_path / "other"), "--per-city"], capsys, monkeypatch

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from vprbench.errors import VPRBenchError
 from vprbench.models import create_model, get_card, list_models, parse_overrides
 from vprbench.models.baselines import packaged_effnet_weights
 from vprbench.models.vit import DINOv2ViT
+from vprbench.models.weights import cached_name, read_checkpoint, resolve_weights
 
 
 def test_registry_names_and_cards():
@@ -154,13 +156,14 @@ def test_weights_from_url_with_sha256(local_http, isolated_dirs):
     url = f"{base}/dinov2_vits14_pretrain.pth"
     model = create_model("dinov2-gem", weights=f"{url}#sha256={digest}", backbone="vits14")
     assert model.weights_info.sha256 == digest
-    assert (isolated_dirs["cache"] / "weights" / "dinov2_vits14_pretrain.pth").is_file()
+    kept = isolated_dirs["cache"] / "weights" / cached_name(url)
+    assert kept.is_file() and kept.name.endswith("-dinov2_vits14_pretrain.pth")
     with pytest.raises(VPRBenchError, match="sha256 mismatch"):
         create_model("dinov2-gem", weights=f"{url}#sha256={'0' * 64}", backbone="vits14")
     with pytest.raises(VPRBenchError, match="download failed"):
         create_model("dinov2-gem", weights=f"{base}/missing.pth", backbone="vits14")
     leftovers = [p.name for p in (isolated_dirs["cache"] / "weights").iterdir()]
-    assert leftovers == ["dinov2_vits14_pretrain.pth"]  # no partial files
+    assert leftovers == [kept.name]  # no partial files
 
 
 def test_overrides_are_validated():
@@ -178,3 +181,48 @@ def test_overrides_are_validated():
         create_model("dinov2-gem", depth=3)
     with pytest.raises(VPRBenchError, match="DINOv2 backbone must be one of"):
         create_model("dinov2-gem", backbone="vitg14")
+
+
+def test_two_urls_with_the_same_basename_are_two_files(local_http, isolated_dirs):
+    # Every Google Drive link ends in 'uc': the first file must not be returned for the second URL.
+    www, base = local_http
+    (www / "a").mkdir()
+    (www / "b").mkdir()
+    (www / "a" / "model.pth").write_bytes(b"first")
+    (www / "b" / "model.pth").write_bytes(b"second")
+    first = resolve_weights(f"{base}/a/model.pth", isolated_dirs["cache"])
+    second = resolve_weights(f"{base}/b/model.pth", isolated_dirs["cache"])
+    assert first != second
+    assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
+    assert resolve_weights(f"{base}/a/model.pth", isolated_dirs["cache"]) == first
+
+
+def test_released_checkpoint_with_numpy_extras_loads(tmp_path):
+    # The dict that D2VPR/CricaVPR util.save_checkpoint writes: numpy recalls and best_r5 beside the
+    # DataParallel-prefixed weights and the optimiser state.
+    weights = {
+        "module.head.weight": torch.arange(6.0).reshape(2, 3),
+        "module.head.bias": torch.ones(2),
+    }
+    checkpoint = {
+        "epoch_num": 7,
+        "model_state_dict": weights,
+        "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 2.5e-5, "params": [0, 1]}]},
+        "recalls": np.array([91.7, 95.8, 96.8, 97.5]),
+        "best_r5": np.float64(95.8),
+        "not_improved_num": np.int64(0),
+    }
+    torch.save(checkpoint, tmp_path / "distillation.pth")
+    state = read_checkpoint(tmp_path / "distillation.pth")
+    assert sorted(state) == ["head.bias", "head.weight"]
+    assert torch.equal(state["head.weight"], torch.arange(6.0).reshape(2, 3))
+
+
+class Payload:
+    """Stands for any class a pickle could name (and run code through)."""
+
+
+def test_checkpoint_with_arbitrary_objects_is_still_refused(tmp_path):
+    torch.save({"model_state_dict": {"w": torch.ones(1)}, "extra": Payload()}, tmp_path / "x.pth")
+    with pytest.raises(VPRBenchError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "x.pth")

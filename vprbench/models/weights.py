@@ -41,11 +41,18 @@ def is_url(spec: str) -> bool:
     return urlparse(spec).scheme in ("http", "https", "file", "ftp")
 
 
+def cached_name(url: str) -> str:
+    """The file name a download of ``url`` is kept under: a hash of the whole URL, then its basename,
+    so two URLs that end alike (every Google Drive ``uc?id=...`` link) never share a file."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return f"{digest}-{Path(urlparse(url).path).name or 'weights.pth'}"
+
+
 def download(url: str, dest_dir: Path, sha256: str | None = None) -> Path:
     """Download ``url`` into ``dest_dir`` (kept if its sha256 already matches); a partial or wrong
     file is never left under the final name."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(urlparse(url).path).name or "weights.pth"
+    name = cached_name(url)
     final = dest_dir / name
     if final.is_file() and (sha256 is None or sha256_file(final) == sha256):
         return final
@@ -84,10 +91,26 @@ def resolve_weights(spec: str, cache_dir: Path | None, sha256: str | None = None
     return path
 
 
+def _numpy_safe_globals() -> list:
+    """The numpy objects that official training scripts save beside the weights (``recalls`` arrays,
+    ``best_r5`` scalars: D2VPR/CricaVPR util.save_checkpoint): array reconstruction, dtypes, scalars.
+    None of them can run code when unpickled."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
+    found += [type(np.dtype(t)) for t in "?bhilqBHILQefdgFDG"]  # numpy >= 1.25: dtype classes
+    return found
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a released checkpoint file, unwrapped and without ``module.``."""
+    """The state dict inside a released checkpoint file, unwrapped and without ``module.``.
+
+    Loaded with ``weights_only=True`` (no arbitrary code), allowing the numpy values that released
+    checkpoints carry beside the weights; only the state dict is kept."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
         raise VPRBenchError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
     for key in ("model_state_dict", "state_dict", "model"):
