@@ -44,7 +44,9 @@ def load_weights(
         else:
             raise VPRBenchError(f"model '{card.name}' has no official weights URL; pass a file")
     path = resolve_weights(spec, cache_dir, sha256)
-    kind = model.load_checkpoint(read_checkpoint(path), str(path))
+    state, meta = read_checkpoint(path, with_meta=True)
+    kind = model.load_checkpoint(state, str(path))
+    model.checkpoint_meta = meta  # a `vprbench train` checkpoint names its model and options
     model.weights_info = WeightsInfo(
         source=str(spec), sha256=sha256_file(path), random_init=False, kind=kind
     )

@@ -159,9 +159,47 @@ def create_model(
     """Build a registered model in eval mode, with ``weights`` (file, URL or 'official') loaded."""
     card = get_card(name)
     options = resolve_options(card, overrides)
-    model = _REGISTRY[name][1](options=options, weights=weights, cache_dir=cache_dir)
+    try:
+        model = _REGISTRY[name][1](options=options, weights=weights, cache_dir=cache_dir)
+    except VPRBenchError:
+        # Weights that do not fit: if they are a `vprbench train` checkpoint of another model or
+        # other options, say that instead of listing mismatched keys.
+        check_checkpoint_meta(_meta_of(weights), name, options, weights)
+        raise
+    check_checkpoint_meta(getattr(model, "checkpoint_meta", None), name, options, weights)
     model.card = card
     model.options = options
     if "batch_dependent" not in vars(model):
         model.batch_dependent = card.batch_dependent
     return model.eval()
+
+
+def check_checkpoint_meta(meta: dict | None, name: str, options: dict, weights) -> None:
+    """A checkpoint written by `vprbench train` records its model and options: loading it as another
+    model, or with other options (``--set``), is refused, naming what differs."""
+    if not meta:
+        return
+    if meta.get("model") != name:
+        raise VPRBenchError(
+            f"{weights}: a checkpoint of model '{meta.get('model')}', not '{name}'; "
+            f"use --model {meta.get('model')}"
+        )
+    saved = meta.get("options") or {}
+    differ = sorted(k for k in set(saved) | set(options) if saved.get(k) != options.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (given {options.get(k)!r})" for k in differ)
+        raise VPRBenchError(f"{weights}: trained with other options: {shown}; pass the same --set")
+
+
+def _meta_of(weights) -> dict | None:
+    """The `vprbench train` block of a local weights file, or None."""
+    from pathlib import Path
+
+    from vprbench.models.weights import read_checkpoint
+
+    if not weights or not Path(str(weights)).is_file():
+        return None
+    try:
+        return read_checkpoint(weights, with_meta=True)[1]
+    except VPRBenchError:
+        return None

@@ -103,16 +103,18 @@ def _numpy_safe_globals() -> list:
     return found
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | Path, with_meta: bool = False):
     """The state dict inside a released checkpoint file, unwrapped and without ``module.``.
 
     Loaded with ``weights_only=True`` (no arbitrary code), allowing the numpy values that released
-    checkpoints carry beside the weights; only the state dict is kept."""
+    checkpoints carry beside the weights; only the state dict is kept. ``with_meta``: also return the
+    ``vprbench`` block of a checkpoint written by `vprbench train` (model name and options), or None."""
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
         raise VPRBenchError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    meta = obj.get("vprbench") if isinstance(obj, dict) else None
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -121,7 +123,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise VPRBenchError(f"{path}: expected a state dict of tensors")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
+    return (obj, meta if isinstance(meta, dict) else None) if with_meta else obj
 
 
 def strict_load(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -1,0 +1,42 @@
+"""The released defaults of each stage (../shared/reference/d2vpr.md section 4), with the sources.
+
+distill   D2VPR parser.py:7-64, distillation.py: 8 places x 4 images, 224x224, Adam 2.5e-5 (its StepLR
+          is never stepped: constant), 20 epochs, MSE on descriptors, teacher CricaVPR, student d2vpr
+          without the cross-image encoder; best checkpoint by MSLS-val R@5 in the released script.
+finetune  D2VPR finetune.py:64-98, finetune_script.py: 128 places x 4 images, 224x224, AdamW 2e-4 with
+          weight decay 1e-3, MultiStepLR [10, 20, 30] x 0.1 per epoch, 120 epochs, 16-bit mixed
+          precision, seed 3407, MultiSimilarity loss and miner; warm-up 3,900 (read as iterations here,
+          as epochs in the released code: --warmup-as-released).
+"""
+
+STAGE_DEFAULTS = {
+    "distill": {
+        "model": "d2vpr",
+        "teacher": "cricavpr",
+        "loss": "mse",
+        "epochs": 20,
+        "places_per_batch": 8,
+        "images_per_place": 4,
+        "image_size": (224, 224),
+        "optimizer": "adam",
+        "lr": 2.5e-5,
+        "weight_decay": 0.0,
+        "best_metric": "R@5",
+    },
+    "finetune": {
+        "model": "d2vpr",
+        "loss": "multisimilarity",
+        "epochs": 120,
+        "places_per_batch": 128,
+        "images_per_place": 4,
+        "image_size": (224, 224),
+        "optimizer": "adamw",
+        "lr": 2e-4,
+        "weight_decay": 1e-3,
+        "milestones": (10, 20, 30),
+        "gamma": 0.1,
+        "warmup_steps": 3900,
+        "seed": 3407,
+        "best_metric": "R@1",
+    },
+}

@@ -1,0 +1,395 @@
+"""One training loop for both stages: P x K batches, the stage's loss, a schedule, validation through
+the evaluation code path, checkpoints a run resumes from exactly, and torch.distributed (torchrun).
+
+A run directory (``--out``) holds:
+    config.json     the whole resolved configuration, vprbench version, git revision, machine
+    metrics.jsonl   one JSON object per step (step, epoch, loss, lr, images/s) and per validation
+    last.pth        everything to resume (weights, optimiser, scaler, RNG states, position, best)
+    best.pth        the weights of the best validation, when validating
+    summary.json    written last: a run without it is not finished
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from vprbench import __version__
+from vprbench.atomic import write_text
+from vprbench.errors import VPRBenchError
+from vprbench.train.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    weights_payload,
+)
+from vprbench.train.gsv import PlaceBatchSampler, PlaceImages, read_gsv_places, train_transform
+from vprbench.train.schedule import Schedule
+from vprbench.train.stages import (
+    DISTILL_LOSSES,
+    DistillLoss,
+    MultiSimilarity,
+    build_model,
+    select_trainable,
+)
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Fault injection for the resume test: seconds to sleep after each step.
+_SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_STEP"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (written to config.json; a resume must match it)."""
+
+    stage: str  # "distill" | "finetune"
+    model: str
+    data: str
+    out: str
+    options: dict = field(default_factory=dict)
+    init: str | None = None  # weights to start from (finetune --init; distill: the student's)
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    teacher_options: dict = field(default_factory=dict)
+    allow_random_teacher: bool = False
+    loss: str = "mse"  # distill: mse | cosine; finetune: multisimilarity
+    cities: list[str] | None = None
+    epochs: int = 20
+    max_steps: int | None = None
+    places_per_batch: int = 8
+    images_per_place: int = 4
+    image_size: tuple[int, int] = (224, 224)
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 2.5e-5
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_as_released: bool = False
+    val: list[str] = field(default_factory=list)
+    val_every_steps: int | None = None  # None: after every epoch
+    best_metric: str = "R@1"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    workers: int = 0
+    seed: int = 0
+    checkpoint_every: int = 100  # steps; also at every epoch end
+    val_batch_size: int = 32
+    augment: str = "released"  # or "none": resize and normalise only
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.lr, tuple(self.milestones), self.gamma, self.warmup_steps,
+                        self.warmup_as_released)  # fmt: skip
+
+    def resume_key(self) -> dict:
+        """What must be equal for --resume to continue a run (paths and workers may change)."""
+        key = asdict(self)
+        for name in ("out", "workers", "device"):
+            key.pop(name)
+        return json.loads(json.dumps(key))
+
+
+@dataclass
+class StepInfo:
+    """What the progress display shows after each step."""
+
+    step: int
+    epoch: int
+    batch: int
+    batches_per_epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
+    validation: dict | None = None
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)  # fmt: skip
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
+def validate(model, names: list[str], config: TrainConfig, registry) -> dict:
+    """Recall@k of ``model`` on each dataset, through the same extract + evaluate path as `vprbench
+    evaluate`, into a temporary cache and results folder (a training run would otherwise write every
+    validation's descriptors to the disk cache)."""
+    from vprbench.datasets.manage import open_dataset
+    from vprbench.evaluate import DEFAULT_KS, evaluate
+    from vprbench.extract import ExtractSettings, extract
+    from vprbench.models.registry import WeightsInfo
+    from vprbench.paths import data_root
+
+    was_training = model.training
+    model.eval()
+    saved_info = getattr(model, "weights_info", None)
+    model.weights_info = WeightsInfo(source="training", sha256=None, random_init=False)
+    out = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="vprbench-val-") as tmp:
+            for name in names:
+                ds = open_dataset(name, data_root(), registry)
+                settings = ExtractSettings(model=model.card.name, image_size=tuple(config.image_size),
+                                           batch_size=config.val_batch_size, device=config.device)  # fmt: skip
+                result = extract(ds, settings, Path(tmp) / "cache", model=model)
+                ks = [k for k in DEFAULT_KS if k <= len(ds.database)] or [1]
+                record, _ = evaluate(ds, result, ks, results_dir=Path(tmp) / "results")
+                out[name] = {f"R@{k}": v for k, v in record["results"]["recall"].items()}
+    finally:
+        model.weights_info = saved_info
+        model.train(was_training)
+    return out
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "last.pth").is_file():
+            raise VPRBenchError(f"{out}: --resume, but there is no last.pth to resume from")
+    elif out.exists() and any(out.iterdir()):
+        raise VPRBenchError(f"{out}: already holds files; use --resume or another --out")
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> dict:
+    """Run (or resume) one training stage; returns the summary written to summary.json."""
+    from vprbench.protocols import load_registry
+
+    out = Path(config.out)
+    _check_out(out, resume)
+    if config.dtype not in DTYPES:
+        raise VPRBenchError(f"--dtype must be one of {list(DTYPES)}, got {config.dtype!r}")
+    if config.stage == "distill" and config.loss not in DISTILL_LOSSES:
+        raise VPRBenchError(f"--loss must be one of {list(DISTILL_LOSSES)}, got {config.loss!r}")
+    rank, world = _distributed()
+    device = torch.device(config.device if world == 1 or config.device == "cpu" else f"cuda:{rank}")
+    registry = load_registry()
+    data = read_gsv_places(config.data, config.cities, config.images_per_place)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.init, config.options, cache_dir, "model")
+    trainable, total = select_trainable(model, config.stage)
+    random_teacher = False
+    if config.stage == "distill":
+        if config.teacher_weights is None and not config.allow_random_teacher:
+            raise VPRBenchError(
+                "the teacher has no weights (--teacher-weights); --allow-random-teacher runs one at "
+                "random init, for tests and smoke runs only"
+            )
+        teacher = build_model(config.teacher, config.teacher_weights, config.teacher_options,
+                              cache_dir, "teacher").to(device).eval()  # fmt: skip
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        random_teacher = teacher.weights_info.random_init
+        if tuple(teacher.card.mean) != tuple(model.card.mean) or tuple(teacher.card.std) != tuple(
+            model.card.std
+        ):
+            raise VPRBenchError(
+                f"teacher '{config.teacher}' and student '{config.model}' normalise images "
+                "differently; distillation feeds both the same batch"
+            )
+        if teacher.descriptor_dim != model.descriptor_dim:
+            raise VPRBenchError(
+                f"teacher '{config.teacher}' gives {teacher.descriptor_dim}-d descriptors, student "
+                f"'{config.model}' {model.descriptor_dim}-d; distillation matches them element-wise"
+            )
+        loss_fn = DistillLoss(teacher, config.loss)
+        log_loss = lambda loss: float(loss.detach())  # noqa: E731
+    else:
+        loss_fn = MultiSimilarity(distributed=world > 1)
+        log_loss = loss_fn.logged
+    for name in config.val:  # fail before training, not after the first epoch
+        from vprbench.datasets.manage import open_dataset
+        from vprbench.paths import data_root
+
+        open_dataset(name, data_root(), registry)
+    model.to(device).train()
+    module = model
+    if world > 1:
+        # find_unused_parameters: DINOv2's mask_token is trainable (as released) but never used in a
+        # forward pass, and DDP would otherwise wait for its gradient.
+        model = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        raise VPRBenchError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
+    amp_dtype = DTYPES[config.dtype]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    schedule = config.schedule()
+    meta = {"model": module.card.name, "options": module.options, "stage": config.stage,
+            "random_teacher": random_teacher, "vprbench_version": __version__}  # fmt: skip
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": None}
+    if resume:
+        ckpt = load_checkpoint(out / "last.pth")
+        if ckpt["config"] != config.resume_key():
+            raise VPRBenchError(f"{out / 'last.pth'}: was made with another configuration; "
+                                "resume with the same options")  # fmt: skip
+        module.load_state_dict(ckpt["model_state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        scaler.load_state_dict(ckpt["scaler_state_dict"])
+        set_rng_state(ckpt["rng"])
+        state = {k: ckpt["vprbench"][k] for k in ("step", "epoch", "batch")}
+        state["best"] = ckpt["best"]
+    transform = train_transform(config.stage, config.image_size, module.card.mean, module.card.std,
+                                config.augment)  # fmt: skip
+    images = PlaceImages(data, transform)
+    batches_per_epoch = len(data.places) // config.places_per_batch
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {"config": asdict(config), "vprbench_version": __version__, "git": _git_revision(),
+                    "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                                "torch": torch.__version__, "world_size": world},
+                    "data": {"root": str(data.root), "cities": data.cities, "places": len(data.places),
+                             "images": data.num_images, "dropped_places": data.dropped},
+                    "parameters": {"trainable": trainable, "total": total},
+                    "schedule": schedule.describe(), "random_teacher": random_teacher}  # fmt: skip
+        write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
+        _truncate_metrics(metrics_path, state["step"])
+
+    def checkpoint(name: str, full: bool) -> None:
+        if rank != 0:
+            return
+        payload = weights_payload(
+            module, {**meta, **{k: state[k] for k in ("step", "epoch", "batch")}}
+        )
+        if full:
+            payload.update(optimizer_state_dict=optimizer.state_dict(), scaler_state_dict=scaler.state_dict(),
+                           rng=rng_state(), best=state["best"], config=config.resume_key())  # fmt: skip
+        save_checkpoint(out / name, payload)
+
+    def log(entry: dict) -> None:
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def run_validation() -> dict | None:
+        if not config.val:
+            return None
+        result = validate(module, config.val, config, registry) if rank == 0 else None
+        if rank == 0:
+            log({"step": state["step"], "epoch": state["epoch"], "val": result})
+            score = result[config.val[0]].get(config.best_metric)
+            if score is None:
+                raise VPRBenchError(
+                    f"--best-metric {config.best_metric} is not among {list(result[config.val[0]])}"
+                )
+            if state["best"] is None or score > state["best"]["score"]:
+                state["best"] = {"score": score, "step": state["step"], "metric": config.best_metric,
+                                 "dataset": config.val[0]}  # fmt: skip
+                checkpoint("best.pth", full=False)
+        if world > 1:
+            torch.distributed.barrier()
+        return result
+
+    sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
+    done = config.max_steps is not None and state["step"] >= config.max_steps
+    while state["epoch"] < config.epochs and not done:
+        sampler = PlaceBatchSampler(data.places, config.places_per_batch, config.images_per_place,
+                                    config.seed, state["epoch"], state["batch"], rank, world)  # fmt: skip
+        loader = DataLoader(images, batch_sampler=sampler, num_workers=config.workers,
+                            pin_memory=device.type == "cuda")  # fmt: skip
+        tick = time.perf_counter()
+        for batch_images, labels in loader:
+            lr = schedule.lr_at(state["step"], state["epoch"], batches_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch_images = batch_images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
+                loss = loss_fn(model, batch_images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            state["step"] += 1
+            state["batch"] += 1
+            now = time.perf_counter()
+            speed = len(batch_images) * world / max(now - tick, 1e-9)
+            tick = now
+            value = log_loss(loss)
+            log({"step": state["step"], "epoch": state["epoch"], "batch": state["batch"],
+                 "loss": value, "lr": lr, "images_per_s": speed})  # fmt: skip
+            validation = None
+            if config.val_every_steps and state["step"] % config.val_every_steps == 0:
+                validation = run_validation()
+            done = config.max_steps is not None and state["step"] >= config.max_steps
+            epoch_end = state["batch"] >= batches_per_epoch
+            if epoch_end:
+                state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            if validation is None and (done or (epoch_end and not config.val_every_steps)):
+                validation = run_validation()  # every epoch, and always after the last step
+            if epoch_end or done or state["step"] % config.checkpoint_every == 0:
+                checkpoint("last.pth", full=True)
+            if on_step and rank == 0:
+                on_step(StepInfo(state["step"], state["epoch"], state["batch"], batches_per_epoch,
+                                 value, lr, speed, validation))  # fmt: skip
+            if sleep:
+                time.sleep(sleep)
+            if done or epoch_end:
+                break
+    summary = {"steps": state["step"], "epochs_completed": state["epoch"], "best": state["best"],
+               "parameters": {"trainable": trainable, "total": total},
+               "last": str(out / "last.pth"), "random_teacher": random_teacher}  # fmt: skip
+    if rank == 0:
+        write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop logged lines past ``step`` (a resumed run logs them again), so that the file of a resumed
+    run equals that of an uninterrupted one."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+    ]
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+def config_from(stage: str, **values) -> TrainConfig:
+    """A TrainConfig from the stage's released defaults updated with ``values`` (None = default)."""
+    from vprbench.train.defaults import STAGE_DEFAULTS
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise VPRBenchError(f"unknown training option(s) {unknown}")
+    merged = {**STAGE_DEFAULTS[stage], **{k: v for k, v in values.items() if v is not None}}
+    return TrainConfig(stage=stage, **merged)
