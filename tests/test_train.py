@@ -226,6 +226,12 @@ def test_distill_refuses_a_random_teacher_and_runs_with_the_flag(tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses))
 
 
+def _losses(run) -> list[float]:
+    """The loss of every step logged in a run's metrics.jsonl."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines if "loss" in json.loads(x)]
+
+
 def _cli(args, env=None):
     return subprocess.run([sys.executable, "-m", "vprbench", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)  # fmt: skip
@@ -264,9 +270,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
     assert a["vprbench"]["step"] == b["vprbench"]["step"] == 7
     for key, value in b["model_state_dict"].items():
         assert torch.equal(a["model_state_dict"][key], value), key
-    loss = lambda run: [
-        json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-    ]  # noqa: E731
+    loss = lambda run: _losses(tmp_path / run)  # noqa: E731
     assert loss("killed") == loss("clean")
     # resuming with other options is refused
     other = _cli([*_train_args(tmp_path, "clean", 9), "--resume"])
@@ -294,9 +298,7 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(tmp_path):
     double = subprocess.run(torchrun, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert double.returncode == 0, double.stderr[-3000:]
-    loss = lambda run: [
-        json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-    ]  # noqa: E731
+    loss = lambda run: _losses(tmp_path / run)  # noqa: E731
     # the same global batch of 4 places x 2 images, split 2 + 2 across the ranks: the gathered
     # MultiSimilarity loss and the averaged gradients give the same curve up to float rounding
     np.testing.assert_allclose(loss("two"), loss("one"), rtol=1e-4, atol=1e-5)

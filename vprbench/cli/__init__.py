@@ -147,6 +147,11 @@ def datasets_list(root: Path | None) -> None:
 @root_option
 def datasets_info(name: str, root: Path | None) -> None:
     """Everything known about one protocol or imported dataset."""
+    from vprbench.train.gsv import TRAINING_SETS
+
+    if name in TRAINING_SETS:  # training sets are not evaluation protocols
+        console.print(f"[bold]{name}[/] (training set): {TRAINING_SETS[name]}", soft_wrap=True)
+        return
     registry = load_registry()
     folder = data_root(root)
     formatted = set(list_formatted(folder))

@@ -100,10 +100,11 @@ def _run(config, resume: bool, cache_dir) -> None:
     best = summary["best"]
     best_text = (f", best {best['metric']} {100 * best['score']:.2f} on {best['dataset']} "
                  f"at step {best['step']}") if best else ""  # fmt: skip
-    params = summary["parameters"]
+    params, data = summary["parameters"], summary["data"]
     console.print(
-        f"{config.stage} {config.model}: {summary['steps']} steps, {params['trainable']:,} of "
-        f"{params['total']:,} parameters trained{best_text} -> {config.out}",
+        f"{config.stage} {config.model}: {summary['steps']} steps on {data['places']:,} places "
+        f"({data['dropped_places']:,} with fewer than {config.images_per_place} images dropped), "
+        f"{params['trainable']:,} of {params['total']:,} parameters trained{best_text} -> {config.out}",
         soft_wrap=True,
     )
 

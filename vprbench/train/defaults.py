@@ -2,7 +2,8 @@
 
 distill   D2VPR parser.py:7-64, distillation.py: 8 places x 4 images, 224x224, Adam 2.5e-5 (its StepLR
           is never stepped: constant), 20 epochs, MSE on descriptors, teacher CricaVPR, student d2vpr
-          without the cross-image encoder; best checkpoint by MSLS-val R@5 in the released script.
+          without the cross-image encoder. The released script keeps the best MSLS-val R@5; vprbench's
+          default is R@1 of the first --val for both stages (--best-metric R@5 for the released choice).
 finetune  D2VPR finetune.py:64-98, finetune_script.py: 128 places x 4 images, 224x224, AdamW 2e-4 with
           weight decay 1e-3, MultiStepLR [10, 20, 30] x 0.1 per epoch, 120 epochs, 16-bit mixed
           precision, seed 3407, MultiSimilarity loss and miner; warm-up 3,900 (read as iterations here,
@@ -21,7 +22,7 @@ STAGE_DEFAULTS = {
         "optimizer": "adam",
         "lr": 2.5e-5,
         "weight_decay": 0.0,
-        "best_metric": "R@5",
+        "best_metric": "R@1",  # the released script picks by MSLS-val R@5: --best-metric R@5
     },
     "finetune": {
         "model": "d2vpr",

@@ -168,8 +168,8 @@ def _check_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "last.pth").is_file():
             raise VPRBenchError(f"{out}: --resume, but there is no last.pth to resume from")
-    elif out.exists() and any(out.iterdir()):
-        raise VPRBenchError(f"{out}: already holds files; use --resume or another --out")
+    elif any((out / name).exists() for name in ("last.pth", "best.pth", "summary.json")):
+        raise VPRBenchError(f"{out}: already holds a run; use --resume or another --out")
 
 
 def train(
@@ -328,9 +328,11 @@ def train(
                 group["lr"] = lr
             batch_images = batch_images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            with torch.autocast(
+            # enable_grad: a caller may have switched gradients off globally; training must not care
+            autocast = torch.autocast(
                 device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            )
+            with torch.enable_grad(), autocast:
                 loss = loss_fn(model, batch_images, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -364,7 +366,9 @@ def train(
                 break
     summary = {"steps": state["step"], "epochs_completed": state["epoch"], "best": state["best"],
                "parameters": {"trainable": trainable, "total": total},
-               "last": str(out / "last.pth"), "random_teacher": random_teacher}  # fmt: skip
+               "last": str(out / "last.pth"), "random_teacher": random_teacher,
+               "data": {"places": len(data.places), "dropped_places": data.dropped,
+                        "images": data.num_images}}  # fmt: skip
     if rank == 0:
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if world > 1:
