@@ -34,14 +34,20 @@ def build(source: Path, start: int, count: int, dest: Path = DEST) -> None:
     np.save(dest / "ground_truth_new.npy", rows, allow_pickle=True)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+def source_parser(description: str) -> argparse.ArgumentParser:
+    """Command-line parser with the SOURCE argument: ../shared/data/nordland_64x32 by default."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "source",
         nargs="?",
         type=Path,
         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "nordland_64x32",
     )
+    return parser
+
+
+if __name__ == "__main__":
+    parser = source_parser(__doc__)
     parser.add_argument("--start", type=int, default=1200)
     parser.add_argument("--count", type=int, default=600)
     args = parser.parse_args()

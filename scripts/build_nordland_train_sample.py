@@ -15,7 +15,6 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -56,13 +55,9 @@ def build(source: Path, places: int, dest: Path = DEST) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "source",
-        nargs="?",
-        type=Path,
-        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "nordland_64x32",
-    )
+    from build_nordland_sample import source_parser  # the script's own folder is on sys.path
+
+    parser = source_parser(__doc__)
     parser.add_argument("--places", type=int, default=200)
     args = parser.parse_args()
     n = build(args.source, args.places)

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from vprbench.train.stages import (
     build_model,
     select_trainable,
 )
+from vprbench.train.validate import validate
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Fault injection for the resume test: seconds to sleep after each step.
@@ -131,37 +131,6 @@ def _distributed() -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
-
-
-def validate(model, names: list[str], config: TrainConfig, registry) -> dict:
-    """Recall@k of ``model`` on each dataset, through the same extract + evaluate path as `vprbench
-    evaluate`, into a temporary cache and results folder (a training run would otherwise write every
-    validation's descriptors to the disk cache)."""
-    from vprbench.datasets.manage import open_dataset
-    from vprbench.evaluate import DEFAULT_KS, evaluate
-    from vprbench.extract import ExtractSettings, extract
-    from vprbench.models.registry import WeightsInfo
-    from vprbench.paths import data_root
-
-    was_training = model.training
-    model.eval()
-    saved_info = getattr(model, "weights_info", None)
-    model.weights_info = WeightsInfo(source="training", sha256=None, random_init=False)
-    out = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="vprbench-val-") as tmp:
-            for name in names:
-                ds = open_dataset(name, data_root(), registry)
-                settings = ExtractSettings(model=model.card.name, image_size=tuple(config.image_size),
-                                           batch_size=config.val_batch_size, device=config.device)  # fmt: skip
-                result = extract(ds, settings, Path(tmp) / "cache", model=model)
-                ks = [k for k in DEFAULT_KS if k <= len(ds.database)] or [1]
-                record, _ = evaluate(ds, result, ks, results_dir=Path(tmp) / "results")
-                out[name] = {f"R@{k}": v for k, v in record["results"]["recall"].items()}
-    finally:
-        model.weights_info = saved_info
-        model.train(was_training)
-    return out
 
 
 def _check_out(out: Path, resume: bool) -> None:
