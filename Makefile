@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint example clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: install
 test: install
 	$(BIN)/ruff check vprbench tests benchmarks scripts
 	$(BIN)/python -m pytest -q
+
+# The example report in results/examples/quickstart: the quickstart ablation, then its tables and figures.
+example: install
+	$(BIN)/vprbench ablate recipes/quickstart.yaml
+	$(BIN)/vprbench report --recipe quickstart --out results/examples/quickstart --queries 0,200,400
 
 lint: install
 	$(BIN)/ruff check vprbench tests benchmarks scripts

@@ -314,3 +314,14 @@ def test_regional_gem_slices_like_official_cricavpr_at_every_size(grid):
         agg(x_p[:, :, 11:, 0:5]), agg(x_p[:, :, 11:, 5:11]), agg(x_p[:, :, 11:, 11:]),
     ]  # fmt: skip
     torch.testing.assert_close(pool(cls, patches), torch.stack(official, dim=1), rtol=0, atol=0)
+
+
+def test_drm_levels_choose_the_blocks_the_drm_reads():
+    model = build("d2vpr", drm_levels=[8, 12])
+    assert model.drm.levels == (8, 12) and n_params(model) == 27_211_621 - (1536 - 768) * 768
+    out = model(torch.rand(1, 3, 56, 56))
+    assert out.shape == (1, 10752)
+    with pytest.raises(VPRBenchError, match="drm_levels must be increasing block numbers"):
+        build("d2vpr", drm_levels=[12, 8])
+    with pytest.raises(VPRBenchError, match="drm=false reads only block 12"):
+        build("d2vpr", drm=False, drm_levels=[8, 12])

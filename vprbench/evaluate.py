@@ -43,9 +43,11 @@ def evaluate(
     device: str = "cpu",
     pca: PCA | None = None,
     per_city: bool = False,
+    tags: dict | None = None,
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
-    the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``.
+    the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
+    (recipe, variant, seed, training runs) go into the record and its id.
     Returns (record, record path)."""
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
@@ -83,6 +85,7 @@ def evaluate(
         "per_city": per_city,
         "ks": list(ks),
         "no_positive_policy": no_positive_policy,
+        "tags": tags,
     }
     run_id = f"{model.card.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"
@@ -152,6 +155,8 @@ def evaluate(
         },
         "files": files,
         "notes": notes,
+        # which recipe, variant and seed made it, and its training runs (vprbench ablate)
+        "ablation": tags,
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,

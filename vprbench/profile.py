@@ -250,6 +250,7 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
         record = json.loads(path.read_text())
         if record.get("key") == json.loads(json.dumps(key)):
             record["cached"] = True
+            record["path"] = str(path)
             return record
     torch.set_num_threads(threads)
     with warnings.catch_warnings():

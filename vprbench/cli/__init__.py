@@ -574,9 +574,13 @@ def quickstart_cmd(root, cache_dir, results_dir) -> None:
 
 def _register_groups() -> None:
     # Command groups that live in their own module (vprbench/cli/<group>.py).
+    from vprbench.cli.ablate import ablate_cmd
+    from vprbench.cli.report import report_cmd
     from vprbench.cli.train import train_group
 
     cli.add_command(train_group)
+    cli.add_command(ablate_cmd)
+    cli.add_command(report_cmd)
 
 
 _register_groups()

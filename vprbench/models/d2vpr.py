@@ -69,6 +69,21 @@ class DRM(nn.Module):
         return self.up_norm(self.lin(torch.cat(tokens, dim=-1)))
 
 
+def drm_block_levels(drm: bool, levels) -> tuple[int, ...]:
+    """The 1-indexed ViT-S blocks the DRM reads: ``levels`` (default 2, 4, 8, 12, as released), or
+    only the last block when ``drm`` is off (the ablation's baseline)."""
+    levels = tuple(int(v) for v in levels)
+    if not levels or sorted(set(levels)) != list(levels) or not all(1 <= v <= 12 for v in levels):
+        raise VPRBenchError(
+            f"drm_levels must be increasing block numbers between 1 and 12, got {list(levels)}"
+        )
+    if not drm:
+        if levels != DRM_LEVELS:
+            raise VPRBenchError("drm=false reads only block 12; drop drm_levels or set drm=true")
+        return (12,)
+    return levels
+
+
 def map_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official D²-VPR / CricaVPR keys -> vprbench keys (the table in the module docstring)."""
     out = {}
@@ -169,11 +184,12 @@ class D2VPR(RegionalVPRModel):
         aggregator="tdda",
         tdda_guidance=True,
         cross_image_encoder=False,
+        drm_levels=DRM_LEVELS,
     ):
         super().__init__(aggregator, tdda_guidance, cross_image_encoder)
         self.backbone = DINOv2ViT("vits14", adapters=adapters, final_norm=False)
         init_adapters(self.backbone)
-        self.drm = DRM(self.backbone.embed_dim, DRM_LEVELS if drm else (12,))
+        self.drm = DRM(self.backbone.embed_dim, drm_block_levels(drm, drm_levels))
 
     def tokens(self, x):
         outputs, grid = self.backbone(x, take=self.drm.levels)
@@ -200,7 +216,7 @@ D2VPR_CARD = ModelCard(
     weights=D2VPR_WEIGHTS,
     batch_convention="d2vpr",
     options={"adapters": True, "drm": True, "aggregator": "tdda", "tdda_guidance": True,
-             "cross_image_encoder": False},
+             "cross_image_encoder": False, "drm_levels": list(DRM_LEVELS)},
     reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
 )  # fmt: skip
 CRICAVPR_CARD = ModelCard(

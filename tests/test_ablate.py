@@ -1,0 +1,261 @@
+"""Recipes (schema, grid, precedence), `vprbench ablate` (stage reuse, resume after a kill, failure
+isolation) and `vprbench report` (tables equal to the run records, LaTeX that compiles, figures)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vprbench.ablate import run_recipe
+from vprbench.errors import VPRBenchError
+from vprbench.recipe import expand, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = """base:
+  model: d2vpr
+  protocols: [nordland-sample]
+  image_size: [56, 112]
+"""
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("colour: red\n" + BASE, r"r.yaml:1: unknown key 'colour'; expected one of \['base'"),
+        (BASE + "  speed: fast\n", r"r.yaml:5: unknown key 'speed'; expected one of"),
+        (BASE + "  seeds: 3\n", r"r.yaml:5: 'seeds' must be a list of integers, got 3"),
+        (
+            BASE
+            + "variants:\n  - name: gem guided\n    options: {aggregator: gem, tdda_guidance: true}\n",
+            r"r.yaml:7: variant 'gem guided': tdda_guidance: true needs aggregator: tdda",
+        ),
+        (
+            BASE + "variants:\n  - name: x\n    options: {drm: false, drm_levels: [8, 12]}\n",
+            r"r.yaml:7: variant 'x': drm_levels needs drm: true",
+        ),
+        (
+            BASE + "variants:\n  - name: x\n    options: {colour: red}\n",
+            r"r.yaml:7: variant 'x': model 'd2vpr': unknown option\(s\) \['colour'\]",
+        ),
+        (
+            BASE + "variants:\n  - name: x\n    options: {drm: 'no'}\n",
+            r"option 'drm' must be bool, got 'no'",
+        ),
+        (BASE + "variants:\n  - name: a\n  - name: a\n", r"r.yaml:7: variant 'a' named twice"),
+        (
+            BASE + "  train: {data: nordland-train-sample, finetune: false}\n",
+            r"train has neither distill nor finetune",
+        ),
+        (
+            BASE + "  train: {data: nordland-train-sample, distill: {teacher: cricavpr}}\n",
+            r"distill needs teacher_weights \(or allow_random_teacher",
+        ),
+        (
+            BASE + "  train: {data: x, finetune: {epochs: 1, speed: 2}}\n",
+            r"r.yaml:5: unknown key 'speed'; expected one of \['augment'",
+        ),
+        (
+            BASE + "  weights: w.pth\n  train: {data: x, finetune: {}}\n",
+            r"weights and train exclude each other",
+        ),
+        ("base: {model: nosuchmodel, protocols: [x]}\n", r"unknown model 'nosuchmodel'"),
+        ("base: [1, 2]\n", r"'base' must be a mapping"),
+        ("base: {protocols: [a]\n", r"not valid YAML"),
+    ],
+)
+def test_bad_recipes_are_refused_with_file_and_line(tmp_path, text, match):
+    with pytest.raises(VPRBenchError, match=match):
+        load_recipe(write(tmp_path, text))
+
+
+def test_grid_seeds_and_precedence(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE + "  seeds: [0, 1]\n  options: {drm: true}\n"
+                               "variants:\n  - {name: plain}\n"
+                               "grid: {aggregator: [tdda, gem], drm: [true, false]}\n"))  # fmt: skip
+    variants = expand(recipe)
+    names = list(dict.fromkeys(v.name for v in variants))
+    assert names == ["plain", "aggregator=tdda, drm=true", "aggregator=tdda, drm=false",
+                     "aggregator=gem, drm=true", "aggregator=gem, drm=false"]  # fmt: skip
+    assert len(variants) == 10 and [v.seed for v in variants[:2]] == [0, 1]
+    gem_off = next(v for v in variants if v.name == "aggregator=gem, drm=false")
+    assert gem_off.options["aggregator"] == "gem" and gem_off.options["drm"] is False
+    assert gem_off.image_size == (56, 112) and gem_off.protocols == ("nordland-sample",)
+    # --set beats variant beats base
+    forced = expand(recipe, {"options.drm": False, "image_size": [28, 28]})
+    assert all(v.options["drm"] is False and v.image_size == (28, 28) for v in forced)
+
+
+def test_shipped_recipes_are_valid():
+    names = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
+    assert names == ["distill.yaml", "drm.yaml", "full.yaml", "quickstart.yaml", "tdda.yaml"]
+    for path in (REPO / "recipes").glob("*.yaml"):
+        assert expand(load_recipe(path)), path
+
+
+TINY = """name: {name}
+base:
+  model: dinov2-gem
+  options: {{backbone: vits14}}
+  protocols: [nordland-sample]
+  image_size: [28, 28]
+  profile: false
+  train:
+    data: nordland-train-sample
+    finetune: {{epochs: 1, max_steps: {steps}, places_per_batch: 4, images_per_place: 2,
+               warmup_steps: 0, augment: none}}
+variants:
+  - name: trained
+  - name: untrained
+    train: null
+"""
+
+
+def test_stages_are_reused_across_recipes_and_never_repeated(tmp_path, isolated_dirs):
+    results = isolated_dirs["results"]
+    first = run_recipe(load_recipe(write(tmp_path, TINY.format(name="one", steps=2), "one.yaml")),
+                       results, say=lambda m: None)  # fmt: skip
+    assert [o.error for o in first] == [None, None]
+    (folder,) = (results / "train").iterdir()
+    mtime = (folder / "last.pth").stat().st_mtime_ns
+    said = []
+    second = run_recipe(load_recipe(write(tmp_path, TINY.format(name="two", steps=2), "two.yaml")),
+                        results, say=said.append)  # fmt: skip
+    assert [o.error for o in second] == [None, None]
+    assert any("finetune: cached" in m for m in said)
+    assert (folder / "last.pth").stat().st_mtime_ns == mtime and len(
+        list((results / "train").iterdir())
+    ) == 1
+    # each record names its recipe and variant; the two recipes' records hold the same recall
+    records = [json.loads(Path(p).read_text()) for o in first + second for p in o.records]
+    assert {(r["ablation"]["recipe"], r["ablation"]["variant"]) for r in records} == {
+        ("one", "trained"),
+        ("one", "untrained"),
+        ("two", "trained"),
+        ("two", "untrained"),
+    }
+    assert records[0]["results"]["recall"] == records[2]["results"]["recall"]
+    assert records[0]["results"]["recall"] != records[1]["results"]["recall"]
+
+
+def test_a_failing_variant_does_not_stop_the_others(tmp_path, capsys, monkeypatch, isolated_dirs):
+    from tests.test_cli import run
+
+    path = write(tmp_path, TINY.format(name="mixed", steps=1)
+                 + "  - name: broken\n    train: null\n    protocols: [not-formatted-anywhere]\n")  # fmt: skip
+    code, out, err = run(["ablate", str(path)], capsys, monkeypatch)
+    assert code == 1
+    assert "FAILED: VPRBenchError: unknown dataset 'not-formatted-anywhere'" in out
+    assert "2 of 3 runs succeeded" in out
+    state = json.loads((isolated_dirs["results"] / "ablations" / "mixed.json").read_text())
+    assert [o["error"] is None for o in state["outcomes"]] == [True, True, False]
+    code, out, _ = run(["ablate", str(path), "--dry-run"], capsys, monkeypatch)
+    assert (
+        code == 0
+        and "train finetune: cached" in out
+        and "evaluate on nordland-sample: cached" in out
+    )
+
+
+def test_an_ablation_killed_during_training_resumes(tmp_path, isolated_dirs):
+    text = TINY.format(name="killme", steps=6).replace(
+        "augment: none", "augment: none, checkpoint_every: 1"
+    )
+    path = write(tmp_path, text)
+    env = {**os.environ, "VPRBENCH_FAULT_SLEEP_PER_STEP": "1"}
+    cmd = [sys.executable, "-m", "vprbench", "ablate", str(path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(
+        (isolated_dirs["results"] / "train").glob("*/last.pth")
+    ):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (folder,) = (isolated_dirs["results"] / "train").iterdir()
+    assert (folder / "last.pth").is_file() and not (folder / "summary.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "finetune: resuming" in done.stdout and "2 of 2 runs succeeded" in done.stdout
+    assert (
+        json.loads(next((isolated_dirs["results"] / "train").glob("*/summary.json")).read_text())[
+            "steps"
+        ]
+        == 6
+    )
+
+
+def test_report_tables_equal_the_records_and_latex_compiles(
+    tmp_path, capsys, monkeypatch, isolated_dirs
+):
+    from tests.test_cli import run
+
+    path = write(
+        tmp_path, TINY.format(name="rep", steps=1).replace("profile: false", "profile: true")
+    )
+    outcomes = run_recipe(load_recipe(path), isolated_dirs["results"], say=lambda m: None)
+    out = tmp_path / "report"
+    code, stdout, err = run(["report", "--latex", "--markdown", "--csv", "--recipe", "rep", "--out",
+                             str(out), "--queries", "0,3"], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    records = {json.loads(Path(p).read_text())["ablation"]["variant"]: json.loads(Path(p).read_text())
+               for o in outcomes for p in o.records}  # fmt: skip
+    csv = pd.read_csv(out / "rep.csv")
+    for _, row in csv.iterrows():
+        recall = records[row["variant"]]["results"]["recall"]
+        assert row["R@1"] == pytest.approx(100 * recall["1"]) and row["R@10"] == pytest.approx(
+            100 * recall["10"]
+        )
+        assert row["gflops"] > 0 and row["params_m"] > 0
+    tex = (out / "rep.tex").read_text()
+    best = max(records.values(), key=lambda r: r["results"]["recall"]["1"])
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\bfseries" in tex
+    assert f"{100 * best['results']['recall']['1']:.1f}" in tex
+    assert "nordland-sample" in tex and "untrained*" in tex  # random init marked
+    md = (out / "rep.md").read_text()
+    assert "| trained" in md and f"{100 * records['trained']['results']['recall']['5']:.1f}" in md
+    for name in ("recall_at_k_nordland-sample", "r1_vs_gflops_nordland-sample", "training_curves",
+                 "mosaic_trained_nordland_sample"):  # fmt: skip
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").is_file()
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-recommended)")
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\n"
+                   f"\\begin{{document}}\\input{{{out / 'rep.tex'}}}\\end{{document}}\n")  # fmt: skip
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):
+    # What CI runs of the shipped recipes: every stage and switch on the embedded data, then the report.
+    from vprbench.report import write_report
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    outcomes = run_recipe(recipe, isolated_dirs["results"], say=lambda m: None)
+    assert [o.error for o in outcomes] == [None] * len(expand(recipe)) and len(outcomes) == 12
+    trained = {
+        o.variant.name: json.loads(Path(o.records[0]).read_text())["ablation"]["train"]
+        for o in outcomes
+    }
+    assert len(trained["distill + finetune"]) == 2 and trained["no training"] == []
+    paths = write_report(isolated_dirs["results"], tmp_path / "report", ["latex", "markdown", "csv"],
+                         recipe="quickstart", queries=[0, 200])  # fmt: skip
+    table = pd.read_csv(tmp_path / "report" / "quickstart.csv")
+    assert len(table) == 12 and table["gflops"].notna().all()
+    assert any(p.name == "r1_vs_gflops_nordland-sample.pdf" for p in paths)

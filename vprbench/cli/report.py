@@ -1,0 +1,43 @@
+"""`vprbench report`: run records -> tables (LaTeX, Markdown, CSV) and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.option("--latex", "formats", flag_value="latex", multiple=True, help="A LaTeX table.")
+@click.option(
+    "--markdown", "formats", flag_value="markdown", multiple=True, help="A Markdown table."
+)
+@click.option("--csv", "formats", flag_value="csv", multiple=True, help="Every record as CSV.")
+@click.option("--runs", default=None, help="Glob of run records (default: results/runs/*.json).")
+@click.option("--recipe", default=None, help="Only the runs of this recipe.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for tables and figures (default: results/reports/<recipe or all>).")  # fmt: skip
+@click.option("--queries", default=None, help="Prediction mosaics of these query indices: 0,5,9.")
+@click.option("--no-figures", is_flag=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def report_cmd(formats, runs, recipe, out, queries, no_figures, results_dir) -> None:
+    """Tables and figures from the run records (and profiles) under the results folder."""
+    from vprbench.errors import VPRBenchError
+    from vprbench.paths import results_root
+    from vprbench.report import write_report
+    from vprbench.ui import console
+
+    results = results_root(results_dir)
+    out = out or results / "reports" / (recipe or "all")
+    try:
+        picked = [int(q) for q in queries.split(",")] if queries else None
+    except ValueError:
+        raise VPRBenchError(
+            f"--queries expects integers separated by commas, got {queries!r}"
+        ) from None
+    paths = write_report(results, out, list(dict.fromkeys(formats)) or ["latex", "markdown", "csv"],
+                         runs, recipe, picked, figures=not no_figures)  # fmt: skip
+    for path in paths:
+        if path.suffix == ".md":
+            console.print(path.read_text(), soft_wrap=True, highlight=False)
+    console.print(f"{len(paths)} files in {out}", soft_wrap=True)

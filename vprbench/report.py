@@ -1,0 +1,407 @@
+"""Reports: run records (and profiles) -> one pandas DataFrame -> tables (LaTeX, Markdown, CSV) and
+matplotlib figures (PNG and PDF). Every table and figure is a function of that frame.
+
+The LaTeX table goes through pandas' Styler (booktabs rules, the best value of each column in bold,
+names escaped), so it is a file a paper can ``\\input``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vprbench.errors import VPRBenchError
+
+KS = (1, 5, 10)
+
+
+def load_records(
+    results_dir: Path, runs: str | None = None, recipe: str | None = None
+) -> list[dict]:
+    """Run records under ``results_dir/runs`` (or matching the glob ``runs``), of ``recipe`` if given."""
+    pattern = runs or str(Path(results_dir) / "runs" / "*.json")
+    records = []
+    for path in sorted(glob.glob(pattern)):
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise VPRBenchError(f"{path}: not a readable run record ({exc})") from exc
+        if "results" not in record or "protocol" not in record:
+            continue  # predictions and other JSON files
+        tags = record.get("ablation") or {}
+        if recipe is None or tags.get("recipe") == recipe:
+            record["_path"] = path
+            record["_mtime"] = Path(path).stat().st_mtime_ns
+            records.append(record)
+    records = _latest(records)
+    if not records:
+        raise VPRBenchError(
+            f"no run records matched {pattern}" + (f" for recipe '{recipe}'" if recipe else "")
+        )
+    return records
+
+
+def _latest(records: list[dict]) -> list[dict]:
+    """One record per (recipe, variant, seed, protocol): the newest. An ablation run again with other
+    settings leaves its older records on disk; a report shows the current ones."""
+    newest: dict = {}
+    for r in records:
+        key = _key_of(r)
+        if key not in newest or r["_mtime"] > newest[key]["_mtime"]:
+            newest[key] = r
+    return [r for r in records if newest.get(_key_of(r)) is r]
+
+
+def _key_of(r: dict) -> tuple:
+    tags = r.get("ablation") or {}
+    return (tags.get("recipe"), tags.get("variant"), tags.get("seed"), r["protocol"]["name"],
+            None if tags else r["run_id"])  # fmt: skip
+
+
+def load_profiles(results_dir: Path) -> dict[str, dict]:
+    """Profiles under ``results_dir/profiles``, keyed by model name and options."""
+    out = {}
+    for path in sorted((Path(results_dir) / "profiles").glob("*.json")):
+        record = json.loads(path.read_text())
+        out[_profile_key(record["model"], record["options"], record.get("image_size"))] = record
+    return out
+
+
+def _profile_key(model: str, options: dict, image_size) -> str:
+    return json.dumps([model, options, list(image_size) if image_size else None], sort_keys=True)
+
+
+def _training_cost(train_dirs: list[str]) -> tuple[int, float]:
+    steps, seconds = 0, 0.0
+    for folder in train_dirs:
+        summary = Path(folder) / "summary.json"
+        if summary.is_file():
+            steps += json.loads(summary.read_text())["steps"]
+    return steps, seconds
+
+
+def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per run record: variant, seed, protocol, R@k (percent), settings, cost."""
+    rows = []
+    for r in records:
+        tags = r.get("ablation") or {}
+        settings = r["settings"]
+        size = settings["preprocess"]["image_size"]
+        profile = (profiles or {}).get(
+            _profile_key(r["model"]["name"], r["model"]["options"], size)
+        )
+        steps, _ = _training_cost(tags.get("train", []))
+        row = {
+            "recipe": tags.get("recipe"),
+            "variant": tags.get("variant") or r["model"]["name"],
+            "order": tags.get("variant_index", 0),
+            "seed": tags.get("seed", 0),
+            "model": r["model"]["name"],
+            "protocol": r["protocol"]["name"],
+            "image_size": f"{size[0]}x{size[1]}",
+            "batch_size": settings["batch_size"] if r["model"]["batch_dependent"] else None,
+            "pca": (settings.get("pca") or {}).get("dim"),
+            "policy": settings["no_positive_policy"],
+            "random_init": r["model"]["weights"]["random_init"],
+            "params_m": profile["params"]["total"] / 1e6 if profile else np.nan,
+            "gflops": profile["flops"]["gflops_per_image"] if profile else np.nan,
+            "latency_ms": profile["latency"]["image_ms_median"] if profile else np.nan,
+            "train_steps": steps,
+            "record": r["_path"],
+        }  # fmt: skip
+        for k in KS:
+            value = r["results"]["recall"].get(str(k))
+            row[f"R@{k}"] = 100 * value if value is not None else np.nan
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    # recipe order (then seed); records of plain `evaluate` runs keep their file order
+    return df.sort_values(["order", "seed"], kind="stable").reset_index(drop=True)
+
+
+def recall_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Variants (rows, in first-seen order) x (protocol, R@k) columns: the mean over seeds, and
+    with several seeds a second frame of standard deviations is attached as ``.attrs['std']``."""
+    order = list(dict.fromkeys(df["variant"]))
+    protocols = list(dict.fromkeys(df["protocol"]))
+    metrics = [f"R@{k}" for k in KS if df[f"R@{k}"].notna().any()]
+    grouped = df.groupby(["variant", "protocol"], sort=False)[metrics]
+    mean = grouped.mean().unstack("protocol")
+    std = grouped.std(ddof=1).unstack("protocol")
+    columns = pd.MultiIndex.from_tuples(
+        [(p, m) for p in protocols for m in metrics], names=["protocol", "metric"]
+    )
+    mean = mean.swaplevel(axis=1).reindex(columns=columns).reindex(order)
+    std = std.swaplevel(axis=1).reindex(columns=columns).reindex(order)
+    seeds = df.groupby("variant", sort=False)["seed"].nunique().reindex(order)
+    mean.attrs["std"] = std if (seeds > 1).any() else None
+    mean.attrs["seeds"] = seeds.to_dict()
+    mean.index.name = "variant"
+    return mean
+
+
+def caption(df: pd.DataFrame) -> str:
+    """Protocols and the settings every number depends on."""
+
+    def values(column):
+        found = sorted({str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                        for v in df[column].dropna()})  # fmt: skip
+        return ", ".join(found) if found else "none"
+
+    text = (f"Recall@k (\\%) on {values('protocol')}. Input {values('image_size')}; "
+            f"PCA {values('pca')}; inference batch of batch-dependent models {values('batch_size')}; "
+            f"queries without positives: {values('policy')}.")  # fmt: skip
+    seeds = df.groupby("variant")["seed"].nunique()
+    if (seeds > 1).any():
+        text += " Mean over seeds, $\\pm$ one standard deviation."
+    if df["random_init"].any():
+        text += " Rows marked * ran at random initialisation."
+    return text
+
+
+def _cells(table: pd.DataFrame, latex: bool) -> pd.DataFrame:
+    std = table.attrs.get("std")
+    pm = " $\\pm$ " if latex else " ± "
+    out = table.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    if std is not None:
+        out = out.combine(
+            std, lambda a, b: a.combine(b, lambda x, s: x if pd.isna(s) else f"{x}{pm}{s:.1f}")
+        )
+    return out
+
+
+def to_latex(df: pd.DataFrame, label: str = "tab:ablation") -> str:
+    """The recall table as LaTeX through pandas' Styler: booktabs rules, the best value of each column
+    in bold, variant and protocol names escaped; random-init rows marked *."""
+    table = recall_table(df)
+    best = table.max()
+    random_rows = set(df.loc[df["random_init"], "variant"])
+
+    def bold(column: pd.Series) -> list[str]:
+        values = table[column.name]
+        return ["font-weight: bold;" if v == best[column.name] else "" for v in values]
+
+    cells = _cells(table, latex=True)
+    cells.index = [f"{v}*" if v in random_rows else v for v in cells.index]
+    styler = cells.style.apply(bold, axis=0)
+    styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True, caption=caption(df), label=label, convert_css=True,
+                           multicol_align="c", position_float="centering")  # fmt: skip
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The recall table as Markdown, the same numbers as the LaTeX one."""
+    random_rows = set(df.loc[df["random_init"], "variant"])
+    table = _cells(recall_table(df), latex=False)
+    table.index = [f"{v}*" if v in random_rows else v for v in table.index]
+    table.columns = [f"{p} {m}" for p, m in table.columns]
+    return (
+        table.to_markdown() + "\n\n" + caption(df).replace("\\%", "%").replace("$\\pm$", "±") + "\n"
+    )
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """The long frame: one row per run record, every number and setting."""
+    return df.drop(columns=["record", "order"]).to_csv(index=False)
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def recall_curves(records: list[dict], out: Path) -> list[Path]:
+    """Recall@k against k, one figure per protocol, one line per variant (mean over seeds)."""
+    plt = _pyplot()
+    paths = []
+    by_protocol: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        name = (r.get("ablation") or {}).get("variant") or r["model"]["name"]
+        by_protocol.setdefault(r["protocol"]["name"], {}).setdefault(name, []).append(
+            r["results"]["recall"]
+        )
+    for protocol, variants in by_protocol.items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, recalls in variants.items():
+            ks = sorted({int(k) for rec in recalls for k in rec})
+            ax.plot(
+                ks,
+                [100 * np.mean([rec[str(k)] for rec in recalls if str(k) in rec]) for k in ks],
+                marker="o",
+                label=name,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("k")
+        ax.set_ylabel("Recall@k (%)")
+        ax.set_title(protocol)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        paths += _save(fig, out, f"recall_at_k_{protocol}")
+    return paths
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats (less x and at least as much y), by increasing x."""
+    order = np.lexsort((-y, x))
+    front, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return np.array(front, dtype=int)
+
+
+def efficiency(df: pd.DataFrame, out: Path) -> list[Path]:
+    """R@1 against GFLOPs and against parameters, per protocol, with the Pareto front marked."""
+    plt = _pyplot()
+    paths = []
+    mean = (
+        df.groupby(["protocol", "variant"], sort=False)[["R@1", "gflops", "params_m"]]
+        .mean()
+        .reset_index()
+    )
+    for protocol, part in mean.groupby("protocol", sort=False):
+        for column, label in (("gflops", "GFLOPs per image"), ("params_m", "parameters (M)")):
+            pts = part.dropna(subset=[column, "R@1"])
+            if pts.empty:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            x, y = pts[column].to_numpy(), pts["R@1"].to_numpy()
+            ax.scatter(x, y)
+            for xi, yi, name in zip(x, y, pts["variant"], strict=True):
+                ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            front = pareto_front(x, y)
+            ax.plot(
+                x[front], y[front], "--o", color="tab:red", mfc="none", ms=10, label="Pareto front"
+            )
+            ax.set_xlabel(label)
+            ax.set_ylabel("R@1 (%)")
+            ax.set_title(protocol)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            paths += _save(fig, out, f"r1_vs_{column}_{protocol}")
+    return paths
+
+
+def training_curves(records: list[dict], out: Path) -> list[Path]:
+    """Loss against step of every training run the records name (metrics.jsonl)."""
+    plt = _pyplot()
+    runs = {}
+    for r in records:
+        tags = r.get("ablation") or {}
+        for folder in tags.get("train", []):
+            runs[folder] = f"{tags.get('variant')} ({Path(folder).name.split('-')[0]})"
+    if not runs:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for folder, label in runs.items():
+        path = Path(folder) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        steps = [x["step"] for x in rows if "loss" in x]
+        ax.plot(steps, [x["loss"] for x in rows if "loss" in x], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return _save(fig, out, "training_curves")
+
+
+def mosaic(record: dict, queries: list[int], out: Path, k: int = 5) -> list[Path]:
+    """For each chosen query of a run: the query image and its top-k retrievals, correct ones framed
+    green, wrong ones red."""
+    from PIL import Image
+
+    from vprbench.datasets.formatted import load_formatted
+
+    plt = _pyplot()
+    from vprbench.paths import data_root
+
+    ds = load_formatted(record["protocol"]["name"], data_root())
+    indices = np.load(record["files"]["predictions"])["indices"]
+    bad = [q for q in queries if not 0 <= q < len(ds.queries)]
+    if bad:
+        raise VPRBenchError(f"--queries {bad}: outside 0..{len(ds.queries) - 1}")
+    fig, axes = plt.subplots(
+        len(queries), k + 1, figsize=(1.6 * (k + 1), 1.4 * len(queries)), squeeze=False
+    )
+    for row, q in zip(axes, queries, strict=True):
+        images = [(ds.queries[q], "query", "black")]
+        for i in indices[q][:k]:
+            if i < 0:
+                continue
+            ok = int(i) in set(ds.positives[q].tolist())
+            images.append((ds.database[i], f"#{i}", "green" if ok else "red"))
+        for ax, (rel, title, color) in zip(row, images, strict=False):
+            with Image.open(ds.image_path(rel)) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.set_title(title, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(2.5)
+        for ax in row[len(images) :]:
+            ax.axis("off")
+    name = (record.get("ablation") or {}).get("variant") or record["model"]["name"]
+    slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{record['protocol']['name']}")
+    return _save(fig, out, f"mosaic_{slug}")
+
+
+def write_report(
+    results_dir: Path,
+    out: Path,
+    formats: list[str],
+    runs: str | None = None,
+    recipe: str | None = None,
+    queries: list[int] | None = None,
+    figures: bool = True,
+) -> list[Path]:
+    """Tables in ``formats`` (latex, markdown, csv) and the figures, under ``out``; returns the paths."""
+    records = load_records(results_dir, runs, recipe)
+    df = frame(records, load_profiles(results_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = recipe or "report"
+    written = []
+    writers = {"latex": (to_latex, "tex"), "markdown": (to_markdown, "md"), "csv": (to_csv, "csv")}
+    from vprbench.atomic import write_text
+
+    for fmt in formats:
+        write, suffix = writers[fmt]
+        path = out / f"{stem}.{suffix}"
+        write_text(path, write(df))
+        written.append(path)
+    if figures:
+        written += recall_curves(records, out)
+        written += efficiency(df, out)
+        written += training_curves(records, out)
+        if queries:
+            first: dict[str, dict] = {}  # the first variant of the recipe, per protocol
+            for r in sorted(
+                records, key=lambda r: (r.get("ablation") or {}).get("variant_index", 0)
+            ):
+                first.setdefault(r["protocol"]["name"], r)
+            for record in first.values():
+                written += mosaic(record, queries, out)
+    return written
