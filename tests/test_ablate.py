@@ -259,3 +259,28 @@ def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):
     table = pd.read_csv(tmp_path / "report" / "quickstart.csv")
     assert len(table) == 12 and table["gflops"].notna().all()
     assert any(p.name == "r1_vs_gflops_nordland-sample.pdf" for p in paths)
+
+
+def test_seeds_give_mean_and_spread_and_names_are_escaped():
+    from vprbench.report import caption, recall_table, to_latex, to_markdown
+
+    rows = []
+    for variant, seed, r1 in (
+        ("A_1 & co", 0, 10.0),
+        ("A_1 & co", 1, 14.0),
+        ("B", 0, 20.0),
+        ("B", 1, 20.0),
+    ):
+        rows.append({"recipe": "x", "variant": variant, "seed": seed, "order": 0 if variant == "B" else 1,
+                     "model": "m", "protocol": "sped", "image_size": "224x224", "batch_size": None,
+                     "pca": None, "policy": "miss", "random_init": False, "params_m": 1.0, "gflops": 1.0,
+                     "latency_ms": 1.0, "train_steps": 0, "record": "r", "R@1": r1, "R@5": r1 + 1,
+                     "R@10": r1 + 2})  # fmt: skip
+    df = pd.DataFrame(rows)
+    table = recall_table(df)
+    assert table.loc["A_1 & co", ("sped", "R@1")] == 12.0
+    assert table.attrs["std"].loc["A_1 & co", ("sped", "R@1")] == pytest.approx(2 * 2**0.5)
+    tex = to_latex(df)
+    assert "A\\_1 \\& co & 12.0 $\\pm$ 2.8" in tex and "\\bfseries 20.0 $\\pm$ 0.0" in tex
+    assert "Mean over seeds" in caption(df)
+    assert "| A_1 & co | 12.0 ± 2.8" in to_markdown(df).replace("  ", " ")
