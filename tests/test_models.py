@@ -132,7 +132,7 @@ def test_sha256_mismatch_and_missing_file(tmp_path):
     with pytest.raises(VPRBenchError, match="nope.pth: weights file not found"):
         create_model("dinov2-gem", weights=str(tmp_path / "nope.pth"), backbone="vits14")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(VPRBenchError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(VPRBenchError, match="junk.pth: not a PyTorch checkpoint"):
         create_model("dinov2-gem", weights=str(tmp_path / "junk.pth"), backbone="vits14")
 
 

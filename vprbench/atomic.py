@@ -16,6 +16,18 @@ from typing import IO
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) the mode a plain open() or mkdir() would have
+    given it under the process umask, so that caches and results shared by a group stay readable."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it is synced and renamed to ``path``."""
@@ -26,6 +38,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        public_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

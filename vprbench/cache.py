@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vprbench.atomic import write_npz, write_text
+from vprbench.atomic import public_mode, write_npz, write_text
 from vprbench.errors import VPRBenchError
 
 FORMAT_VERSION = 2  # 2: shards carry their dataset indices (batches in any order)
@@ -192,6 +192,7 @@ class DescriptorCache:
                 f.attrs["batch_size"] = batch_size
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
+            public_mode(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

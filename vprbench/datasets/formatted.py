@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vprbench import __version__
+from vprbench.atomic import public_mode
 from vprbench.datasets.groundtruth import GroundTruth, from_csr, to_csr
 from vprbench.errors import VPRBenchError
 from vprbench.protocols import Protocol
@@ -170,6 +171,7 @@ def write_formatted(
             "vprbench_version": __version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        public_mode(tmp, directory=True)  # mkdtemp made it 0700
         if final.exists():
             old = final.with_name(f".{name}.old-{os.getpid()}")
             os.replace(final, old)

@@ -5,12 +5,14 @@
 - ``vpr-bench``: ``ref/``, ``query/`` and ``ground_truth_new.npy`` ([query, [refs]] rows)
 - ``pnv``: Patch-NetVLAD ``.npz`` (``utmQ``, ``utmDb``, ``posDistThr``) plus image list text files
 
-Object arrays (gsv-cities gt, VPR-Bench) need ``allow_pickle=True``: only read files you trust.
+Object arrays (gsv-cities gt, VPR-Bench) are read by a restricted unpickler (datasets/safe_npy.py) that
+admits numpy arrays and numbers only: a hostile file is refused, not run.
 """
 
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,12 +157,9 @@ def read_vdd(path: str | Path, threshold: float = 25.0, unit: str = "m") -> Grou
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise VPRBenchError(f"{path}: missing {what}")
-    try:
-        return np.load(path, allow_pickle=True)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VPRBenchError(f"{path}: cannot read {what} as a .npy file ({exc})") from exc
+    from vprbench.datasets.safe_npy import load_npy
+
+    return load_npy(path, what)
 
 
 def _detect_prefix(folder: Path) -> str:
@@ -309,8 +308,14 @@ def read_pnv(
         raise VPRBenchError(
             f"{npz}: missing array {exc} (expected utmQ, utmDb, posDistThr)"
         ) from exc
-    except (ValueError, OSError) as exc:
-        raise VPRBenchError(f"{npz}: cannot read as .npz ({exc})") from exc
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VPRBenchError(f"{npz}: cannot read as a Patch-NetVLAD .npz ({first})") from None
+    for name, arr in (("utmQ", utm_q), ("utmDb", utm_db)):
+        if arr.ndim != 2 or arr.shape[1] != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise VPRBenchError(
+                f"{npz}: {name} must be an [N, 2] array of numbers, got {arr.shape} {arr.dtype}"
+            )
     threshold = file_threshold if threshold is None else float(threshold)
     db = _read_list(Path(database_list) if database_list else None, len(utm_db), "database")
     q = _read_list(Path(queries_list) if queries_list else None, len(utm_q), "query")

@@ -64,6 +64,9 @@ def download(url: str, dest_dir: Path, sha256: str | None = None) -> Path:
             got = sha256_file(tmp)
             if got != sha256:
                 raise VPRBenchError(f"{url}: sha256 mismatch: expected {sha256}, got {got}")
+        from vprbench.atomic import public_mode
+
+        public_mode(tmp)
         os.replace(tmp, final)
     except OSError as exc:
         raise VPRBenchError(f"{url}: download failed ({exc})") from exc
@@ -103,6 +106,20 @@ def _numpy_safe_globals() -> list:
     return found
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """One line for torch.load's failure (its own messages run to several paragraphs)."""
+    import pickle
+    import re
+
+    found = re.search(r"GLOBAL (\S+)", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) and found:
+        return (
+            f"not a readable PyTorch checkpoint: it holds {found.group(1)}, which vprbench does not "
+            "unpickle (only tensors, numbers and numpy values)"
+        )
+    return "not a PyTorch checkpoint (neither a torch.save zip nor a pickle of tensors)"
+
+
 def read_checkpoint(path: str | Path, with_meta: bool = False):
     """The state dict inside a released checkpoint file, unwrapped and without ``module.``.
 
@@ -113,7 +130,7 @@ def read_checkpoint(path: str | Path, with_meta: bool = False):
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise VPRBenchError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        raise VPRBenchError(f"{path}: {_why_unreadable(exc)}") from None
     meta = obj.get("vprbench") if isinstance(obj, dict) else None
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
