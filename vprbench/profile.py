@@ -316,7 +316,7 @@ def reductions(records: list[dict], reference: str) -> list[dict]:
             ("flops", lambda x: x["flops"]["macs_per_image"]),
             ("latency", lambda x: x["latency"]["image_ms_median"]),
         ):
-            row[label] = 1 - get(r) / get(ref)
+            row[label] = 1 - get(r) / get(ref) if get(ref) else None  # a reference of 0: undefined
         out.append(row)
     return out
 

@@ -32,6 +32,33 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield factory
 
 
+def whole(table: Table, wrap: tuple[str, ...] = ()) -> Table:
+    """Never truncate: every column is at least as wide as its header and (except the prose columns
+    named in ``wrap``, which fold at word boundaries) as its longest cell. Print with
+    :func:`print_table`, so that output to a pipe or a log file shows every header and value whole."""
+    for column in table.columns:
+        header = str(column.header)
+        if header in wrap:
+            column.min_width = max(len(header), 12)
+            column.overflow = "fold"
+            continue
+        cells = [str(c) for c in column._cells]  # rich keeps a column's cells in order
+        column.min_width = max([len(header), *map(len, cells)])
+        column.no_wrap = True
+        column.overflow = "fold"
+    return table
+
+
+def print_table(table: Table, to: Console | None = None) -> None:
+    """Print ``table`` at least as wide as its columns need, whatever the console width (80 when
+    output is not a terminal): a wider line rather than a truncated value."""
+    from rich.measure import Measurement
+
+    to = to or console
+    needed = Measurement.get(to, to.options, table).minimum
+    to.print(table, width=max(to.width, needed), crop=False)
+
+
 def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: bool = True) -> Table:
     """One row per run record: model, dataset (unless all rows share it), R@k (percent), counts."""
     ks = sorted({int(k) for r in records for k in r["results"]["recall"]})
@@ -55,7 +82,7 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
             str(r["results"]["num_evaluated"]),
             str(r["results"]["num_queries_without_positives"]),
         )
-    return table
+    return whole(table)
 
 
 def profile_table(records: list[dict], settings) -> Table:
@@ -80,7 +107,7 @@ def profile_table(records: list[dict], settings) -> Table:
             f"{lat['images_per_second']:.1f}",
             f"{r['memory']['peak_mib']:.0f}",
         )
-    return table
+    return whole(table)
 
 
 def breakdown_table(records: list[dict]) -> Table:
@@ -100,4 +127,4 @@ def breakdown_table(records: list[dict]) -> Table:
                 "-" if p is None and f is None else f"{(p or 0) / 1e6:.2f} / {(f or 0) / 1e9:.2f}"
             )
         table.add_row(r["model"], *cells)
-    return table
+    return whole(table)

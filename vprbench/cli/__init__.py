@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import warnings
@@ -28,9 +29,11 @@ from vprbench.ui import (
     breakdown_table,
     console,
     err_console,
+    print_table,
     profile_table,
     progress_bars,
     recall_table,
+    whole,
 )
 
 root_option = click.option(
@@ -139,7 +142,7 @@ def datasets_list(root: Path | None) -> None:
             f"{m['positive_rule']}",
             "imported (unregistered)",
         )
-    console.print(table)
+    print_table(whole(table))
 
 
 @datasets.command("info")
@@ -175,7 +178,7 @@ def datasets_info(name: str, root: Path | None) -> None:
             ("obtain", p.obtain),
         ):
             table.add_row(label, value)
-        console.print(table)
+        print_table(whole(table, wrap=("",)))
     if name in formatted:
         console.print(f"[bold]Formatted copy[/] at {folder / name}:")
         console.print_json(json.dumps(load_formatted(name, folder).manifest))
@@ -353,7 +356,7 @@ def models_list() -> None:
             weights,
             c.description,
         )
-    console.print(table)
+    print_table(whole(table, wrap=("description",)))
 
 
 @models.command("info")
@@ -435,6 +438,9 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
     help="miss: queries without positives count as misses; exclude: drop them.",
 )
 @results_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout only."
+)
 def evaluate_cmd(
     dataset,
     root,
@@ -445,9 +451,17 @@ def evaluate_cmd(
     per_city,
     no_positive_policy,
     results_dir,
+    as_json,
     **options,
 ) -> None:
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
+    with _json_mode(as_json) as emit:
+        emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
+                       no_positive_policy, results_dir, options))  # fmt: skip
+
+
+def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
+              results_dir, options) -> dict:  # fmt: skip
     try:
         k_values = parse_ks(ks)
     except ValueError as exc:
@@ -476,7 +490,7 @@ def evaluate_cmd(
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
     if record["results"]["ground_truth"]:
-        console.print(recall_table([record]))
+        print_table(recall_table([record]))
     else:
         console.print(
             f"'{dataset}' has no ground truth here: predictions written, no recall computed"
@@ -484,6 +498,7 @@ def evaluate_cmd(
     for label, file in record["files"].items():
         console.print(f"{label}: {file}", soft_wrap=True)
     console.print(f"run record: {path}", soft_wrap=True)
+    return record
 
 
 @cli.command("profile")
@@ -502,9 +517,17 @@ def evaluate_cmd(
 @click.option("--vs", "reference", default=None, help="Reference model (default: the first named).")
 @click.option("--force", is_flag=True, help="Measure again even if a profile of this key exists.")
 @results_option
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON on stdout only.")
 def profile_cmd(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
-                repeats, reference, force, results_dir) -> None:  # fmt: skip
+                repeats, reference, force, results_dir, as_json) -> None:  # fmt: skip
     """Parameters, fvcore FLOPs, latency and memory of MODELS; reductions against a reference."""
+    with _json_mode(as_json) as emit:
+        emit(_profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim,
+                      warmup, repeats, reference, force, results_dir))  # fmt: skip
+
+
+def _profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
+             repeats, reference, force, results_dir) -> dict:  # fmt: skip
     from vprbench.profile import ProfileSettings, profile_model, reductions
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -525,10 +548,10 @@ def profile_cmd(models, image_size, batch_size, dtype, device, threads, override
                 name, parse_overrides(overrides), settings, results_root(results_dir), force
             )
         )
-    console.print(profile_table(records, settings))
-    console.print(breakdown_table(records))
+    print_table(profile_table(records, settings))
+    print_table(breakdown_table(records))
     for row in reductions(records, reference):
-        if row["model"] != reference:
+        if row["model"] != reference and None not in (row["params"], row["flops"], row["latency"]):
             console.print(
                 f"{row['model']} vs {reference}: {100 * row['params']:.1f}% fewer parameters, "
                 f"{100 * row['flops']:.1f}% fewer FLOPs, {100 * row['latency']:.1f}% lower latency"
@@ -547,6 +570,7 @@ def profile_cmd(models, image_size, batch_size, dtype, device, threads, override
     for r in records:
         state = "cached" if r.get("cached") else "measured"
         console.print(f"{r['model']}: {state}", soft_wrap=True)
+    return {"profiles": records, "reductions": reductions(records, reference)}
 
 
 @cli.command("quickstart")
@@ -561,7 +585,7 @@ def quickstart_cmd(root, cache_dir, results_dir) -> None:
         records, paths = run_quickstart(
             data_root(root), cache_root(cache_dir), results_root(results_dir), bars
         )
-    console.print(
+    print_table(
         recall_table(
             records, title="nordland-sample: 600 summer db / 600 winter queries", show_dataset=False
         )
@@ -570,6 +594,20 @@ def quickstart_cmd(root, cache_dir, results_dir) -> None:
     console.print(f"descriptors: {cache_root(cache_dir) / 'descriptors' / manage.SAMPLE_NAME}")
     for p in paths:
         console.print(f"run record:  {p}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _json_mode(enabled: bool):
+    """With --json, everything a person reads goes to stderr and stdout holds one JSON document."""
+    if not enabled:
+        yield lambda value: None
+        return
+    previous = console._file  # None: follow sys.stdout (rich resolves it at each print)
+    console.file = sys.stderr
+    try:
+        yield lambda value: sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    finally:
+        console._file = previous
 
 
 def _register_groups() -> None:

@@ -24,7 +24,7 @@ def ablate_cmd(recipe, dry_run, only, overrides, results_dir, cache_dir) -> None
     from vprbench.models import parse_overrides
     from vprbench.paths import results_root
     from vprbench.recipe import expand, load_recipe
-    from vprbench.ui import console
+    from vprbench.ui import console, print_table, whole
 
     parsed = load_recipe(recipe)
     sets = parse_overrides(overrides)
@@ -43,7 +43,7 @@ def ablate_cmd(recipe, dry_run, only, overrides, results_dir, cache_dir) -> None
     for o in outcomes:
         table.add_row(o.variant.name, str(o.variant.seed), "ok" if o.error is None else f"FAILED: {o.error}",
                       str(len(o.records)))  # fmt: skip
-    console.print(table)
+    print_table(whole(table, wrap=("status",)))
     failed = sum(o.error is not None for o in outcomes)
     console.print(f"{len(outcomes) - failed} of {len(outcomes)} runs succeeded; "
                   f"`vprbench report --recipe {parsed.name}` builds the tables")  # fmt: skip
