@@ -15,7 +15,15 @@ from vprbench.atomic import write_npz, write_text
 from vprbench.cache import key_digest
 from vprbench.datasets.formatted import FormattedDataset, load_groups
 from vprbench.extract import ExtractResult
-from vprbench.metrics import NO_POSITIVE_POLICIES, recall_at_k
+from vprbench.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    NO_POSITIVE_POLICIES,
+    bootstrap_interval,
+    first_hit_rank,
+    hits_at_k,
+    recall_at_k,
+)
 from vprbench.pca import PCA
 from vprbench.search import exact_search, grouped_search
 
@@ -91,7 +99,10 @@ def evaluate(
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
-    write_npz(predictions_path, indices=indices, distances=distances)
+    ranks = first_hit_rank(indices, dataset.positives) if has_ground_truth else None
+    extra = {} if ranks is None else {"first_hit_rank": ranks}
+    # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
+    write_npz(predictions_path, indices=indices, distances=distances, **extra)
     files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
     notes = []
     if dataset.manifest.get("source_format", "").startswith("msls"):
@@ -146,6 +157,15 @@ def evaluate(
         },
         "results": {
             "recall": {} if result is None else {str(k): v for k, v in result.recall.items()},
+            "ci95": {}
+            if result is None
+            else recall_intervals(ranks, dataset, ks, no_positive_policy),
+            "bootstrap": {
+                "method": "percentile bootstrap over queries",
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "seed": BOOTSTRAP_SEED,
+                "level": 0.95,
+            },
             "ground_truth": has_ground_truth,
             "num_queries": len(dataset.queries),
             "num_evaluated": 0 if result is None else result.num_evaluated,
@@ -167,6 +187,18 @@ def evaluate(
     record_path = runs / f"{run_id}.json"
     write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record, record_path
+
+
+def evaluated_queries(dataset: FormattedDataset, policy: str) -> np.ndarray:
+    """[Nq] bool: the queries in the recall's denominator under ``policy``."""
+    has_positive = np.array([p.size > 0 for p in dataset.positives], dtype=bool)
+    return np.ones_like(has_positive) if policy == "miss" else has_positive
+
+
+def recall_intervals(ranks: np.ndarray, dataset: FormattedDataset, ks, policy: str) -> dict:
+    """95% bootstrap interval of each R@k over the evaluated queries: {"k": [low, high]}."""
+    keep = evaluated_queries(dataset, policy)
+    return {str(k): list(bootstrap_interval(hits_at_k(ranks, k)[keep])) for k in ks}
 
 
 def pca_record(pca: PCA) -> dict:

@@ -78,3 +78,93 @@ def recall_at_k(
         num_without_positives=int((~has_positive).sum()),
         no_positive_policy=no_positive_policy,
     )
+
+
+# --- uncertainty --------------------------------------------------------------------------------
+# Resampling queries with replacement, the number of hits in a resample of N queries is exactly
+# Binomial(N, observed recall), and for two methods on the same queries the counts of (both, only A,
+# only B, neither) are exactly Multinomial(N, observed shares). Drawing those is the bootstrap over
+# queries, without building N x resamples index arrays (27,592 x 1,000 for Nordland**).
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def hits_at_k(ranks: np.ndarray, k: int) -> np.ndarray:
+    """[Nq] bool: the first positive is within the top k (``ranks`` from :func:`first_hit_rank`)."""
+    ranks = np.asarray(ranks)
+    return (ranks >= 0) & (ranks < k)
+
+
+def bootstrap_interval(
+    hits: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the recall (fraction of ``hits``) over queries.
+
+    hits: [N] bool, one per evaluated query. Returns (low, high) as fractions."""
+    hits = np.asarray(hits, dtype=bool)
+    assert hits.ndim == 1 and hits.size > 0, "hits must be a non-empty [N] vector"
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(hits.size, hits.mean(), size=resamples) / hits.size
+    tail = (1 - level) / 2
+    return float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Recall of A minus recall of B on the same queries, its interval and McNemar's exact p."""
+
+    k: int
+    recall_a: float
+    recall_b: float
+    difference: float
+    low: float
+    high: float
+    only_a: int  # queries A finds and B misses
+    only_b: int
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 0.05
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test: the discordant queries split as Binomial(n, 1/2) under the null."""
+    from scipy.stats import binomtest
+
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+
+
+def paired_comparison(
+    hits_a: np.ndarray,
+    hits_b: np.ndarray,
+    k: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> PairedComparison:
+    """A against B on the same queries (hits: [N] bool each, query i the same query in both)."""
+    a, b = np.asarray(hits_a, dtype=bool), np.asarray(hits_b, dtype=bool)
+    assert a.shape == b.shape and a.ndim == 1 and a.size > 0, "paired hit vectors of one length"
+    n = a.size
+    counts = np.array([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()])
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, counts / n, size=resamples)
+    diffs = (draws[:, 1] - draws[:, 2]) / n
+    tail = (1 - level) / 2
+    return PairedComparison(
+        k=k,
+        recall_a=float(a.mean()),
+        recall_b=float(b.mean()),
+        difference=float(a.mean() - b.mean()),
+        low=float(np.quantile(diffs, tail)),
+        high=float(np.quantile(diffs, 1 - tail)),
+        only_a=int(counts[1]),
+        only_b=int(counts[2]),
+        p_value=mcnemar_exact(int(counts[1]), int(counts[2])),
+    )
