@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -284,3 +285,22 @@ def test_seeds_give_mean_and_spread_and_names_are_escaped():
     assert "A\\_1 \\& co & 12.0 $\\pm$ 2.8" in tex and "\\bfseries 20.0 $\\pm$ 0.0" in tex
     assert "Mean over seeds" in caption(df)
     assert "| A_1 & co | 12.0 ± 2.8" in to_markdown(df).replace("  ", " ")
+
+
+def test_report_shows_the_bootstrap_intervals_with_ci():
+    from vprbench.report import to_latex, to_markdown
+
+    rows = [{"recipe": "x", "variant": v, "seed": 0, "order": i, "model": "m", "protocol": "sped",
+             "image_size": "224x224", "batch_size": None, "pca": None, "policy": "miss",
+             "random_init": False, "params_m": 1.0, "gflops": 1.0, "latency_ms": 1.0, "train_steps": 0,
+             "record": "r", "R@1": r1, "R@1 low": r1 - 2, "R@1 high": r1 + 2, "R@5": np.nan,
+             "R@5 low": np.nan, "R@5 high": np.nan, "R@10": np.nan, "R@10 low": np.nan, "R@10 high": np.nan}
+            for i, (v, r1) in enumerate((("A", 12.0), ("B", 20.0)))]  # fmt: skip
+    df = pd.DataFrame(rows)
+    assert "12.0 [10.0, 14.0]" in to_latex(df, ci=True) and "bootstrap interval" in to_latex(
+        df, ci=True
+    )
+    assert "| A | 12.0 [10.0, 14.0]" in to_markdown(df, ci=True).replace("  ", " ").replace(
+        "  ", " "
+    )
+    assert "[10.0" not in to_latex(df)

@@ -116,6 +116,10 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
         for k in KS:
             value = r["results"]["recall"].get(str(k))
             row[f"R@{k}"] = 100 * value if value is not None else np.nan
+            interval = (r["results"].get("ci95") or {}).get(str(k))
+            row[f"R@{k} low"], row[f"R@{k} high"] = (
+                (100 * np.array(interval)) if interval else (np.nan, np.nan)
+            )
         rows.append(row)
     df = pd.DataFrame(rows)
     # recipe order (then seed); records of plain `evaluate` runs keep their file order
@@ -138,12 +142,19 @@ def recall_table(df: pd.DataFrame) -> pd.DataFrame:
     std = std.swaplevel(axis=1).reindex(columns=columns).reindex(order)
     seeds = df.groupby("variant", sort=False)["seed"].nunique().reindex(order)
     mean.attrs["std"] = std if (seeds > 1).any() else None
+    bounds = {}
+    for side in ("low", "high") if all(f"{m} low" in df for m in metrics) else ():
+        cols = [f"{m} {side}" for m in metrics]
+        part = df.groupby(["variant", "protocol"], sort=False)[cols].mean().unstack("protocol")
+        part = part.rename(columns=lambda c: c.rsplit(" ", 1)[0], level=0)
+        bounds[side] = part.swaplevel(axis=1).reindex(columns=columns).reindex(order)
+    mean.attrs["ci"] = bounds if bounds and (seeds == 1).all() else None
     mean.attrs["seeds"] = seeds.to_dict()
     mean.index.name = "variant"
     return mean
 
 
-def caption(df: pd.DataFrame) -> str:
+def caption(df: pd.DataFrame, ci: bool = False) -> str:
     """Protocols and the settings every number depends on."""
 
     def values(column):
@@ -157,15 +168,24 @@ def caption(df: pd.DataFrame) -> str:
     seeds = df.groupby("variant")["seed"].nunique()
     if (seeds > 1).any():
         text += " Mean over seeds, $\\pm$ one standard deviation."
+    if ci and (seeds == 1).all():
+        text += " In brackets: the 95\\% bootstrap interval over queries."
     if df["random_init"].any():
         text += " Rows marked * ran at random initialisation."
     return text
 
 
-def _cells(table: pd.DataFrame, latex: bool) -> pd.DataFrame:
+def _cells(table: pd.DataFrame, latex: bool, ci: bool = False) -> pd.DataFrame:
     std = table.attrs.get("std")
     pm = " $\\pm$ " if latex else " ± "
     out = table.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    bounds = table.attrs.get("ci")
+    if ci and bounds is not None:
+        for col in out.columns:
+            for i in out.index:
+                low, high = bounds["low"].loc[i, col], bounds["high"].loc[i, col]
+                if out.loc[i, col] and not pd.isna(low):
+                    out.loc[i, col] = f"{out.loc[i, col]} [{low:.1f}, {high:.1f}]"
     if std is not None:
         out = out.combine(
             std, lambda a, b: a.combine(b, lambda x, s: x if pd.isna(s) else f"{x}{pm}{s:.1f}")
@@ -173,7 +193,7 @@ def _cells(table: pd.DataFrame, latex: bool) -> pd.DataFrame:
     return out
 
 
-def to_latex(df: pd.DataFrame, label: str = "tab:ablation") -> str:
+def to_latex(df: pd.DataFrame, label: str = "tab:ablation", ci: bool = False) -> str:
     """The recall table as LaTeX through pandas' Styler: booktabs rules, the best value of each column
     in bold, variant and protocol names escaped; random-init rows marked *."""
     table = recall_table(df)
@@ -184,22 +204,25 @@ def to_latex(df: pd.DataFrame, label: str = "tab:ablation") -> str:
         values = table[column.name]
         return ["font-weight: bold;" if v == best[column.name] else "" for v in values]
 
-    cells = _cells(table, latex=True)
+    cells = _cells(table, latex=True, ci=ci)
     cells.index = [f"{v}*" if v in random_rows else v for v in cells.index]
     styler = cells.style.apply(bold, axis=0)
     styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, caption=caption(df), label=label, convert_css=True,
+    return styler.to_latex(hrules=True, caption=caption(df, ci), label=label, convert_css=True,
                            multicol_align="c", position_float="centering")  # fmt: skip
 
 
-def to_markdown(df: pd.DataFrame) -> str:
+def to_markdown(df: pd.DataFrame, ci: bool = False) -> str:
     """The recall table as Markdown, the same numbers as the LaTeX one."""
     random_rows = set(df.loc[df["random_init"], "variant"])
-    table = _cells(recall_table(df), latex=False)
+    table = _cells(recall_table(df), latex=False, ci=ci)
     table.index = [f"{v}*" if v in random_rows else v for v in table.index]
     table.columns = [f"{p} {m}" for p, m in table.columns]
     return (
-        table.to_markdown() + "\n\n" + caption(df).replace("\\%", "%").replace("$\\pm$", "±") + "\n"
+        table.to_markdown()
+        + "\n\n"
+        + caption(df, ci).replace("\\%", "%").replace("$\\pm$", "±")
+        + "\n"
     )
 
 
@@ -377,6 +400,7 @@ def write_report(
     recipe: str | None = None,
     queries: list[int] | None = None,
     figures: bool = True,
+    ci: bool = False,
 ) -> list[Path]:
     """Tables in ``formats`` (latex, markdown, csv) and the figures, under ``out``; returns the paths."""
     records = load_records(results_dir, runs, recipe)
@@ -384,7 +408,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     stem = recipe or "report"
     written = []
-    writers = {"latex": (to_latex, "tex"), "markdown": (to_markdown, "md"), "csv": (to_csv, "csv")}
+    writers = {
+        "latex": (lambda d: to_latex(d, ci=ci), "tex"),
+        "markdown": (lambda d: to_markdown(d, ci=ci), "md"),
+        "csv": (to_csv, "csv"),
+    }
     from vprbench.atomic import write_text
 
     for fmt in formats:
