@@ -12,8 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vprbench.errors import VPRBenchError
 
 POSITIVE_RULES = ("utm-radius", "frame-window", "same-index", "explicit")
@@ -257,12 +255,9 @@ def _parse_source(source: dict | None, where: str) -> dict:
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:
     """Read and validate a protocol registry file; returns protocols by name, in file order."""
     source = Path(path) if path else default_registry_path()
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except OSError as exc:
-        raise VPRBenchError(f"{source}: cannot read protocol registry ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise VPRBenchError(f"{source}: not valid YAML ({exc})") from exc
+    from vprbench.yamlfile import read_yaml
+
+    raw = read_yaml(source, "protocol registry")
     if not isinstance(raw, dict) or not isinstance(raw.get("protocols"), dict):
         raise VPRBenchError(f"{source}: expected a top-level mapping 'protocols:'")
     _check_keys(raw, {"protocols"}, str(source))

@@ -158,13 +158,10 @@ def _to_python(node, path: tuple, lines: dict, source: Path):
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (every key, type and combination); nothing runs."""
+    from vprbench.yamlfile import read_yaml
+
     path = Path(path)
-    try:
-        node = yaml.compose(path.read_text())
-    except OSError as exc:
-        raise VPRBenchError(f"{path}: cannot read recipe ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise VPRBenchError(f"{path}: not valid YAML ({exc})") from exc
+    node = read_yaml(path, "recipe", compose=True)
     lines: dict = {}
     raw = _to_python(node, (), lines, path) if node is not None else None
     if not isinstance(raw, dict):

@@ -244,6 +244,16 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str | None = None, legend: int = 7) -> None:
+    """Axis labels, title, a light grid and a small legend: the look of every figure here."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+
+
 def _pyplot():
     import matplotlib
 
@@ -274,11 +284,7 @@ def recall_curves(records: list[dict], out: Path) -> list[Path]:
                 label=name,
             )
         ax.set_xscale("log")
-        ax.set_xlabel("k")
-        ax.set_ylabel("Recall@k (%)")
-        ax.set_title(protocol)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "k", "Recall@k (%)", protocol)
         paths += _save(fig, out, f"recall_at_k_{protocol}")
     return paths
 
@@ -317,11 +323,7 @@ def efficiency(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.plot(
                 x[front], y[front], "--o", color="tab:red", mfc="none", ms=10, label="Pareto front"
             )
-            ax.set_xlabel(label)
-            ax.set_ylabel("R@1 (%)")
-            ax.set_title(protocol)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _label(ax, label, "R@1 (%)", protocol)
             paths += _save(fig, out, f"r1_vs_{column}_{protocol}")
     return paths
 
@@ -344,10 +346,7 @@ def training_curves(records: list[dict], out: Path) -> list[Path]:
         rows = [json.loads(x) for x in path.read_text().splitlines()]
         steps = [x["step"] for x in rows if "loss" in x]
         ax.plot(steps, [x["loss"] for x in rows if "loss" in x], label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    _label(ax, "step", "training loss", legend=6)
     return _save(fig, out, "training_curves")
 
 

@@ -1,0 +1,20 @@
+"""Reading the YAML files vprbench is configured by (protocol registry, recipes) with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from vprbench.errors import VPRBenchError
+
+
+def read_yaml(path: Path, what: str, compose: bool = False):
+    """The parsed file (``compose``: the node tree, which keeps line numbers); errors name the file."""
+    try:
+        text = Path(path).read_text()
+        return yaml.compose(text) if compose else yaml.safe_load(text)
+    except OSError as exc:
+        raise VPRBenchError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise VPRBenchError(f"{path}: not valid YAML ({exc})") from exc
