@@ -75,13 +75,14 @@ def _profile_key(model: str, options: dict, image_size) -> str:
     return json.dumps([model, options, list(image_size) if image_size else None], sort_keys=True)
 
 
-def _training_cost(train_dirs: list[str]) -> tuple[int, float]:
-    steps, seconds = 0, 0.0
+def _training_steps(train_dirs: list[str]) -> int:
+    """Optimiser steps of the finished training runs a record names."""
+    steps = 0
     for folder in train_dirs:
         summary = Path(folder) / "summary.json"
         if summary.is_file():
             steps += json.loads(summary.read_text())["steps"]
-    return steps, seconds
+    return steps
 
 
 def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
         profile = (profiles or {}).get(
             _profile_key(r["model"]["name"], r["model"]["options"], size)
         )
-        steps, _ = _training_cost(tags.get("train", []))
+        steps = _training_steps(tags.get("train", []))
         row = {
             "recipe": tags.get("recipe"),
             "variant": tags.get("variant") or r["model"]["name"],
