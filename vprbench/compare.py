@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import PairedComparison, first_hit_rank, hits_at_k, paired_comparison
+from vprbench.metrics import PairedComparison, hits_at_k, paired_comparison
 
 
 def load_run(spec: str, results_dir: Path) -> dict:
@@ -30,20 +30,25 @@ def load_run(spec: str, results_dir: Path) -> dict:
     return record
 
 
-def _ranks(record: dict, positives) -> np.ndarray:
-    with np.load(record["files"]["predictions"]) as z:
-        if "first_hit_rank" in z:
-            return z["first_hit_rank"]
-        return first_hit_rank(z["indices"], positives)
+def query_outcomes(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(first-hit rank [Nq], evaluated [Nq] bool) of a run, from its predictions file; refuses a
+    record whose file is gone or predates per-query results."""
+    path = Path(record["files"]["predictions"])
+    try:
+        with np.load(path) as z:
+            if "first_hit_rank" in z and "evaluated" in z:
+                return z["first_hit_rank"], z["evaluated"].astype(bool)
+    except (OSError, ValueError) as exc:
+        raise VPRBenchError(f"{path}: cannot read the run's predictions ({exc})") from None
+    raise VPRBenchError(
+        f"{path}: no per-query hit ranks (a run without ground truth, or from an older vprbench); "
+        "evaluate again"
+    )
 
 
 def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
     """A minus B at each k, on the queries both evaluate. Refuses runs that are not on the same
     queries and ground truth, or that count queries without positives differently."""
-    from vprbench.datasets.formatted import load_formatted
-    from vprbench.evaluate import evaluated_queries
-    from vprbench.paths import data_root
-
     for field, what in (
         ("name", "protocol"),
         ("gt_digest", "ground truth"),
@@ -59,11 +64,7 @@ def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
         raise VPRBenchError(
             "the runs count queries without positives differently (--no-positive-policy)"
         )
-    dataset = load_formatted(a["protocol"]["name"], data_root())
-    if dataset.digest != a["protocol"]["gt_digest"]:
-        raise VPRBenchError(
-            f"dataset '{dataset.name}' has changed since these runs; evaluate again"
-        )
-    keep = evaluated_queries(dataset, policy)
-    ra, rb = _ranks(a, dataset.positives), _ranks(b, dataset.positives)
-    return [paired_comparison(hits_at_k(ra, k)[keep], hits_at_k(rb, k)[keep], k) for k in ks]
+    (ra, ea), (rb, eb) = query_outcomes(a), query_outcomes(b)
+    if not np.array_equal(ea, eb):
+        raise VPRBenchError("the runs evaluate different queries: not a paired comparison")
+    return [paired_comparison(hits_at_k(ra, k)[ea], hits_at_k(rb, k)[eb], k) for k in ks]

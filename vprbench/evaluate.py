@@ -25,7 +25,7 @@ from vprbench.metrics import (
     recall_at_k,
 )
 from vprbench.pca import PCA
-from vprbench.search import exact_search, grouped_search
+from vprbench.search import HNSW, SEARCHES, exact_search, grouped_search
 
 DEFAULT_KS = (1, 5, 10, 20)
 SAVED_TOP_K = 100
@@ -52,13 +52,17 @@ def evaluate(
     pca: PCA | None = None,
     per_city: bool = False,
     tags: dict | None = None,
+    search: str = "exact",
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
-    (recipe, variant, seed, training runs) go into the record and its id.
+    (recipe, variant, seed, training runs) go into the record and its id. ``search``: "exact" (flat
+    L2, every official evaluation) or "hnsw" (approximate, for audits).
     Returns (record, record path)."""
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     cached = extracted.descriptors
     n_valid_db = int(cached.database_valid.sum())
     top_k = min(max(SAVED_TOP_K, max(ks)), len(cached.database))
@@ -72,11 +76,17 @@ def evaluate(
         raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
     if groups is not None:
         indices, distances = grouped_search(
-            database, queries, top_k, groups["database"], groups["queries"], cached.database_valid
+            database,
+            queries,
+            top_k,
+            groups["database"],
+            groups["queries"],
+            cached.database_valid,
+            search,
         )
     else:
         indices, distances = exact_search(
-            database, queries, top_k, database_valid=cached.database_valid
+            database, queries, top_k, database_valid=cached.database_valid, kind=search
         )
     indices[~cached.queries_valid] = -1  # a skipped query retrieves nothing: always a miss
     has_ground_truth = any(p.size for p in dataset.positives)
@@ -94,13 +104,21 @@ def evaluate(
         "ks": list(ks),
         "no_positive_policy": no_positive_policy,
         "tags": tags,
+        **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
     }
     run_id = f"{model.card.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
     ranks = first_hit_rank(indices, dataset.positives) if has_ground_truth else None
-    extra = {} if ranks is None else {"first_hit_rank": ranks}
+    extra = (
+        {}
+        if ranks is None
+        else {
+            "first_hit_rank": ranks,
+            "evaluated": evaluated_queries(dataset, no_positive_policy),
+        }
+    )
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
     write_npz(predictions_path, indices=indices, distances=distances, **extra)
     files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
@@ -143,8 +161,9 @@ def evaluate(
             "device": device,
             "on_bad_image": cached.key["on_bad_image"],
             "search": {
-                "index": "faiss.IndexFlatL2",
-                "exact": True,
+                "index": "faiss.IndexFlatL2" if search == "exact" else "faiss.IndexHNSWFlat",
+                "exact": search == "exact",
+                **({"hnsw": HNSW, "build_threads": 1} if search == "hnsw" else {}),
                 "metric": "L2 on L2-normalised descriptors"
                 if pca is None
                 else f"L2 on PCA-{pca.dim} projections of L2-normalised descriptors "

@@ -20,10 +20,28 @@ from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, Descriptor
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
 from vprbench.errors import VPRBenchError
-from vprbench.models.registry import VPRModel, create_model, get_card, resolve_options
+from vprbench.models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VPRModel,
+    create_model,
+    get_card,
+    resolve_options,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BAD_IMAGE_POLICIES = ("error", "skip")
+# Pixel normalisations other than the model card's, for audits of what papers do differently:
+# (mean, std) after scaling to [0, 1].
+NORMALISATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # to [-1, 1]
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+# Which images share an inference batch of a batch-dependent model: the protocol's official order,
+# or a seeded shuffle of each split (to measure how much the composition of batches matters).
+BATCH_ORDERS = ("official", "shuffled")
+SHUFFLE_SEED = 0
 # Fault injection for the resume tests: seconds to sleep after each written batch.
 _SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_BATCH"
 
@@ -44,6 +62,9 @@ class ExtractSettings:
     device: str = "cpu"
     on_bad_image: str = "error"
     workers: int = 0
+    interpolation: str | None = None  # None: the model card's
+    normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
+    batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
 
 
 @dataclass
@@ -66,6 +87,13 @@ def _validate(settings: ExtractSettings) -> None:
         raise VPRBenchError(f"--dtype must be one of {list(DTYPES)}, got {settings.dtype!r}")
     if settings.on_bad_image not in BAD_IMAGE_POLICIES:
         raise VPRBenchError(f"--on-bad-image must be one of {list(BAD_IMAGE_POLICIES)}")
+    for value, allowed, flag in (
+        (settings.interpolation, INTERPOLATIONS, "--interpolation"),
+        (settings.normalisation, NORMALISATIONS, "--normalisation"),
+        (settings.batch_order, BATCH_ORDERS, "--batch-order"),
+    ):
+        if value is not None and value not in allowed:
+            raise VPRBenchError(f"{flag} must be one of {list(allowed)}, got {value!r}")
     if settings.batch_size is not None and settings.batch_size < 1:
         raise VPRBenchError(f"--batch-size must be >= 1, got {settings.batch_size}")
     if settings.image_size is not None and min(settings.image_size) < 1:
@@ -103,12 +131,34 @@ def image_fingerprint(dataset: FormattedDataset) -> str:
     return h.hexdigest()
 
 
-def batch_order_digest(dataset: FormattedDataset) -> str:
-    """Digest of the official batch order of both splits (which images share a batch)."""
+def split_order(dataset: FormattedDataset, split: str, batch_order: str = "official") -> np.ndarray:
+    """Dataset indices of ``split`` in the order a batch-dependent model batches them: the
+    protocol's official order, or a shuffle seeded by SHUFFLE_SEED and the split."""
+    if batch_order == "shuffled":
+        rng = np.random.default_rng([SHUFFLE_SEED, SPLITS.index(split)])
+        return rng.permutation(len(dataset.split(split))).astype(np.int64)
+    return dataset.batch_order(split)
+
+
+def batch_order_digest(dataset: FormattedDataset, batch_order: str = "official") -> str:
+    """Digest of the batch order of both splits (which images share a batch)."""
     h = hashlib.sha256()
     for split in SPLITS:
-        h.update(dataset.batch_order(split).astype(np.int64).tobytes())
+        h.update(split_order(dataset, split, batch_order).tobytes())
     return h.hexdigest()[:20]
+
+
+def resolve_preprocess(card, settings: ExtractSettings) -> Preprocess:
+    """The model card's preprocessing with the user's image size, interpolation and normalisation."""
+    mean, std = (
+        NORMALISATIONS[settings.normalisation] if settings.normalisation else (card.mean, card.std)
+    )
+    return Preprocess(
+        image_size=tuple(settings.image_size or card.image_size),
+        interpolation=settings.interpolation or card.interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
 
 
 def cache_key(
@@ -126,7 +176,9 @@ def cache_key(
         "preprocess": preprocess.as_dict(),
         "dtype": settings.dtype,
         "batch_size": batch_size if model.batch_dependent else None,
-        "batch_order": batch_order_digest(dataset) if model.batch_dependent else None,
+        "batch_order": batch_order_digest(dataset, settings.batch_order)
+        if model.batch_dependent
+        else None,
         "dataset": dataset.name,
         "images": image_fingerprint(dataset),
         "on_bad_image": settings.on_bad_image,
@@ -177,16 +229,13 @@ def extract(
         model = create_model(
             settings.model, weights=settings.weights, cache_dir=cache_dir, **options
         )
-    preprocess = Preprocess(
-        image_size=tuple(settings.image_size or card.image_size),
-        interpolation=card.interpolation,
-        mean=card.mean,
-        std=card.std,
-    )
+    preprocess = resolve_preprocess(card, settings)
     if preprocess.interpolation not in INTERPOLATIONS:
         raise VPRBenchError(f"model card '{card.name}': unknown interpolation")
     batch_size, batch_source = resolve_batch_size(settings, dataset, model)
     order = dataset.manifest.get("batch_order", {}).get("note", "listed order")
+    if settings.batch_order == "shuffled":
+        order = f"shuffled batches (seed {SHUFFLE_SEED}), not the official order"
     order = order if model.batch_dependent else ""
     cache = DescriptorCache(cache_dir)
     key = cache_key(model, dataset, preprocess, settings, batch_size)
@@ -235,7 +284,11 @@ def _extract_split(
     # Batches never straddle the database/query boundary. A batch-dependent model (its descriptors
     # depend on which images share a batch) batches in the protocol's official order; others in
     # dataset order, which changes nothing for them.
-    order = dataset.batch_order(split) if model.batch_dependent else np.arange(len(paths))
+    order = (
+        split_order(dataset, split, settings.batch_order)
+        if model.batch_dependent
+        else np.arange(len(paths))
+    )
     batches = [order[b * batch_size : (b + 1) * batch_size].tolist() for b in todo]
     tick = progress(f"{dataset.name} {split}", len(paths)) if progress else None
     if tick:

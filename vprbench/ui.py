@@ -60,7 +60,8 @@ def print_table(table: Table, to: Console | None = None) -> None:
 
 
 def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: bool = True) -> Table:
-    """One row per run record: model, dataset (unless all rows share it), R@k (percent), counts."""
+    """One row per run record: model, dataset (unless all rows share it), R@k (percent) with its 95%
+    bootstrap interval over queries when the record has one, counts."""
     ks = sorted({int(k) for r in records for k in r["results"]["recall"]})
     table = Table(title=title)
     table.add_column("model", no_wrap=True)
@@ -71,18 +72,26 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
     table.add_column("queries", justify="right")
     table.add_column("no pos.", justify="right")
     for r in records:
-        recall = r["results"]["recall"]  # empty when the dataset has no ground truth
         name = r["model"]["name"] + (
             " [RANDOM INIT]" if r["model"]["weights"]["random_init"] else ""
         )
         table.add_row(
             name,
             *([r["protocol"]["name"]] if show_dataset else []),
-            *[f"{100 * recall[str(k)]:.2f}" if str(k) in recall else "" for k in ks],
+            *[_recall_cell(r["results"], str(k)) for k in ks],
             str(r["results"]["num_evaluated"]),
             str(r["results"]["num_queries_without_positives"]),
         )
     return whole(table)
+
+
+def _recall_cell(results: dict, k: str) -> str:
+    """``85.20 [83.10, 87.30]``: R@k in percent and its 95% interval (records before 0.4 have none)."""
+    if k not in results["recall"]:
+        return ""
+    cell = f"{100 * results['recall'][k]:.2f}"
+    interval = (results.get("ci95") or {}).get(k)
+    return cell + (f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]" if interval else "")
 
 
 def profile_table(records: list[dict], settings) -> Table:

@@ -16,15 +16,24 @@ from vprbench import __version__
 from vprbench.datasets import manage
 from vprbench.datasets.export import EXPORT_FORMATS, export_dataset
 from vprbench.datasets.formatted import list_formatted, load_formatted
+from vprbench.datasets.images import INTERPOLATIONS
 from vprbench.errors import VPRBenchError
 from vprbench.evaluate import DEFAULT_KS, evaluate, parse_ks
-from vprbench.extract import BAD_IMAGE_POLICIES, DTYPES, ExtractSettings, extract
+from vprbench.extract import (
+    BAD_IMAGE_POLICIES,
+    BATCH_ORDERS,
+    DTYPES,
+    NORMALISATIONS,
+    ExtractSettings,
+    extract,
+)
 from vprbench.metrics import NO_POSITIVE_POLICIES
 from vprbench.models import get_card, list_models, parse_overrides
 from vprbench.models.common import RandomInitWarning
 from vprbench.paths import cache_root, data_root, results_root
 from vprbench.pca import load_or_fit_pca
 from vprbench.protocols import GT_FORMATS, load_registry
+from vprbench.search import SEARCHES
 from vprbench.ui import (
     breakdown_table,
     console,
@@ -82,6 +91,25 @@ def extraction_options(func):
         ),
         click.option(
             "--workers", type=int, default=0, show_default=True, help="Image loader processes."
+        ),
+        click.option(
+            "--interpolation",
+            type=click.Choice(list(INTERPOLATIONS)),
+            default=None,
+            help="Resize interpolation (default: the model card's).",
+        ),
+        click.option(
+            "--normalisation",
+            type=click.Choice(list(NORMALISATIONS)),
+            default=None,
+            help="Pixel mean/std: imagenet, half (to [-1, 1]) or none (default: the model card's).",
+        ),
+        click.option(
+            "--batch-order",
+            type=click.Choice(BATCH_ORDERS),
+            default="official",
+            show_default=True,
+            help="Batch-dependent models: the protocol's batch order, or seeded shuffled batches.",
         ),
         root_option,
         cache_option,
@@ -370,7 +398,18 @@ def models_info(name: str) -> None:
 
 
 def _settings(
-    model_name, weights, overrides, image_size, batch_size, dtype, device, on_bad_image, workers
+    model_name,
+    weights,
+    overrides,
+    image_size,
+    batch_size,
+    dtype,
+    device,
+    on_bad_image,
+    workers,
+    interpolation=None,
+    normalisation=None,
+    batch_order="official",
 ) -> ExtractSettings:
     return ExtractSettings(
         model=model_name,
@@ -382,6 +421,9 @@ def _settings(
         device=device,
         on_bad_image=on_bad_image,
         workers=workers,
+        interpolation=interpolation,
+        normalisation=normalisation,
+        batch_order=batch_order,
     )
 
 
@@ -437,6 +479,13 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
     show_default=True,
     help="miss: queries without positives count as misses; exclude: drop them.",
 )
+@click.option(
+    "--search",
+    type=click.Choice(SEARCHES),
+    default="exact",
+    show_default=True,
+    help="exact (flat L2, as every official evaluation) or hnsw (approximate).",
+)
 @results_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout only."
@@ -450,6 +499,7 @@ def evaluate_cmd(
     pca_fit,
     per_city,
     no_positive_policy,
+    search,
     results_dir,
     as_json,
     **options,
@@ -457,11 +507,11 @@ def evaluate_cmd(
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
     with _json_mode(as_json) as emit:
         emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
-                       no_positive_policy, results_dir, options))  # fmt: skip
+                       no_positive_policy, search, results_dir, options))  # fmt: skip
 
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
-              results_dir, options) -> dict:  # fmt: skip
+              search, results_dir, options) -> dict:  # fmt: skip
     try:
         k_values = parse_ks(ks)
     except ValueError as exc:
@@ -486,6 +536,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             settings.device,
             pca,
             per_city,
+            search=search,
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
