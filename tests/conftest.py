@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from vprbench.models.registry import VPRModel
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VPRBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -71,3 +74,41 @@ def tiny_dataset(tmp_path):
     from vprbench.datasets.formatted import load_formatted
 
     return load_formatted("tiny", data_root())
+
+
+class BatchMean(VPRModel):
+    """A batch-dependent toy: each descriptor is its pixels plus the batch mean (like a cross-image
+    encoder, the output depends on which images share a batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.descriptor_dim = 3 * 8 * 8
+        self.batch_dependent = True
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        return torch.nn.functional.normalize(flat + flat.mean(0, keepdim=True), dim=1)
+
+
+@pytest.fixture
+def batchmean_model():
+    """Registers 'test-batchmean' for one test, then removes it from the registry."""
+    from vprbench.models import registry
+    from vprbench.models.registry import ModelCard, WeightsInfo, register_model
+
+    def build(options, weights, cache_dir):
+        model = BatchMean()
+        model.weights_info = WeightsInfo(source=None, sha256=None, random_init=False)
+        return model
+
+    card = ModelCard(
+        name="test-batchmean",
+        description="test only",
+        image_size=(8, 8),
+        descriptor_dim=192,
+        batch_dependent=True,
+        batch_convention="d2vpr",
+    )
+    register_model(card)(build)
+    yield card.name
+    registry._REGISTRY.pop(card.name)

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_vpr_bench_folder
+from tests.conftest import BatchMean, make_vpr_bench_folder
 from vprbench.cache import DescriptorCache
 from vprbench.datasets.formatted import load_formatted
 from vprbench.datasets.manage import import_dataset
 from vprbench.errors import VPRBenchError
 from vprbench.extract import ExtractSettings, cache_key, extract
-from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo, register_model
 from vprbench.paths import cache_root, data_root
 from vprbench.protocols import load_registry
 
@@ -63,43 +62,6 @@ def test_batch_size_is_in_the_key_only_for_batch_dependent_models(tiny_dataset, 
     # batches never straddle database and queries: the first query batch is queries 0..3 alone
     q = load_formatted("tiny", data_root()).queries
     assert len(q) == 6 and not np.allclose(c.descriptors.queries, d.descriptors.queries)
-
-
-class BatchMean(VPRModel):
-    """A batch-dependent toy: each descriptor is its pixels plus the batch mean (like a cross-image
-    encoder, the output depends on which images share a batch)."""
-
-    def __init__(self):
-        super().__init__()
-        self.descriptor_dim = 3 * 8 * 8
-        self.batch_dependent = True
-
-    def forward(self, x):
-        flat = x.flatten(1)
-        return torch.nn.functional.normalize(flat + flat.mean(0, keepdim=True), dim=1)
-
-
-@pytest.fixture
-def batchmean_model():
-    """Registers 'test-batchmean' for one test, then removes it from the registry."""
-    from vprbench.models import registry
-
-    def build(options, weights, cache_dir):
-        model = BatchMean()
-        model.weights_info = WeightsInfo(source=None, sha256=None, random_init=False)
-        return model
-
-    card = ModelCard(
-        name="test-batchmean",
-        description="test only",
-        image_size=(8, 8),
-        descriptor_dim=192,
-        batch_dependent=True,
-        batch_convention="d2vpr",
-    )
-    register_model(card)(build)
-    yield card.name
-    registry._REGISTRY.pop(card.name)
 
 
 def test_weights_digest_changes_the_key(tiny_dataset, tmp_path):
@@ -336,3 +298,55 @@ def test_positives_are_not_in_the_descriptor_key(tmp_path):
         load_formatted("mine", data_root()), ExtractSettings(model="pixels"), cache_root()
     )
     assert not again.computed and again.descriptors.path == first.descriptors.path
+
+
+def test_shuffled_batches_are_a_seeded_permutation_of_each_split(tmp_path, batchmean_model):
+    ds = _sped_like(tmp_path)
+    official = extract(ds, ExtractSettings(model=batchmean_model), cache_root())
+    shuffled = extract(
+        ds, ExtractSettings(model=batchmean_model, batch_order="shuffled"), cache_root()
+    )
+    assert shuffled.computed and shuffled.descriptors.path != official.descriptors.path
+    assert shuffled.batch_order.startswith("shuffled batches (seed 0)")
+    for s, split in enumerate(("database", "queries")):
+        order = np.random.default_rng([0, s]).permutation(12)  # seed 0, then the split's index
+        got = getattr(shuffled.descriptors, split)
+        for b in range(4):
+            batch = order[3 * b : 3 * b + 3].tolist()
+            np.testing.assert_allclose(got[batch], _forward(ds, split, batch), atol=1e-6)
+    # a model that is not batch-dependent ignores the order: the same cache entry
+    a = extract(ds, ExtractSettings(model="pixels"), cache_root())
+    b = extract(ds, ExtractSettings(model="pixels", batch_order="shuffled"), cache_root())
+    assert not b.computed and a.descriptors.path == b.descriptors.path
+
+
+def test_interpolation_and_normalisation_options_reach_the_pixels(tmp_path, tiny_dataset):
+    base = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    half = extract(
+        tiny_dataset, ExtractSettings(model="pixels", normalisation="half"), cache_root()
+    )
+    cubic = extract(
+        tiny_dataset, ExtractSettings(model="pixels", interpolation="bicubic"), cache_root()
+    )
+    assert half.preprocess.mean == (0.5, 0.5, 0.5) and half.preprocess.std == (0.5, 0.5, 0.5)
+    assert (
+        cubic.preprocess.interpolation == "bicubic" and base.preprocess.interpolation == "bilinear"
+    )
+    assert len({base.descriptors.path, half.descriptors.path, cubic.descriptors.path}) == 3
+    # pixels removes each image's mean and L2-normalises: blind to x -> 2x - 1 ("half"), not to
+    # ImageNet's per-channel scaling, which is worked out here from the image files
+    np.testing.assert_allclose(half.descriptors.database, base.descriptors.database, atol=1e-6)
+    imagenet = extract(tiny_dataset, ExtractSettings(model="pixels", normalisation="imagenet"),
+                       cache_root())  # fmt: skip
+    from vprbench.datasets.images import ImageList, Preprocess
+    from vprbench.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    images = ImageList([tiny_dataset.image_path(p) for p in tiny_dataset.database],
+                       Preprocess((32, 32), "bilinear", IMAGENET_MEAN, IMAGENET_STD))  # fmt: skip
+    flat = np.stack([images[i][1].numpy().ravel() for i in range(12)])
+    flat -= flat.mean(axis=1, keepdims=True)
+    expected = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    np.testing.assert_allclose(imagenet.descriptors.database, expected, atol=1e-5)
+    assert not np.allclose(imagenet.descriptors.database, base.descriptors.database, atol=1e-3)
+    with pytest.raises(VPRBenchError, match="--normalisation must be one of"):
+        extract(tiny_dataset, ExtractSettings(model="pixels", normalisation="clip"), cache_root())

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from vprbench.search import exact_search
 
@@ -37,3 +38,21 @@ def test_grouped_search_stays_within_each_group():
     assert np.isinf(dist[:, 2]).all()
     ungrouped, _ = exact_search(db, q, 3)
     assert ungrouped[1].tolist() == [0, 2, 3]
+
+
+def test_hnsw_search_is_deterministic_masks_invalid_rows_and_mostly_agrees():
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(2000, 32)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    queries = db[:200] + 0.05 * rng.normal(size=(200, 32)).astype(np.float32)
+    valid = np.ones(2000, dtype=bool)
+    valid[5] = False
+    exact, _ = exact_search(db, queries, 10, valid)
+    a, da = exact_search(db, queries, 10, valid, kind="hnsw")
+    b, db_ = exact_search(db, queries, 10, valid, kind="hnsw")
+    np.testing.assert_array_equal(a, b)  # the graph is built on one thread: the same every time
+    np.testing.assert_array_equal(da, db_)
+    assert 5 not in a and (a[:, 0] == exact[:, 0]).mean() > 0.9
+    assert (np.diff(da, axis=1) >= 0).all()  # ranked best first
+    with pytest.raises(ValueError, match="search must be one of"):
+        exact_search(db, queries, 10, kind="ivf")

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from vprbench.ui import breakdown_table, print_table, profile_table, recall_table
+from vprbench.ui import audit_table, breakdown_table, print_table, profile_table, recall_table
 
 
 def _render(table) -> str:
@@ -25,12 +25,35 @@ def _profile(name):
     }  # fmt: skip
 
 
-def _record(model, dataset):
+def _record(model, dataset, ci=False):
+    recall = {"1": 0.9167, "5": 0.958, "10": 0.968, "20": 0.975, "100": 0.99}
     return {
         "model": {"name": model, "weights": {"random_init": False}},
         "protocol": {"name": dataset},
-        "results": {"recall": {"1": 0.9167, "5": 0.958, "10": 0.968, "20": 0.975, "100": 0.99},
-                    "num_evaluated": 27592, "num_queries_without_positives": 0},
+        "results": {"recall": recall, "num_evaluated": 27592, "num_queries_without_positives": 0,
+                    **({"ci95": {k: [v - 0.0123, v + 0.0045] for k, v in recall.items()}} if ci else {})},
+    }  # fmt: skip
+
+
+def _audit():
+    """An audit record with a tested row and an exact (policy) row, at three k."""
+
+    def comparison(k, p):
+        return {"k": k, "recall": 0.5 + k / 100, "baseline": 0.5, "difference": k / 100,
+                "low": None if p is None else -0.0123, "high": None if p is None else 0.0456,
+                "p_value": p, "significant": None if p is None else p < 0.05}  # fmt: skip
+
+    ks = [1, 5, 10]
+    return {
+        "model": {"name": "cricavpr"}, "protocol": {"name": "msls-val-full"}, "ks": ks,
+        "baseline": {"recall": {str(k): 0.5 for k in ks}, "ci95": {str(k): [0.48, 0.52] for k in ks}},
+        "rows": [
+            {"setting": "batch-order", "baseline": "VDD names rebuilt from raw.csv (official)",
+             "audited": "shuffled batches of 16 (seed 0)",
+             "comparisons": [comparison(k, 0.000123) for k in ks]},
+            {"setting": "policy", "baseline": "miss (queries without positives count)",
+             "audited": "exclude", "comparisons": [comparison(k, None) for k in ks]},
+        ],
     }  # fmt: skip
 
 
@@ -42,6 +65,8 @@ def test_every_table_shows_every_header_and_value_whole_at_80_columns():
         recall_table(
             [_record("d2vpr-encoder", "nordland-pnv"), _record("cricavpr", "msls-val-full")]
         ),
+        recall_table([_record("d2vpr-encoder", "nordland-pnv", ci=True)]),
+        audit_table(_audit()),
     ]
     for table in tables:
         text = _render(table)

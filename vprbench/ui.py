@@ -55,8 +55,15 @@ def print_table(table: Table, to: Console | None = None) -> None:
     from rich.measure import Measurement
 
     to = to or console
-    needed = Measurement.get(to, to.options, table).minimum
-    to.print(table, width=max(to.width, needed), crop=False)
+    # Measured without the console's width, which Measurement.get clamps its result to; and
+    # rendered on a console widened for the one call, since print(width=...) clamps to it too.
+    needed = Measurement.get(to, to.options.update(max_width=10_000), table).minimum
+    width = to.width
+    to.width = max(width, needed)
+    try:
+        to.print(table, crop=False)
+    finally:
+        to.width = width
 
 
 def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: bool = True) -> Table:
@@ -136,4 +143,37 @@ def breakdown_table(records: list[dict]) -> Table:
                 "-" if p is None and f is None else f"{(p or 0) / 1e6:.2f} / {(f or 0) / 1e9:.2f}"
             )
         table.add_row(r["model"], *cells)
+    return whole(table)
+
+
+def audit_table(record: dict) -> Table:
+    """One row per audited setting: the baseline and audited values, then for each k the audited
+    R@k, its change from the baseline with the 95% interval (* when significant) and McNemar's p."""
+    ks = record["ks"]
+    base = record["baseline"]
+    summary = ", ".join(f"R@{k} {_recall_cell(base, str(k))}" for k in ks)
+    table = Table(
+        title=f"Audit of {record['model']['name']} on {record['protocol']['name']} "
+        f"(baseline {summary})"
+    )
+    for column in ("setting", "baseline", "audited"):
+        table.add_column(column, no_wrap=True)
+    for k in ks:
+        table.add_column(f"R@{k}", justify="right")
+        table.add_column(f"ΔR@{k} [95%]", justify="right")
+        table.add_column(f"p (R@{k})", justify="right")
+    for row in record["rows"]:
+        cells = [row["setting"], row["baseline"], row["audited"]]
+        for c in row["comparisons"]:
+            delta = f"{100 * c['difference']:+.2f}"
+            if c["low"] is None:  # no test: the same hits over another denominator
+                cells += [f"{100 * c['recall']:.2f}", f"{delta} (exact)", "n/a"]
+                continue
+            mark = " *" if c["significant"] else ""
+            cells += [
+                f"{100 * c['recall']:.2f}",
+                f"{delta} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]{mark}",
+                f"{c['p_value']:.3g}",
+            ]
+        table.add_row(*cells)
     return whole(table)

@@ -664,6 +664,7 @@ def _json_mode(enabled: bool):
 def _register_groups() -> None:
     # Command groups that live in their own module (vprbench/cli/<group>.py).
     from vprbench.cli.ablate import ablate_cmd
+    from vprbench.cli.audit import audit_cmd
     from vprbench.cli.compare import compare_cmd
     from vprbench.cli.report import report_cmd
     from vprbench.cli.train import train_group
@@ -672,6 +673,7 @@ def _register_groups() -> None:
     cli.add_command(ablate_cmd)
     cli.add_command(report_cmd)
     cli.add_command(compare_cmd)
+    cli.add_command(audit_cmd)
 
 
 _register_groups()
