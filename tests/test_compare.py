@@ -2,6 +2,8 @@
 
 import json
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -74,3 +76,65 @@ def test_compare_command_and_its_refusals(tiny_dataset, capsys, monkeypatch, iso
         from vprbench.compare import load_run
 
         load_run("nope", isolated_dirs["results"])
+
+
+def test_report_marks_recalls_not_significantly_different_from_the_baseline(
+    tmp_path, isolated_dirs
+):
+    import pandas as pd
+    from scipy.stats import binomtest
+
+    from vprbench.datasets.manage import ensure_sample
+    from vprbench.evaluate import evaluate
+    from vprbench.extract import ExtractSettings, extract
+    from vprbench.paths import cache_root, data_root
+    from vprbench.protocols import load_registry
+    from vprbench.report import write_report
+
+    ds = ensure_sample(data_root(), load_registry())
+    variants = {"base": {}, "bicubic": {"interpolation": "bicubic"},
+                "imagenet": {"normalisation": "imagenet"}, "tiny": {"image_size": (4, 4)}}  # fmt: skip
+    hits = {}
+    for i, (name, extra) in enumerate(variants.items()):
+        result = extract(ds, ExtractSettings(model="pixels", **extra), cache_root())
+        tags = {"recipe": "sig", "variant": name, "variant_index": i, "seed": 0}
+        record, _ = evaluate(
+            ds, result, (1, 5, 10), results_dir=isolated_dirs["results"], tags=tags
+        )
+        with np.load(record["files"]["predictions"]) as z:
+            top = z["indices"]
+        hits[name] = {k: np.array([np.isin(r[:k], p).any() for r, p in zip(top, ds.positives, strict=True)])
+                      for k in (1, 5, 10)}  # fmt: skip
+    out = tmp_path / "rep"
+    write_report(isolated_dirs["results"], out, ["markdown", "latex", "csv"], recipe="sig",
+                 figures=False, baseline="base")  # fmt: skip
+    csv = pd.read_csv(out / "sig.csv").set_index("variant")
+    md = (out / "sig.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in md.splitlines()
+            if line.startswith("|") and "---" not in line}  # fmt: skip
+    daggers = 0
+    for name in ("bicubic", "imagenet", "tiny"):
+        for col, k in enumerate((1, 5, 10)):
+            a, b = hits[name][k], hits["base"][k]
+            only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+            p = 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b).pvalue
+            assert csv.loc[name, f"R@{k} p"] == pytest.approx(p)
+            assert rows[name][col].strip().endswith("†") == (p >= 0.05)
+            daggers += p >= 0.05
+    assert 0 < daggers < 9  # both verdicts occur: the marks are not all or nothing
+    assert not any("†" in cell for cell in rows["base"]) and pd.isna(csv.loc["base", "R@1 p"])
+    assert "†: not significantly different from base" in md
+    assert "| 28.0 " in md  # every cell keeps one decimal (R@5 of 'imagenet': 168 of 600)
+    assert "$^\\dagger$" in (out / "sig.tex").read_text()
+    if shutil.which("pdflatex"):  # the marks and the caption compile
+        doc = tmp_path / "doc.tex"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\n"
+                       f"\\begin{{document}}\\input{{{out / 'sig.tex'}}}\\end{{document}}\n")  # fmt: skip
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:]
+    with pytest.raises(
+        VPRBenchError, match="'nope' is not a row of this report; the rows are base"
+    ):
+        write_report(isolated_dirs["results"], out, ["csv"], recipe="sig", figures=False,
+                     baseline="nope")  # fmt: skip

@@ -150,18 +150,37 @@ def recall_table(df: pd.DataFrame) -> pd.DataFrame:
         part = part.rename(columns=lambda c: c.rsplit(" ", 1)[0], level=0)
         bounds[side] = part.swaplevel(axis=1).reindex(columns=columns).reindex(order)
     mean.attrs["ci"] = bounds if bounds and (seeds == 1).all() else None
+    p_cols = [f"{m} p" for m in metrics]
+    if all(c in df for c in p_cols) and (seeds == 1).all():
+        part = df.groupby(["variant", "protocol"], sort=False)[p_cols].first().unstack("protocol")
+        part = part.rename(columns=lambda c: c.rsplit(" ", 1)[0], level=0)
+        mean.attrs["p"] = part.swaplevel(axis=1).reindex(columns=columns).reindex(order)
+        mean.attrs["baseline"] = df.attrs.get("baseline")
+    else:
+        mean.attrs["p"] = None
     mean.attrs["seeds"] = seeds.to_dict()
     mean.index.name = "variant"
     return mean
 
 
-def caption(df: pd.DataFrame, ci: bool = False) -> str:
-    """Protocols and the settings every number depends on."""
+_TEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
+    "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "\\": "\\textbackslash{}",
+}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    """``text`` as LaTeX prints it literally (names in captions: ``pitts30k_test`` -> ``pitts30k\\_test``)."""
+    return "".join(_TEX_SPECIALS.get(c, c) for c in text)
+
+
+def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
+    """Protocols and the settings every number depends on (LaTeX: names escaped)."""
+    esc = tex_escape if latex else str
 
     def values(column):
         found = sorted({str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
                         for v in df[column].dropna()})  # fmt: skip
-        return ", ".join(found) if found else "none"
+        return esc(", ".join(found)) if found else "none"
 
     text = (f"Recall@k (\\%) on {values('protocol')}. Input {values('image_size')}; "
             f"PCA {values('pca')}; inference batch of batch-dependent models {values('batch_size')}; "
@@ -171,6 +190,9 @@ def caption(df: pd.DataFrame, ci: bool = False) -> str:
         text += " Mean over seeds, $\\pm$ one standard deviation."
     if ci and (seeds == 1).all():
         text += " In brackets: the 95\\% bootstrap interval over queries."
+    if df.attrs.get("baseline") is not None:
+        text += (f" $^\\dagger$: not significantly different from {esc(df.attrs['baseline'])} on the same "
+                 "queries (McNemar's exact test, $p \\geq 0.05$).")  # fmt: skip
     if df["random_init"].any():
         text += " Rows marked * ran at random initialisation."
     return text
@@ -187,10 +209,61 @@ def _cells(table: pd.DataFrame, latex: bool, ci: bool = False) -> pd.DataFrame:
                 low, high = bounds["low"].loc[i, col], bounds["high"].loc[i, col]
                 if out.loc[i, col] and not pd.isna(low):
                     out.loc[i, col] = f"{out.loc[i, col]} [{low:.1f}, {high:.1f}]"
+    p_values = table.attrs.get("p")
+    if p_values is not None:
+        dagger = "$^\\dagger$" if latex else "†"
+        for col in out.columns:
+            for i in out.index:
+                if (
+                    out.loc[i, col]
+                    and not pd.isna(p_values.loc[i, col])
+                    and p_values.loc[i, col] >= 0.05
+                ):
+                    out.loc[i, col] += dagger
     if std is not None:
         out = out.combine(
             std, lambda a, b: a.combine(b, lambda x, s: x if pd.isna(s) else f"{x}{pm}{s:.1f}")
         )
+    return out
+
+
+def against_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """``df`` with columns ``R@k p``: McNemar's exact p of each row against the ``baseline``
+    variant's row on the same protocol (vprbench/compare.py: same queries and ground truth, else a
+    refusal). The baseline's own rows get NaN. Needs one seed per variant: a paired test compares two
+    runs, not two means."""
+    from vprbench.compare import compare_runs
+
+    if baseline not in set(df["variant"]):
+        raise VPRBenchError(
+            f"--baseline {baseline!r} is not a row of this report; the rows are "
+            + ", ".join(dict.fromkeys(df["variant"]))
+        )
+    if (df.groupby("variant")["seed"].nunique() > 1).any():
+        raise VPRBenchError(
+            "--baseline needs one seed per variant: with several seeds the table shows mean ± std, "
+            "and a paired test compares two runs (use vprbench compare on single runs)"
+        )
+    out = df.copy()
+    ks = [k for k in KS if df[f"R@{k}"].notna().any()]
+    for k in ks:
+        out[f"R@{k} p"] = np.nan
+    for protocol, rows in df.groupby("protocol", sort=False):
+        base = rows[rows["variant"] == baseline]
+        if base.empty:
+            raise VPRBenchError(f"--baseline {baseline!r} has no run on {protocol}")
+        base_record = json.loads(Path(base["record"].iloc[0]).read_text())
+        for i, row in rows[rows["variant"] != baseline].iterrows():
+            record = json.loads(Path(row["record"]).read_text())
+            try:
+                found = compare_runs(record, base_record, ks)
+            except VPRBenchError as exc:
+                raise VPRBenchError(
+                    f"{row['variant']} vs {baseline} on {protocol}: {exc}"
+                ) from None
+            for c in found:
+                out.loc[i, f"R@{c.k} p"] = c.p_value
+    out.attrs["baseline"] = baseline
     return out
 
 
@@ -219,12 +292,10 @@ def to_markdown(df: pd.DataFrame, ci: bool = False) -> str:
     table = _cells(recall_table(df), latex=False, ci=ci)
     table.index = [f"{v}*" if v in random_rows else v for v in table.index]
     table.columns = [f"{p} {m}" for p, m in table.columns]
-    return (
-        table.to_markdown()
-        + "\n\n"
-        + caption(df, ci).replace("\\%", "%").replace("$\\pm$", "±")
-        + "\n"
-    )
+    text = caption(df, ci, latex=False).replace("\\%", "%").replace("$\\pm$", "±")
+    text = text.replace("$^\\dagger$", "†").replace("$p \\geq 0.05$", "p ≥ 0.05")
+    # numparse off: tabulate would print the cell "28.0" as 28
+    return table.to_markdown(disable_numparse=True) + "\n\n" + text + "\n"
 
 
 def to_csv(df: pd.DataFrame) -> str:
@@ -401,10 +472,15 @@ def write_report(
     queries: list[int] | None = None,
     figures: bool = True,
     ci: bool = False,
+    baseline: str | None = None,
 ) -> list[Path]:
-    """Tables in ``formats`` (latex, markdown, csv) and the figures, under ``out``; returns the paths."""
+    """Tables in ``formats`` (latex, markdown, csv) and the figures, under ``out``; returns the paths.
+    With ``baseline`` (a variant or model name), recalls not significantly different from that row's
+    on the same protocol are marked."""
     records = load_records(results_dir, runs, recipe)
     df = frame(records, load_profiles(results_dir))
+    if baseline is not None:
+        df = against_baseline(df, baseline)
     out.mkdir(parents=True, exist_ok=True)
     stem = recipe or "report"
     written = []

@@ -20,8 +20,10 @@ import click
 @click.option("--queries", default=None, help="Prediction mosaics of these query indices: 0,5,9.")
 @click.option("--no-figures", is_flag=True)
 @click.option("--ci", is_flag=True, help="Show each recall's 95% bootstrap interval.")
+@click.option("--baseline", default=None,
+              help="Mark recalls not significantly different from this variant's (McNemar).")  # fmt: skip
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, results_dir) -> None:
+def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, results_dir) -> None:
     """Tables and figures from the run records (and profiles) under the results folder."""
     from vprbench.errors import VPRBenchError
     from vprbench.paths import results_root
@@ -37,7 +39,8 @@ def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, results_dir)
             f"--queries expects integers separated by commas, got {queries!r}"
         ) from None
     paths = write_report(results, out, list(dict.fromkeys(formats)) or ["latex", "markdown", "csv"],
-                         runs, recipe, picked, figures=not no_figures, ci=ci)  # fmt: skip
+                         runs, recipe, picked, figures=not no_figures, ci=ci,
+                         baseline=baseline)  # fmt: skip
     for path in paths:
         if path.suffix == ".md":
             console.print(path.read_text(), soft_wrap=True, highlight=False)
