@@ -67,10 +67,17 @@ def alternative_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _normalisation_name(mean, std) -> str:
+    """A preset's name, else the values to 3 decimals (one value when the channels agree)."""
     for name, (m, s) in NORMALISATIONS.items():
         if np.allclose(mean, m) and np.allclose(std, s):
             return name
-    return f"mean {list(mean)}, std {list(std)}"
+
+    def values(v) -> str:
+        return (
+            f"{v[0]:.3f}" if np.allclose(v, v[0]) else "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
+        )
+
+    return f"mean {values(mean)}, std {values(std)}"
 
 
 def plan(

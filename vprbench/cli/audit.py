@@ -15,7 +15,9 @@ from vprbench.cli import _json_mode, cache_option, results_option, root_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--workers", type=int, default=0, show_default=True, help="Image loader processes.")
 @click.option("--k", "ks", default="1,5", show_default=True)
-@click.option("--only", default=None, help="Audit only these settings (comma-separated).")
+@click.option("--only", default=None, metavar="SETTING,...",
+              help="Audit only these: batch-size, batch-order, image-size, interpolation, "
+              "normalisation, dtype, pca, search, policy.")  # fmt: skip
 @click.option("--image-size", "image_size", nargs=2, type=int, default=None, metavar="H W",
               help="The other image size to try (default: 1.5x the model's).")  # fmt: skip
 @click.option("--pca-dim", type=int, default=4096, show_default=True)
