@@ -294,8 +294,9 @@ def to_markdown(df: pd.DataFrame, ci: bool = False) -> str:
     table.columns = [f"{p} {m}" for p, m in table.columns]
     text = caption(df, ci, latex=False).replace("\\%", "%").replace("$\\pm$", "±")
     text = text.replace("$^\\dagger$", "†").replace("$p \\geq 0.05$", "p ≥ 0.05")
-    # numparse off: tabulate would print the cell "28.0" as 28
-    return table.to_markdown(disable_numparse=True) + "\n\n" + text + "\n"
+    # numparse off: tabulate would print the cell "28.0" as 28; numbers still right-aligned
+    align = ("left",) + ("right",) * len(table.columns)
+    return table.to_markdown(disable_numparse=True, colalign=align) + "\n\n" + text + "\n"
 
 
 def to_csv(df: pd.DataFrame) -> str:
