@@ -95,6 +95,19 @@ def test_bad_image_error_names_the_file_and_skip_is_recorded(tiny_dataset):
     assert result.skipped["database"] and str(bad) in result.skipped["database"][0]
 
 
+def test_a_first_batch_of_only_unreadable_images_is_assembled(tiny_dataset, tmp_path):
+    before = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "before")
+    # batch 0 (images 0-3) holds no readable image: its shard has no columns, the others do
+    for i in range(4):
+        tiny_dataset.image_path(tiny_dataset.database[i]).write_bytes(b"broken")
+    settings = ExtractSettings(model="pixels", on_bad_image="skip", batch_size=4)
+    db = extract(tiny_dataset, settings, cache_root()).descriptors
+    assert db.database.shape == (12, 3072)
+    assert db.database_valid.tolist() == [i >= 4 for i in range(12)]
+    assert not db.database[:4].any()
+    np.testing.assert_array_equal(db.database[4:], before.descriptors.database[4:])
+
+
 def _big_dataset(tmp_path, n=96):
     folder = make_vpr_bench_folder(
         tmp_path / "big_src", n, [[i] for i in range(n // 2)], size=(40, 40)

@@ -169,23 +169,8 @@ class DescriptorCache:
         try:
             with h5py.File(tmp, "w") as f:
                 for split in SPLITS:
-                    n, n_batches = counts[split], -(-counts[split] // batch_size)
-                    desc, valid, seen = None, np.zeros(n, bool), np.zeros(n, bool)
-                    for b in range(n_batches):
-                        with np.load(self.shard_path(folder, split, b)) as z:
-                            rows = z["indices"]
-                            if desc is None:
-                                desc = np.zeros((n, z["descriptors"].shape[1]), np.float32)
-                            desc[rows] = z["descriptors"]
-                            valid[rows] = z["valid"]
-                            seen[rows] = True
-                    if not seen.all():
-                        raise VPRBenchError(
-                            f"{folder}: {split} shards miss {int((~seen).sum())} of {n} rows"
-                        )
-                    f.create_dataset(
-                        split, data=np.zeros((0, 0), np.float32) if desc is None else desc
-                    )
+                    desc, valid = self._assemble(folder, split, counts[split], batch_size)
+                    f.create_dataset(split, data=desc)
                     f.create_dataset(f"{split}_valid", data=valid)
                 f.attrs["key"] = canonical_json(key)
                 f.attrs["format_version"] = FORMAT_VERSION
