@@ -56,3 +56,66 @@ def test_hnsw_search_is_deterministic_masks_invalid_rows_and_mostly_agrees():
     assert (np.diff(da, axis=1) >= 0).all()  # ranked best first
     with pytest.raises(ValueError, match="search must be one of"):
         exact_search(db, queries, 10, kind="ivf")
+
+
+def _random_unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_chunked_exact_search_in_faiss_and_torch_equals_one_flat_index():
+    import faiss
+
+    rng = np.random.default_rng(1)
+    db, queries = _random_unit(rng, 1000, 48), _random_unit(rng, 50, 48)
+    valid = rng.random(1000) > 0.1
+    # reference: one faiss flat index over the valid rows, mapped back to database indices
+    keep = np.flatnonzero(valid)
+    index = faiss.IndexFlatL2(48)
+    index.add(db[keep])
+    ref_d, ref_local = index.search(queries, 20)
+    ref_i = keep[ref_local]
+    for backend, chunk in (("faiss", None), ("faiss", 77), ("torch", 77), ("torch", 5000)):
+        idx, dist = exact_search(db, queries, 20, valid, backend=backend, chunk_rows=chunk)
+        np.testing.assert_array_equal(idx, ref_i, err_msg=f"{backend} {chunk}")
+        np.testing.assert_allclose(dist, ref_d, atol=1e-5)
+    # fewer valid rows than k: padded, as before
+    few = np.zeros(1000, dtype=bool)
+    few[[3, 9]] = True
+    idx, dist = exact_search(db, queries, 4, few, backend="torch", chunk_rows=1)
+    assert set(idx[0, :2]) == {3, 9} and (idx[:, 2:] == -1).all() and np.isinf(dist[:, 2:]).all()
+
+
+def test_ivf_indexes_train_on_the_database_and_lose_little():
+    rng = np.random.default_rng(2)
+    db = _random_unit(rng, 2000, 16)
+    queries = db[:200] + 0.05 * _random_unit(rng, 200, 16)
+    exact, _ = exact_search(db, queries, 1)
+    for kind, floor in (("ivf-flat", 0.9), ("ivf-pq", 0.5)):
+        idx, _ = exact_search(db, queries, 1, kind=kind)
+        assert (idx[:, 0] == exact[:, 0]).mean() >= floor, kind
+        again, _ = exact_search(db, queries, 1, kind=kind)
+        np.testing.assert_array_equal(idx, again)  # seeded k-means: the same index each time
+    with pytest.raises(ValueError, match="ivf-pq trains on the database: it needs at least 256"):
+        exact_search(db[:200], queries, 1, kind="ivf-pq")
+
+
+def test_evaluate_records_what_approximate_search_loses(capsys, monkeypatch):
+    import json
+
+    from tests.test_cli import run
+
+    args = ["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--k", "1,5", "--json"]
+    code, out, _ = run(args, capsys, monkeypatch)
+    exact = json.loads(out)
+    code, out, err = run([*args, "--search", "ivf-flat"], capsys, monkeypatch)
+    assert code == 0, err
+    approx = json.loads(out)
+    assert approx["run_id"] != exact["run_id"]
+    assert approx["settings"]["search"]["params"] == {"nlist": 15, "nprobe": 15}  # 600 // 39 lists
+    assert approx["results"]["recall_exact"] == exact["results"]["recall"]
+    for k in ("1", "5"):
+        loss = exact["results"]["recall"][k] - approx["results"]["recall"][k]
+        assert approx["results"]["search_loss"][k] == pytest.approx(loss)
+    assert "ivf-flat search lost against exact search (points): R@1" in err
+    assert "search_loss" not in exact["results"] and exact["settings"]["search"]["exact"]

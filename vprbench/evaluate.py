@@ -25,7 +25,14 @@ from vprbench.metrics import (
     recall_at_k,
 )
 from vprbench.pca import PCA
-from vprbench.search import HNSW, SEARCHES, exact_search, grouped_search
+from vprbench.search import SEARCHES, approximate_params, exact_search, grouped_search
+
+SEARCH_INDEX = {
+    "exact": "exact L2 (faiss.IndexFlatL2 on CPU, torch matmul top-k on CUDA), database in chunks",
+    "hnsw": "faiss.IndexHNSWFlat",
+    "ivf-flat": "faiss.IndexIVFFlat",
+    "ivf-pq": "faiss.IndexIVFPQ",
+}
 
 DEFAULT_KS = (1, 5, 10, 20)
 SAVED_TOP_K = 100
@@ -56,8 +63,9 @@ def evaluate(
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
-    (recipe, variant, seed, training runs) go into the record and its id. ``search``: "exact" (flat
-    L2, every official evaluation) or "hnsw" (approximate, for audits).
+    (recipe, variant, seed, training runs) go into the record and its id. ``search``: "exact" (every
+    official evaluation; on a CUDA ``device`` in torch) or an approximate faiss index (hnsw, ivf-flat,
+    ivf-pq), whose recall loss against exact search is recorded.
     Returns (record, record path)."""
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
@@ -74,27 +82,28 @@ def evaluate(
     groups = load_groups(dataset) if per_city else None
     if per_city and groups is None:
         raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
-    if groups is not None:
-        indices, distances = grouped_search(
-            database,
-            queries,
-            top_k,
-            groups["database"],
-            groups["queries"],
-            cached.database_valid,
-            search,
-        )
-    else:
-        indices, distances = exact_search(
-            database, queries, top_k, database_valid=cached.database_valid, kind=search
-        )
-    indices[~cached.queries_valid] = -1  # a skipped query retrieves nothing: always a miss
+
+    def run_search(kind: str) -> tuple[np.ndarray, np.ndarray]:
+        if groups is not None:
+            found = grouped_search(database, queries, top_k, groups["database"], groups["queries"],
+                                   cached.database_valid, kind, device)  # fmt: skip
+        else:
+            found = exact_search(database, queries, top_k, cached.database_valid, kind, device)
+        found[0][~cached.queries_valid] = -1  # a skipped query retrieves nothing: always a miss
+        return found
+
+    indices, distances = run_search(search)
     has_ground_truth = any(p.size for p in dataset.positives)
     result = (
         recall_at_k(indices, dataset.positives, ks, no_positive_policy)
         if has_ground_truth
         else None
     )
+    exact_recall = None
+    if search != "exact" and result is not None:
+        # what the approximate index costs: the same evaluation with exact search
+        exact_indices, _ = run_search("exact")
+        exact_recall = recall_at_k(exact_indices, dataset.positives, ks, no_positive_policy).recall
     model = extracted.model
     # Everything that changes the record: two evaluations that differ in any of these keep two records.
     run_key = {
@@ -161,9 +170,17 @@ def evaluate(
             "device": device,
             "on_bad_image": cached.key["on_bad_image"],
             "search": {
-                "index": "faiss.IndexFlatL2" if search == "exact" else "faiss.IndexHNSWFlat",
+                "kind": search,
+                "index": SEARCH_INDEX[search],
                 "exact": search == "exact",
-                **({"hnsw": HNSW, "build_threads": 1} if search == "hnsw" else {}),
+                "backend": "torch"
+                if search == "exact" and str(device).startswith("cuda")
+                else "faiss",
+                **(
+                    {"params": approximate_params(search, n_valid_db, database.shape[1])}
+                    if search != "exact"
+                    else {}
+                ),
                 "metric": "L2 on L2-normalised descriptors"
                 if pca is None
                 else f"L2 on PCA-{pca.dim} projections of L2-normalised descriptors "
@@ -185,6 +202,15 @@ def evaluate(
                 "seed": BOOTSTRAP_SEED,
                 "level": 0.95,
             },
+            # approximate search only: recall with exact search, and the points it lost
+            **(
+                {
+                    "recall_exact": {str(k): v for k, v in exact_recall.items()},
+                    "search_loss": {str(k): exact_recall[k] - result.recall[k] for k in ks},
+                }
+                if exact_recall is not None
+                else {}
+            ),
             "ground_truth": has_ground_truth,
             "num_queries": len(dataset.queries),
             "num_evaluated": 0 if result is None else result.num_evaluated,
