@@ -3,3 +3,7 @@
 
 class VPRBenchError(Exception):
     """Bad input or a failed precondition, with a message that names the file or field at fault."""
+
+
+class RandomInitWarning(UserWarning):
+    """A model runs without pretrained weights; its descriptors mean little."""

@@ -13,6 +13,7 @@ import torch
 from vprbench import __version__
 from vprbench.atomic import write_npz, write_text
 from vprbench.cache import key_digest
+from vprbench.choices import DEFAULT_KS
 from vprbench.datasets.formatted import FormattedDataset, load_groups
 from vprbench.extract import ExtractResult
 from vprbench.metrics import (
@@ -34,7 +35,6 @@ SEARCH_INDEX = {
     "ivf-pq": "faiss.IndexIVFPQ",
 }
 
-DEFAULT_KS = (1, 5, 10, 20)
 SAVED_TOP_K = 100
 
 

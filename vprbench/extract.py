@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, DescriptorCache
+from vprbench.choices import BAD_IMAGE_POLICIES, BATCH_ORDERS, DTYPE_NAMES, NORMALISATIONS
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
 from vprbench.errors import VPRBenchError
 from vprbench.models.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VPRModel,
     create_model,
     get_card,
@@ -30,18 +29,8 @@ from vprbench.models.registry import (
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-BAD_IMAGE_POLICIES = ("error", "skip")
-# Pixel normalisations other than the model card's, for audits of what papers do differently:
-# (mean, std) after scaling to [0, 1].
-NORMALISATIONS = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # to [-1, 1]
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-# Which images share an inference batch of a batch-dependent model: the protocol's official order,
-# or a seeded shuffle of each split (to measure how much the composition of batches matters).
-BATCH_ORDERS = ("official", "shuffled")
-SHUFFLE_SEED = 0
+assert tuple(DTYPES) == DTYPE_NAMES
+SHUFFLE_SEED = 0  # BATCH_ORDERS "shuffled": the seed of each split's permutation
 # Fault injection for the resume tests: seconds to sleep after each written batch.
 _SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_BATCH"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NO_POSITIVE_POLICIES = ("miss", "exclude")
+from vprbench.choices import NO_POSITIVE_POLICIES  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

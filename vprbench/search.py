@@ -17,6 +17,8 @@ import math
 import faiss
 import numpy as np
 
+from vprbench.choices import SEARCHES
+
 # HNSW: M=32 and faiss' defaults efConstruction=40, efSearch=16 (raised to k when k is larger, as
 # faiss does). The graph is built on one thread, so that two runs build the same graph.
 HNSW = {"M": 32, "efConstruction": 40, "efSearch": 16}
@@ -24,7 +26,6 @@ HNSW = {"M": 32, "efConstruction": 40, "efSearch": 16}
 # list (below that faiss warns that k-means is unreliable), 16 probed; PQ with 8-bit codes in at most
 # 64 sub-quantisers (a divisor of the dimension). k-means is seeded (faiss' default 1234).
 IVF = {"lists_per_sqrt_n": 4, "nprobe": 16, "pq_bits": 8, "pq_max_subquantizers": 64}
-SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")
 CHUNK_BYTES = 1 << 30  # database rows per chunk of exact search: about 1 GiB of float32
 
 

@@ -9,31 +9,24 @@ import warnings
 from pathlib import Path
 
 import click
-import torch
 from rich.table import Table
 
 from vprbench import __version__
-from vprbench.datasets import manage
-from vprbench.datasets.export import EXPORT_FORMATS, export_dataset
-from vprbench.datasets.formatted import list_formatted, load_formatted
-from vprbench.datasets.images import INTERPOLATIONS
-from vprbench.errors import VPRBenchError
-from vprbench.evaluate import DEFAULT_KS, evaluate, parse_ks
-from vprbench.extract import (
+from vprbench.choices import (
     BAD_IMAGE_POLICIES,
     BATCH_ORDERS,
-    DTYPES,
+    DEFAULT_KS,
+    DTYPE_NAMES,
+    EXPORT_FORMATS,
+    INTERPOLATION_NAMES,
+    NO_POSITIVE_POLICIES,
     NORMALISATIONS,
-    ExtractSettings,
-    extract,
+    SAMPLE_NAME,
+    SEARCHES,
 )
-from vprbench.metrics import NO_POSITIVE_POLICIES
-from vprbench.models import get_card, list_models, parse_overrides
-from vprbench.models.common import RandomInitWarning
+from vprbench.errors import RandomInitWarning, VPRBenchError
 from vprbench.paths import cache_root, data_root, results_root
-from vprbench.pca import load_or_fit_pca
 from vprbench.protocols import GT_FORMATS, load_registry
-from vprbench.search import SEARCHES
 from vprbench.ui import (
     breakdown_table,
     console,
@@ -44,6 +37,9 @@ from vprbench.ui import (
     recall_table,
     whole,
 )
+
+# Heavy modules (torch, torchvision, faiss, the models) are imported inside the commands that use
+# them: `vprbench --help` and `vprbench datasets list` start in a fraction of a second.
 
 root_option = click.option(
     "--root",
@@ -81,7 +77,7 @@ def extraction_options(func):
         ),
         click.option("--image-size", nargs=2, type=int, default=None, metavar="H W"),
         click.option("--batch-size", type=int, default=None),
-        click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+        click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
         click.option(
             "--on-bad-image",
@@ -94,7 +90,7 @@ def extraction_options(func):
         ),
         click.option(
             "--interpolation",
-            type=click.Choice(list(INTERPOLATIONS)),
+            type=click.Choice(INTERPOLATION_NAMES),
             default=None,
             help="Resize interpolation (default: the model card's).",
         ),
@@ -144,6 +140,8 @@ def datasets() -> None:
 @root_option
 def datasets_list(root: Path | None) -> None:
     """Registered protocols and imported datasets, with their status."""
+    from vprbench.datasets.formatted import list_formatted, load_formatted
+
     registry = load_registry()
     folder = data_root(root)
     formatted = set(list_formatted(folder))
@@ -156,7 +154,7 @@ def datasets_list(root: Path | None) -> None:
         status = (
             "formatted"
             if name in formatted
-            else ("embedded" if name == manage.SAMPLE_NAME else "not formatted")
+            else ("embedded" if name == SAMPLE_NAME else "not formatted")
         )
         table.add_row(
             name, count(p.database_count), count(p.queries_count), p.positive_summary(), status
@@ -178,6 +176,7 @@ def datasets_list(root: Path | None) -> None:
 @root_option
 def datasets_info(name: str, root: Path | None) -> None:
     """Everything known about one protocol or imported dataset."""
+    from vprbench.datasets.formatted import list_formatted, load_formatted
     from vprbench.train.gsv import TRAINING_SETS
 
     if name in TRAINING_SETS:  # training sets are not evaluation protocols
@@ -245,6 +244,8 @@ def _batch_sizes(p) -> str:
 @root_option
 def datasets_import(path, fmt, name, threshold, prefix, image_root, db_list, q_list, root) -> None:
     """Register a local dataset given in one of the ground-truth formats."""
+    from vprbench.datasets import manage
+
     registry = load_registry()
     folder = data_root(root)
     with progress_bars() as bars:
@@ -281,6 +282,8 @@ def datasets_import(path, fmt, name, threshold, prefix, image_root, db_list, q_l
 @root_option
 def datasets_format(name: str, source: Path, root: Path | None) -> None:
     """Format a benchmark from its official files (Pitts .mat, MSLS csv, Nordland, SPED, ...)."""
+    from vprbench.datasets import manage
+
     with progress_bars() as bars:
         out, gt = manage.format_dataset(name, source, data_root(root), load_registry(), bars)
     _describe_formatted(name, out, gt)
@@ -291,6 +294,8 @@ def datasets_format(name: str, source: Path, root: Path | None) -> None:
 @root_option
 def datasets_download(name: str, root: Path | None) -> None:
     """Download, unpack, format and verify a redistributable benchmark."""
+    from vprbench.datasets import manage
+
     with progress_bars() as bars:
         out, gt, reports = manage.download_dataset(name, data_root(root), load_registry(), bars)
     for report in reports:
@@ -313,6 +318,9 @@ def datasets_download(name: str, root: Path | None) -> None:
 @root_option
 def datasets_export(name: str, to: str, out: Path | None, root: Path | None) -> None:
     """Write a formatted dataset in VDD or gsv-cities format, to cross-check with other tools."""
+    from vprbench.datasets.export import export_dataset
+    from vprbench.datasets.formatted import load_formatted
+
     ds = load_formatted(name, data_root(root))
     out = out or Path("exports") / f"{name}-{to}"
     for path in export_dataset(ds, to, out):
@@ -335,6 +343,8 @@ def _describe_formatted(name, out, gt) -> None:
 @root_option
 def datasets_verify(name: str, root: Path | None) -> None:
     """Check that every image is present and readable and counts equal the registry's."""
+    from vprbench.datasets import manage
+
     registry = load_registry()
     folder = data_root(root)
     ds = manage.open_dataset(name, folder, registry)
@@ -368,6 +378,8 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """All registered models."""
+    from vprbench.models import get_card, list_models
+
     table = Table(title="Models")
     table.add_column("name", no_wrap=True)
     for col in ("input", "dim", "batch-dep.", "weights", "description"):
@@ -391,6 +403,8 @@ def models_list() -> None:
 @click.argument("name")
 def models_info(name: str) -> None:
     """The model card of NAME, as JSON."""
+    from vprbench.models import get_card
+
     console.print_json(json.dumps(get_card(name).as_dict()))
 
 
@@ -410,7 +424,10 @@ def _settings(
     interpolation=None,
     normalisation=None,
     batch_order="official",
-) -> ExtractSettings:
+):
+    from vprbench.extract import ExtractSettings
+    from vprbench.models import parse_overrides
+
     return ExtractSettings(
         model=model_name,
         weights=weights,
@@ -428,6 +445,9 @@ def _settings(
 
 
 def _run_extract(dataset_name, settings, root, cache_dir):
+    from vprbench.datasets import manage
+    from vprbench.extract import extract
+
     registry = load_registry()
     dataset = manage.open_dataset(dataset_name, data_root(root), registry)
     with progress_bars() as bars:
@@ -513,6 +533,9 @@ def evaluate_cmd(
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
               search, results_dir, options) -> dict:  # fmt: skip
+    from vprbench.evaluate import evaluate, parse_ks
+    from vprbench.pca import load_or_fit_pca
+
     try:
         k_values = parse_ks(ks)
     except ValueError as exc:
@@ -563,7 +586,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
 @click.argument("models", nargs=-1, required=True)
 @click.option("--image-size", nargs=2, type=int, default=None, metavar="H W")
 @click.option("--batch-size", type=int, default=1, show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
 @click.option(
@@ -586,6 +609,9 @@ def profile_cmd(models, image_size, batch_size, dtype, device, threads, override
 
 def _profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
              repeats, reference, force, results_dir) -> dict:  # fmt: skip
+    import torch
+
+    from vprbench.models import parse_overrides
     from vprbench.profile import ProfileSettings, profile_model, reductions
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -648,8 +674,8 @@ def quickstart_cmd(root, cache_dir, results_dir) -> None:
             records, title="nordland-sample: 600 summer db / 600 winter queries", show_dataset=False
         )
     )
-    console.print(f"dataset:     {data_root(root) / manage.SAMPLE_NAME}")
-    console.print(f"descriptors: {cache_root(cache_dir) / 'descriptors' / manage.SAMPLE_NAME}")
+    console.print(f"dataset:     {data_root(root) / SAMPLE_NAME}")
+    console.print(f"descriptors: {cache_root(cache_dir) / 'descriptors' / SAMPLE_NAME}")
     for p in paths:
         console.print(f"run record:  {p}", soft_wrap=True)
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vprbench.choices import EXPORT_FORMATS
 from vprbench.datasets.formatted import FormattedDataset, load_coordinates
 from vprbench.datasets.vdd import VDD_RADIUS, metres_per_frame
 from vprbench.errors import VPRBenchError
-
-EXPORT_FORMATS = ("gsv-cities", "vdd")
 
 
 def export_gsv_cities(ds: FormattedDataset, out: Path) -> list[Path]:

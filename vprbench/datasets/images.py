@@ -11,11 +11,14 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from vprbench.choices import INTERPOLATION_NAMES
+
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
     "nearest": InterpolationMode.NEAREST,
 }
+assert tuple(INTERPOLATIONS) == INTERPOLATION_NAMES
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from vprbench.choices import SAMPLE_NAME
 from vprbench.datasets import readers
 from vprbench.datasets.formatted import (
     FormattedDataset,
@@ -24,7 +25,6 @@ from vprbench.datasets.groundtruth import GroundTruth
 from vprbench.errors import VPRBenchError
 from vprbench.protocols import GT_FORMATS, Protocol
 
-SAMPLE_NAME = "nordland-sample"
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import torch
 
-from vprbench.errors import VPRBenchError
+from vprbench.errors import RandomInitWarning, VPRBenchError  # noqa: F401  (re-exported)
 from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo
 from vprbench.models.weights import read_checkpoint, resolve_weights, sha256_file
-
-
-class RandomInitWarning(UserWarning):
-    """A model runs without pretrained weights; its descriptors mean little."""
 
 
 def load_weights(

@@ -15,10 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
 from vprbench.errors import VPRBenchError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
