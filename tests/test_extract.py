@@ -363,3 +363,41 @@ def test_interpolation_and_normalisation_options_reach_the_pixels(tmp_path, tiny
     assert not np.allclose(imagenet.descriptors.database, base.descriptors.database, atol=1e-3)
     with pytest.raises(VPRBenchError, match="--normalisation must be one of"):
         extract(tiny_dataset, ExtractSettings(model="pixels", normalisation="clip"), cache_root())
+
+
+def test_a_repeated_request_is_served_without_the_model_or_torch(tiny_dataset, isolated_dirs):
+    cold = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    assert cold.module is not None and list((cache_root() / "requests").glob("*.json"))
+    warm = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    assert warm.module is None and not warm.computed
+    assert warm.model == cold.model and warm.preprocess == cold.preprocess
+    assert warm.descriptors.path == cold.descriptors.path
+    # a fresh interpreter: the whole `vprbench evaluate` never imports torch
+    script = (
+        "import sys\n"
+        "sys.argv = ['vprbench', 'evaluate', '--model', 'pixels', '--dataset', 'tiny', '--k', '1,5', '--json']\n"
+        "from vprbench.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["results"]["recall"]["1"] == 5 / 6
+
+
+def test_a_touched_weights_file_or_image_is_looked_at_again(tiny_dataset, tmp_path):
+    from vprbench.models import create_model
+
+    weights = tmp_path / "effnet.pth"
+    torch.save(create_model("effnet-lite0-gem").state_dict(), weights)
+    settings = ExtractSettings(model="effnet-lite0-gem", weights=str(weights), image_size=(32, 32))
+    cold = extract(tiny_dataset, settings, cache_root())
+    assert cold.computed and cold.model.weights_info["sha256"]
+    assert extract(tiny_dataset, settings, cache_root()).module is None
+    os.utime(weights, ns=(time.time_ns(), time.time_ns()))  # same bytes, new mtime
+    again = extract(tiny_dataset, settings, cache_root())
+    assert again.module is not None and not again.computed  # hashed again: the same key
+    image = tiny_dataset.image_path(tiny_dataset.queries[0])
+    os.utime(image, ns=(time.time_ns(), time.time_ns()))
+    assert extract(tiny_dataset, settings, cache_root()).computed  # another image identity

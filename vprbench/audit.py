@@ -204,7 +204,7 @@ def run_audit(
     runs_dir = Path(results_dir) / "audits"
     log(f"baseline: {base.model} on {dataset.name} with the protocol's settings")
     baseline = extract(dataset, base, cache_dir, progress=progress)
-    model = baseline.model
+    model = baseline.module  # None when the baseline came from the cache: built by a variant
     base_record, base_path = evaluate(dataset, baseline, ks, "miss", runs_dir, base.device)
     if not base_record["results"]["ground_truth"]:
         raise VPRBenchError(f"dataset '{dataset.name}' has no ground truth: nothing to audit")
@@ -221,6 +221,8 @@ def run_audit(
             if v.extract is None
             else extract(dataset, v.extract, cache_dir, progress=progress, model=model)
         )
+        if model is None:
+            model = extracted.module
         pca = None
         if "pca_dim" in v.evaluate:
             fit_on = baseline
@@ -247,7 +249,7 @@ def run_audit(
         "pca_fit": pca_fit,
         "only": sorted(only) if only else None,
     }
-    audit_id = f"{model.card.name}__{dataset.name}__{key_digest(audit_key)}"
+    audit_id = f"{baseline.model.name}__{dataset.name}__{key_digest(audit_key)}"
     record = {
         "audit_id": audit_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vprbench import __version__
 from vprbench.atomic import write_npz, write_text
@@ -115,7 +114,7 @@ def evaluate(
         "tags": tags,
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
     }
-    run_id = f"{model.card.name}__{dataset.name}__{key_digest(run_key)}"
+    run_id = f"{model.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
@@ -146,11 +145,11 @@ def evaluate(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "vprbench_version": __version__,
         "model": {
-            "name": model.card.name,
+            "name": model.name,
             "options": model.options,
             "descriptor_dim": int(database.shape[1]),
             "batch_dependent": model.batch_dependent,
-            "weights": model.weights_info.as_dict(),
+            "weights": model.weights_info,
         },
         "protocol": {
             "name": dataset.name,
@@ -224,7 +223,7 @@ def evaluate(
         "ablation": tags,
         "environment": {
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": _version("torch"),
             "numpy": np.__version__,
             "platform": platform.platform(),
         },
@@ -232,6 +231,16 @@ def evaluate(
     record_path = runs / f"{run_id}.json"
     write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record, record_path
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, without importing it (a warm evaluation never imports torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def evaluated_queries(dataset: FormattedDataset, policy: str) -> np.ndarray:

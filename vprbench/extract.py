@@ -1,8 +1,16 @@
-"""Batched extraction of global descriptors into the HDF5 cache (resumable, one key per setting)."""
+"""Batched extraction of global descriptors into the HDF5 cache (resumable, one key per setting).
+
+A request (what the user asked for: model, weights file, options, settings, dataset and the identity
+of its images) is mapped to its cache key the first time; later the same request finds its
+descriptors without building the model or reading its weights, and without importing torch
+(``requests/<digest>.json`` in the cache, checked against the weights files' size and mtime).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import time
 import warnings
@@ -12,24 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, DescriptorCache
+from vprbench import __version__
+from vprbench.atomic import write_text
+from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, DescriptorCache, key_digest
 from vprbench.choices import BAD_IMAGE_POLICIES, BATCH_ORDERS, DTYPE_NAMES, NORMALISATIONS
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
 from vprbench.errors import VPRBenchError
-from vprbench.models.registry import (
-    VPRModel,
-    create_model,
-    get_card,
-    resolve_options,
-)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-assert tuple(DTYPES) == DTYPE_NAMES
+DTYPES = DTYPE_NAMES  # autocast dtypes: torch.float32, torch.bfloat16 (see _autocast_dtype)
 SHUFFLE_SEED = 0  # BATCH_ORDERS "shuffled": the seed of each split's permutation
 # Fault injection for the resume tests: seconds to sleep after each written batch.
 _SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_BATCH"
@@ -57,11 +57,27 @@ class ExtractSettings:
 
 
 @dataclass
+class ModelSummary:
+    """What a run record says of the model: enough without building it (a warm cache hit)."""
+
+    name: str
+    options: dict[str, Any]
+    batch_dependent: bool
+    weights_info: dict[str, Any]  # source, sha256, random_init, kind
+    descriptor_dim: int
+
+    @classmethod
+    def of(cls, model) -> ModelSummary:
+        return cls(model.card.name, model.options, bool(model.batch_dependent),
+                   model.weights_info.as_dict(), int(model.descriptor_dim))  # fmt: skip
+
+
+@dataclass
 class ExtractResult:
     """The cache entry and what produced it."""
 
     descriptors: CachedDescriptors
-    model: VPRModel
+    model: ModelSummary
     preprocess: Preprocess
     batch_size: int
     computed: bool  # False when everything came from the cache
@@ -69,6 +85,13 @@ class ExtractResult:
     skipped: dict[str, list[str]]
     batch_size_source: str = ""  # where batch_size comes from: --batch-size, a protocol, a default
     batch_order: str = ""  # which images shared a batch (batch-dependent models), else ""
+    module: Any = None  # the built model (a VPRModel), None when served from a request record
+
+
+def _autocast_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 def _validate(settings: ExtractSettings) -> None:
@@ -87,8 +110,11 @@ def _validate(settings: ExtractSettings) -> None:
         raise VPRBenchError(f"--batch-size must be >= 1, got {settings.batch_size}")
     if settings.image_size is not None and min(settings.image_size) < 1:
         raise VPRBenchError(f"--image-size must be positive, got {settings.image_size}")
-    if settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise VPRBenchError("--device cuda requested, but CUDA is not available here")
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise VPRBenchError("--device cuda requested, but CUDA is not available here")
     if settings.dtype == "bf16" and settings.device == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             "bf16 on this CPU has no native instructions and is emulated: expect it to be much "
@@ -99,10 +125,87 @@ def _validate(settings: ExtractSettings) -> None:
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN reports native bf16 support (AVX-512 BF16 or AMX) on this CPU."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def _stat(path: Path) -> list | None:
+    """[resolved path, size, mtime_ns] of a file, or None if it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: str) -> dict:
+    """Everything a user's request depends on, in files and settings, without building the model:
+    the same request gives the same cache key (the model code is pinned by the version)."""
+    from vprbench.protocols import default_registry_path
+
+    weights = settings.weights
+    if weights is not None and Path(str(weights)).expanduser().is_file():
+        weights = _stat(Path(str(weights)).expanduser())
+    request = {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if f.name not in ("device", "workers")  # neither changes a descriptor
+    }
+    request |= {
+        "vprbench": __version__,
+        "weights": weights,
+        "image_size": list(settings.image_size) if settings.image_size else None,
+        "overrides": settings.overrides or {},
+        "dataset": dataset.name,
+        "images": images,
+        "dataset_files": [_stat(dataset.folder / n) for n in ("manifest.json", "batch_order.npz")],
+        "registry": _stat(default_registry_path()),
+    }
+    return json.loads(json.dumps(request, default=str))
+
+
+def _request_path(cache_dir: Path, request: dict) -> Path:
+    return Path(cache_dir) / "requests" / f"{key_digest(request)}.json"
+
+
+def _from_request(request: dict, cache_dir: Path) -> ExtractResult | None:
+    """The result of an earlier identical request, if its weights files and descriptors are
+    unchanged; else None (the model is built and the key computed as usual)."""
+    path = _request_path(cache_dir, request)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("request") != request:
+        return None
+    if any(_stat(Path(f[0])) != f for f in saved["weights_files"]):
+        return None  # a weights file was replaced or touched: hash it again
+    cached = DescriptorCache(cache_dir).load(saved["key"])
+    if cached is None:
+        return None
+    return ExtractResult(cached, ModelSummary(**saved["model"]), Preprocess(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocess"].items()}),
+        saved["batch_size"], False, 0.0, {}, saved["batch_size_source"], saved["batch_order"])  # fmt: skip
+
+
+def _save_request(cache_dir: Path, request: dict, result: ExtractResult, files: list) -> None:
+    record = {
+        "request": request,
+        "key": result.descriptors.key,
+        "weights_files": files,
+        "model": dataclasses.asdict(result.model),
+        "preprocess": result.preprocess.as_dict(),
+        "batch_size": result.batch_size,
+        "batch_size_source": result.batch_size_source,
+        "batch_order": result.batch_order,
+    }
+    path = _request_path(cache_dir, request)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 def image_fingerprint(dataset: FormattedDataset) -> str:
@@ -151,10 +254,15 @@ def resolve_preprocess(card, settings: ExtractSettings) -> Preprocess:
 
 
 def cache_key(
-    model: VPRModel, dataset: FormattedDataset, preprocess: Preprocess, settings, batch_size: int
+    model,
+    dataset: FormattedDataset,
+    preprocess: Preprocess,
+    settings,
+    batch_size: int,
+    images: str | None = None,
 ) -> dict:
     """The cache key: every input that changes a descriptor (the images themselves included), and
-    nothing else (not the positives)."""
+    nothing else (not the positives). ``images``: the dataset's image fingerprint, if computed."""
     info = model.weights_info
     return {
         "format": FORMAT_VERSION,
@@ -169,13 +277,13 @@ def cache_key(
         if model.batch_dependent
         else None,
         "dataset": dataset.name,
-        "images": image_fingerprint(dataset),
+        "images": images or image_fingerprint(dataset),
         "on_bad_image": settings.on_bad_image,
     }
 
 
 def resolve_batch_size(
-    settings: ExtractSettings, dataset: FormattedDataset, model: VPRModel, registry=None
+    settings: ExtractSettings, dataset: FormattedDataset, model, registry=None
 ) -> tuple[int, str]:
     """(batch size, where it comes from): the user's; else, for batch-dependent models, the official
     size of the model's convention on the dataset's protocol (datasets.yaml inference_batch_size);
@@ -205,19 +313,33 @@ def extract(
     settings: ExtractSettings,
     cache_dir: Path,
     progress: ProgressFactory | None = None,
-    model: VPRModel | None = None,
+    model=None,
 ) -> ExtractResult:
     """Descriptors of every database and query image of ``dataset`` with ``settings``, from the cache
-    when present; otherwise computed batch by batch (resuming any earlier partial run) and cached."""
+    when present; otherwise computed batch by batch (resuming any earlier partial run) and cached.
+    ``model``: an already built model (a VPRModel) to use instead of building one from ``settings``."""
     _validate(settings)
     start = time.perf_counter()
-    card = get_card(settings.model)
+    images = image_fingerprint(dataset)
+    request = None
+    files: list = []
     if model is None:
-        options = resolve_options(card, settings.overrides or {})
+        request = request_key(dataset, settings, images)
+        warm = _from_request(request, cache_dir)
+        if warm is not None:
+            return warm
+        import torch
+
+        from vprbench.models.registry import create_model, get_card, resolve_options
+        from vprbench.models.weights import track_hashed_files
+
+        options = resolve_options(get_card(settings.model), settings.overrides or {})
         torch.manual_seed(0)  # random-init models are then reproducible, and cacheable
-        model = create_model(
-            settings.model, weights=settings.weights, cache_dir=cache_dir, **options
-        )
+        with track_hashed_files() as files:
+            model = create_model(
+                settings.model, weights=settings.weights, cache_dir=cache_dir, **options
+            )
+    card = model.card
     preprocess = resolve_preprocess(card, settings)
     if preprocess.interpolation not in INTERPOLATIONS:
         raise VPRBenchError(f"model card '{card.name}': unknown interpolation")
@@ -227,11 +349,14 @@ def extract(
         order = f"shuffled batches (seed {SHUFFLE_SEED}), not the official order"
     order = order if model.batch_dependent else ""
     cache = DescriptorCache(cache_dir)
-    key = cache_key(model, dataset, preprocess, settings, batch_size)
+    key = cache_key(model, dataset, preprocess, settings, batch_size, images)
 
     def result(cached, shard_batch, computed, seconds, skipped):
-        return ExtractResult(cached, model, preprocess, shard_batch, computed, seconds, skipped,
-                             batch_source, order)  # fmt: skip
+        out = ExtractResult(cached, ModelSummary.of(model), preprocess, shard_batch, computed,
+                            seconds, skipped, batch_source, order, model)  # fmt: skip
+        if request is not None:
+            _save_request(cache_dir, request, out, files)
+        return out
 
     cached = cache.load(key)
     if cached is not None:
@@ -255,7 +380,7 @@ def extract(
 
 
 def _extract_split(
-    model: VPRModel,
+    model,
     dataset: FormattedDataset,
     split: str,
     preprocess: Preprocess,
@@ -265,6 +390,10 @@ def _extract_split(
     progress: ProgressFactory | None,
 ) -> list[str]:
     """Compute the missing batches of one split into shards; returns the skipped image paths."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
     paths = [dataset.image_path(p) for p in dataset.split(split)]
     n_batches = -(-len(paths) // batch_size)
     todo = [
@@ -305,7 +434,9 @@ def _extract_split(
             with (
                 torch.inference_mode(),
                 torch.autocast(
-                    device.type, dtype=DTYPES[settings.dtype], enabled=settings.dtype != "fp32"
+                    device.type,
+                    dtype=_autocast_dtype(settings.dtype),
+                    enabled=settings.dtype != "fp32",
                 ),
             ):
                 out = F.normalize(model(batch.to(device)).float(), dim=1).cpu().numpy()

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vprbench.atomic import write_npz
 from vprbench.cache import CachedDescriptors, canonical_json, key_digest
@@ -63,6 +62,8 @@ def fit_pca(x: np.ndarray, dim: int, key: dict | None = None) -> PCA:
         raise VPRBenchError(
             f"PCA dimension must be between 1 and min({n} images, {d} dims), got {dim}"
         )
+    import torch
+
     mean = x.mean(axis=0, dtype=np.float64)
     centred = torch.from_numpy(x.astype(np.float64) - mean)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -21,3 +22,14 @@ def read_yaml(path: Path, what: str, compose: bool = False):
         raise VPRBenchError(f"{path}: cannot read {what} ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise VPRBenchError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``["aggregator=gem", "drm=false"]`` -> ``{"aggregator": "gem", "drm": False}`` (YAML scalars)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise VPRBenchError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out

@@ -426,7 +426,7 @@ def _settings(
     batch_order="official",
 ):
     from vprbench.extract import ExtractSettings
-    from vprbench.models import parse_overrides
+    from vprbench.yamlfile import parse_overrides
 
     return ExtractSettings(
         model=model_name,
@@ -461,7 +461,7 @@ def _describe_extract(result) -> None:
         f"computed in {result.seconds:.1f}s" if result.computed else "cached, nothing recomputed"
     )
     console.print(
-        f"{result.model.card.name}: {d.database.shape[0]:,} database + {d.queries.shape[0]:,} query "
+        f"{result.model.name}: {d.database.shape[0]:,} database + {d.queries.shape[0]:,} query "
         f"descriptors of dim {d.database.shape[1]} ({state}) -> {d.path}",
         soft_wrap=True,
     )
@@ -611,8 +611,8 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
              repeats, reference, force, results_dir) -> dict:  # fmt: skip
     import torch
 
-    from vprbench.models import parse_overrides
     from vprbench.profile import ProfileSettings, profile_model, reductions
+    from vprbench.yamlfile import parse_overrides
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VPRBenchError("--device cuda requested, but CUDA is not available here")

@@ -21,10 +21,10 @@ def ablate_cmd(recipe, dry_run, only, overrides, results_dir, cache_dir) -> None
     from rich.table import Table
 
     from vprbench.ablate import plan_lines, run_recipe, select
-    from vprbench.models import parse_overrides
     from vprbench.paths import results_root
     from vprbench.recipe import expand, load_recipe
     from vprbench.ui import console, print_table, whole
+    from vprbench.yamlfile import parse_overrides
 
     parsed = load_recipe(recipe)
     sets = parse_overrides(overrides)

@@ -36,9 +36,9 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate import parse_ks
     from vprbench.extract import ExtractSettings
-    from vprbench.models import parse_overrides
     from vprbench.paths import cache_root, data_root, results_root
     from vprbench.ui import audit_table, console, err_console, print_table, progress_bars
+    from vprbench.yamlfile import parse_overrides
 
     try:
         k_values = parse_ks(ks)

@@ -45,9 +45,10 @@ def _shared_options(func):
 
 
 def _config(stage: str, model: str, overrides, **values):
-    from vprbench.models import get_card, parse_overrides
+    from vprbench.models import get_card
     from vprbench.models.registry import resolve_options
     from vprbench.train import config_from
+    from vprbench.yamlfile import parse_overrides
 
     card = get_card(model)
     resolve_options(card, parse_overrides(overrides))  # validates the keys and types now

@@ -1,24 +1,16 @@
-"""Image preprocessing and the torch Dataset that feeds extraction."""
+"""Image preprocessing and the list of images that feeds extraction (a map-style dataset for torch's
+DataLoader). Importing it imports neither torch nor torchvision: a warm evaluation never needs them."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 from vprbench.choices import INTERPOLATION_NAMES
 
-INTERPOLATIONS = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
-assert tuple(INTERPOLATIONS) == INTERPOLATION_NAMES
+INTERPOLATIONS = INTERPOLATION_NAMES  # torchvision's InterpolationMode of the same name
 
 
 @dataclass(frozen=True)
@@ -30,12 +22,16 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def transform(self) -> transforms.Compose:
+    def transform(self):
+        """The torchvision transform: Resize (antialiased), ToTensor, Normalize."""
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
         return transforms.Compose(
             [
                 transforms.Resize(
                     tuple(self.image_size),
-                    interpolation=INTERPOLATIONS[self.interpolation],
+                    interpolation=InterpolationMode(self.interpolation),
                     antialias=True,
                 ),
                 transforms.ToTensor(),
@@ -47,7 +43,7 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-class ImageList(Dataset):
+class ImageList:
     """Images by path, in list order. Item: (index, tensor [3, H, W], error message or "").
 
     A file that cannot be read yields a zero tensor and its error, so the caller (in the main process,
@@ -62,7 +58,7 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple:
         path = self.paths[index]
         try:
             with Image.open(path) as im:
@@ -71,4 +67,6 @@ class ImageList(Dataset):
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             h, w = self.preprocess.image_size
             reason = getattr(exc, "strerror", None) or "not a decodable image"
+            import torch
+
             return index, torch.zeros(3, h, w), f"{path}: cannot read image ({reason})"

@@ -17,6 +17,7 @@ from torch import nn
 
 from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
 from vprbench.errors import VPRBenchError
+from vprbench.yamlfile import parse_overrides  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -119,19 +120,6 @@ def get_card(name: str) -> ModelCard:
     if name not in _REGISTRY:
         raise VPRBenchError(f"unknown model '{name}'; valid names: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name][0]
-
-
-def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``["aggregator=gem", "drm=false"]`` -> ``{"aggregator": "gem", "drm": False}`` (YAML scalars)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise VPRBenchError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def resolve_options(card: ModelCard, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -7,11 +7,13 @@ a bare state dict, a dict holding ``model_state_dict``/``state_dict``/``model``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +23,19 @@ from torch import nn
 from vprbench.errors import VPRBenchError
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+_TRACKERS: list[list] = []
+
+
+@contextlib.contextmanager
+def track_hashed_files() -> Iterator[list]:
+    """Collects [path, size, mtime_ns] of every file :func:`sha256_file` reads inside the block: the
+    weights files a model was built from (extract keeps them to know when a request must be redone)."""
+    files: list = []
+    _TRACKERS.append(files)
+    try:
+        yield files
+    finally:
+        _TRACKERS.remove(files)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -28,6 +43,9 @@ def sha256_file(path: str | Path) -> str:
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    for files in _TRACKERS:
+        if list(key) not in files:
+            files.append(list(key))
     if key not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as f:
