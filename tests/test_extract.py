@@ -401,3 +401,27 @@ def test_a_touched_weights_file_or_image_is_looked_at_again(tiny_dataset, tmp_pa
     image = tiny_dataset.image_path(tiny_dataset.queries[0])
     os.utime(image, ns=(time.time_ns(), time.time_ns()))
     assert extract(tiny_dataset, settings, cache_root()).computed  # another image identity
+
+
+def test_torchrun_shares_the_batches_and_the_merge_equals_one_process(tiny_dataset, tmp_path):
+    import socket
+
+    one = extract(tiny_dataset, ExtractSettings(model="pixels", batch_size=4), tmp_path / "one")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "vprbench", "extract",
+         "--model", "pixels", "--dataset", "tiny", "--batch-size", "4", "--cache-dir",
+         str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (two,) = (tmp_path / "two" / "descriptors").rglob("*.h5")
+    assert two.name == one.descriptors.path.name  # the same key
+    with h5py.File(one.descriptors.path) as a, h5py.File(two) as b:
+        assert set(a) == set(b) and dict(a.attrs) == dict(b.attrs)
+        for name in a:
+            assert a[name][()].tobytes() == b[name][()].tobytes(), name
+    assert not list((tmp_path / "two").rglob("*.npz"))  # shards merged and removed

@@ -8,6 +8,7 @@ descriptors without building the model or reading its weights, and without impor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -50,7 +51,7 @@ class ExtractSettings:
     dtype: str = "fp32"
     device: str = "cpu"
     on_bad_image: str = "error"
-    workers: int = 0
+    workers: int | None = None  # image loader processes; None: default_workers(device)
     interpolation: str | None = None  # None: the model card's
     normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
     batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
@@ -88,6 +89,52 @@ class ExtractResult:
     module: Any = None  # the built model (a VPRModel), None when served from a request record
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(device) -> int:
+    """Image loader processes when the user names none. On a GPU the model waits for decoding, so
+    up to 8 (one CPU kept for the main process). On the CPU the loader and the model share the cores:
+    one worker overlaps decoding with the forward pass (benchmarks/extract_pipeline.py)."""
+    cpus = available_cpus()
+    if str(getattr(device, "type", device)).startswith("cuda"):
+        return max(1, min(8, cpus - 1))
+    return 1 if cpus > 1 else 0
+
+
+def process_group(device: str) -> tuple[int, int]:
+    """(rank, world size): under torchrun (WORLD_SIZE > 1) the torch.distributed group, initialised
+    on first use (gloo on CPU, nccl on CUDA); else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _gather_skipped(skipped: dict[str, list[str]], world: int) -> dict[str, list[str]]:
+    """Every rank's skipped images, merged (the same on every rank)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * world
+    dist.all_gather_object(parts, skipped)
+    return {split: sorted({p for part in parts for p in part[split]}) for split in SPLITS}
+
+
 def _autocast_dtype(name: str):
     import torch
 
@@ -106,6 +153,8 @@ def _validate(settings: ExtractSettings) -> None:
     ):
         if value is not None and value not in allowed:
             raise VPRBenchError(f"{flag} must be one of {list(allowed)}, got {value!r}")
+    if settings.workers is not None and settings.workers < 0:
+        raise VPRBenchError(f"--workers must be >= 0, got {settings.workers}")
     if settings.batch_size is not None and settings.batch_size < 1:
         raise VPRBenchError(f"--batch-size must be >= 1, got {settings.batch_size}")
     if settings.image_size is not None and min(settings.image_size) < 1:
@@ -319,6 +368,9 @@ def extract(
     when present; otherwise computed batch by batch (resuming any earlier partial run) and cached.
     ``model``: an already built model (a VPRModel) to use instead of building one from ``settings``."""
     _validate(settings)
+    if settings.device == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # torchrun: one GPU per process
+        settings = dataclasses.replace(settings, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     start = time.perf_counter()
     images = image_fingerprint(dataset)
     request = None
@@ -361,19 +413,32 @@ def extract(
     cached = cache.load(key)
     if cached is not None:
         return result(cached, batch_size, False, 0.0, {})
-    with cache.lock(key):
+    # Under torchrun the group shares the work: rank r computes batches r, r + N, ... (the same
+    # batches, in the same composition, as one process would), each writing its own shards into the
+    # one partial folder; rank 0 holds the key's lock and assembles the final file.
+    rank, world = process_group(settings.device)
+    sync = _barrier if world > 1 else (lambda: None)
+    with cache.lock(key) if rank == 0 else contextlib.nullcontext():
+        sync()
         cached = cache.load(key)  # another process may have finished it while we waited
         if cached is not None:
             return result(cached, batch_size, False, 0.0, {})
-        folder, shard_batch = cache.open_partial(key, batch_size)
+        if rank == 0:
+            folder, shard_batch = cache.open_partial(key, batch_size)
+        sync()
+        if rank != 0:  # rank 0 made (or kept) the folder; the others read its batch size
+            folder, shard_batch = cache.open_partial(key, batch_size)
         skipped = {
-            split: _extract_split(
-                model, dataset, split, preprocess, settings, folder, shard_batch, progress
-            )
+            split: _extract_split(model, dataset, split, preprocess, settings, folder,
+                                  shard_batch, progress if rank == 0 else None, (rank, world))
             for split in SPLITS
-        }
-        counts = {split: len(dataset.split(split)) for split in SPLITS}
-        cache.finalise(key, folder, counts, shard_batch)
+        }  # fmt: skip
+        if world > 1:
+            skipped = _gather_skipped(skipped, world)
+        if rank == 0:
+            counts = {split: len(dataset.split(split)) for split in SPLITS}
+            cache.finalise(key, folder, counts, shard_batch)
+        sync()
     cached = cache.load(key)
     assert cached is not None
     return result(cached, shard_batch, True, time.perf_counter() - start, skipped)
@@ -388,16 +453,21 @@ def _extract_split(
     folder: Path,
     batch_size: int,
     progress: ProgressFactory | None,
+    part: tuple[int, int] = (0, 1),
 ) -> list[str]:
-    """Compute the missing batches of one split into shards; returns the skipped image paths."""
+    """Compute the missing batches of one split into shards; returns the skipped image paths.
+    ``part`` (rank, world size): this process computes the batches whose number % world == rank."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     paths = [dataset.image_path(p) for p in dataset.split(split)]
     n_batches = -(-len(paths) // batch_size)
+    rank, world = part
     todo = [
-        b for b in range(n_batches) if not DescriptorCache.shard_path(folder, split, b).is_file()
+        b
+        for b in range(rank, n_batches, world)
+        if not DescriptorCache.shard_path(folder, split, b).is_file()
     ]
     # Batches never straddle the database/query boundary. A batch-dependent model (its descriptors
     # depend on which images share a batch) batches in the protocol's official order; others in
@@ -413,10 +483,17 @@ def _extract_split(
         tick(len(paths) - sum(len(b) for b in batches))
     if not batches:
         return []
-    loader = DataLoader(
-        ImageList(paths, preprocess), batch_sampler=batches, num_workers=settings.workers
-    )
     device = torch.device(settings.device)
+    workers = default_workers(device) if settings.workers is None else settings.workers
+    # Workers decode ahead (prefetch 4 batches each); on CUDA, batches land in pinned memory and
+    # are copied without blocking, so the copy of one batch overlaps the forward pass of another.
+    loader = DataLoader(
+        ImageList(paths, preprocess),
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     model.to(device)
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     skipped: list[str] = []
@@ -439,7 +516,8 @@ def _extract_split(
                     enabled=settings.dtype != "fp32",
                 ),
             ):
-                out = F.normalize(model(batch.to(device)).float(), dim=1).cpu().numpy()
+                x = batch.to(device, non_blocking=True)
+                out = F.normalize(model(x).float(), dim=1).cpu().numpy()
             desc = np.zeros((len(errors), out.shape[1]), dtype=np.float32)
             desc[valid] = out
         DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())

@@ -86,7 +86,10 @@ def extraction_options(func):
             show_default=True,
         ),
         click.option(
-            "--workers", type=int, default=0, show_default=True, help="Image loader processes."
+            "--workers",
+            type=int,
+            default=None,
+            help="Image loader processes (default: from the machine).",
         ),
         click.option(
             "--interpolation",

@@ -1,0 +1,122 @@
+"""Extraction pipeline efficiency: end-to-end `extract` (decode, resize, transfer, forward, cache
+write) against the model alone on the same device and batch, measured in one run.
+
+    .venv/bin/python benchmarks/extract_pipeline.py [--model effnet-lite0-gem] [--images 256]
+        [--batch 32] [--device cpu|cuda] [--dtype fp32|bf16] [--workers auto,0,1,2] [--set K=V]
+
+It writes ``--images`` generated 640x480 JPEGs (quality 90, the size of Pitts30k/MSLS images) as a
+dataset, then measures:
+- model only: the forward pass on preprocessed tensors already on the device (one warm-up batch);
+- end to end: ``extract`` into an empty cache, for each ``--workers`` value (``auto`` is vprbench's
+  default for the device),
+and prints images/s and the ratio end-to-end / model-only (the target is at least 0.90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_dataset(root: Path, n: int):
+    """``n`` queries that are noisy copies of ``n`` database JPEGs, formatted as 'bench'."""
+    from vprbench.datasets.formatted import load_formatted
+    from vprbench.datasets.manage import import_dataset
+    from vprbench.protocols import load_registry
+
+    rng = np.random.default_rng(0)
+    src = root / "src"
+    (src / "ref").mkdir(parents=True)
+    (src / "query").mkdir()
+    # smooth random images (upsampled noise) compress like photographs, not like white noise
+    for i in range(n):
+        small = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((640, 480), Image.BICUBIC)
+        image.save(src / "ref" / f"{i:07d}.jpg", quality=90)
+        image.save(src / "query" / f"{i:07d}.jpg", quality=85)
+    rows = np.empty((n, 2), dtype=object)
+    for q in range(n):
+        rows[q, 0], rows[q, 1] = q, [q]
+    np.save(src / "ground_truth_new.npy", rows, allow_pickle=True)
+    import_dataset(src, "vpr-bench", "bench", root / "data", load_registry())
+    return load_formatted("bench", root / "data")
+
+
+def model_only(model, dataset, preprocess, batch: int, device: str, dtype: str) -> float:
+    """Images/s of the forward pass alone, on tensors preprocessed beforehand and on the device."""
+    import torch
+
+    from vprbench.datasets.images import ImageList
+
+    paths = [dataset.image_path(p) for p in dataset.database + dataset.queries]
+    images = ImageList(paths, preprocess)
+    x = torch.stack([images[i][1] for i in range(len(paths))]).to(device)
+    batches = [x[i : i + batch] for i in range(0, len(x), batch)]
+    amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    with torch.inference_mode(), amp:
+        model(batches[0])  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for b in batches:
+            out = model(b)
+        out.float().cpu()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return len(x) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="effnet-lite0-gem")
+    parser.add_argument("--images", type=int, default=256, help="database images (as many queries)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--workers", default="auto,0,1,2")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    import torch
+
+    from vprbench.extract import ExtractSettings, default_workers, extract
+    from vprbench.models import create_model
+    from vprbench.yamlfile import parse_overrides
+
+    warnings.simplefilter("ignore")
+    overrides = parse_overrides(args.set)
+    with tempfile.TemporaryDirectory(prefix="vprbench-pipeline-") as tmp:
+        root = Path(tmp)
+        dataset = make_dataset(root, args.images)
+        torch.manual_seed(0)
+        model = create_model(args.model, **overrides).to(args.device)
+        base = ExtractSettings(model=args.model, overrides=overrides, batch_size=args.batch,
+                               device=args.device, dtype=args.dtype)  # fmt: skip
+        first = extract(dataset, base, root / "warmup-cache", model=model)  # warms up the kernels
+        reference = model_only(
+            model, dataset, first.preprocess, args.batch, args.device, args.dtype
+        )
+        device = torch.device(args.device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        threads = torch.get_num_threads()
+        print(f"{args.model}, {2 * args.images} 640x480 JPEGs, batch {args.batch}, {args.dtype}, "
+              f"{args.device} ({name}, {threads} torch threads)")  # fmt: skip
+        print(f"model only: {reference:8.1f} images/s")
+        for w in args.workers.split(","):
+            workers = None if w == "auto" else int(w)
+            settings = ExtractSettings(**{**base.__dict__, "workers": workers})
+            start = time.perf_counter()
+            extract(dataset, settings, root / f"cache-{w}", model=model)
+            rate = 2 * args.images / (time.perf_counter() - start)
+            shown = f"auto={default_workers(device)}" if w == "auto" else w
+            print(f"end to end, workers {shown:>6}: {rate:8.1f} images/s, "
+                  f"ratio {rate / reference:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
