@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -45,16 +44,38 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-@dataclass
 class CachedDescriptors:
-    """Descriptors of one (model, dataset, settings) key, read from a complete cache file."""
+    """Descriptors of one (model, dataset, settings) key, read from a complete cache file. The
+    validity masks are read at once; the descriptors when first used (``vprbench extract`` of 100,000
+    images never holds them all in memory)."""
 
-    path: Path
-    key: dict
-    database: np.ndarray
-    queries: np.ndarray
-    database_valid: np.ndarray
-    queries_valid: np.ndarray
+    def __init__(self, path: Path, key: dict, database: np.ndarray | None = None,
+                 queries: np.ndarray | None = None, database_valid: np.ndarray | None = None,
+                 queries_valid: np.ndarray | None = None) -> None:  # fmt: skip
+        self.path, self.key = Path(path), key
+        self._arrays = {"database": database, "queries": queries}
+        self.database_valid, self.queries_valid = database_valid, queries_valid
+
+    def _read(self, split: str) -> np.ndarray:
+        if self._arrays[split] is None:
+            with h5py.File(self.path, "r") as f:
+                self._arrays[split] = f[split][...]
+        return self._arrays[split]
+
+    @property
+    def database(self) -> np.ndarray:
+        return self._read("database")
+
+    @property
+    def queries(self) -> np.ndarray:
+        return self._read("queries")
+
+    def shape(self, split: str) -> tuple[int, int]:
+        """[rows, dim] of a split, without reading it."""
+        if self._arrays[split] is not None:
+            return self._arrays[split].shape
+        with h5py.File(self.path, "r") as f:
+            return f[split].shape
 
 
 class DescriptorCache:
@@ -78,11 +99,12 @@ class DescriptorCache:
             with h5py.File(path, "r") as f:
                 if json.loads(f.attrs["key"]) != json.loads(canonical_json(key)):
                     return None
+                for split in SPLITS:  # a truncated or foreign file fails here, not later
+                    if f[split].shape[0] != f[f"{split}_valid"].shape[0]:
+                        raise KeyError(f"{split} and {split}_valid differ in length")
                 return CachedDescriptors(
                     path=path,
                     key=key,
-                    database=f["database"][...],
-                    queries=f["queries"][...],
                     database_valid=f["database_valid"][...],
                     queries_valid=f["queries_valid"][...],
                 )
@@ -142,24 +164,30 @@ class DescriptorCache:
             indices=np.asarray(indices, dtype=np.int64),
         )
 
-    def _assemble(
-        self, folder: Path, split: str, n: int, batch_size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Descriptors [n, D] and validity [n] of one split, each shard's rows put back at their
-        dataset indices. A shard whose images were all unreadable holds no columns (zeros)."""
-        shards = []
-        for b in range(-(-n // batch_size)):
-            with np.load(self.shard_path(folder, split, b)) as z:
-                shards.append((z["indices"], z["descriptors"], z["valid"]))
-        width = max((d.shape[1] for _, d, _ in shards), default=0)
-        desc, valid, seen = np.zeros((n, width), np.float32), np.zeros(n, bool), np.zeros(n, bool)
-        for rows, d, v in shards:
-            if d.shape[1]:
-                desc[rows] = d
+    def _write_split(self, f, folder: Path, split: str, n: int, batch_size: int) -> None:
+        """Write one split's shards into ``f`` (datasets ``split`` [n, D] and ``split_valid`` [n]),
+        shard by shard, each shard's rows at their dataset indices: memory stays at one shard
+        whatever the number of images. A shard whose images were all unreadable holds no columns
+        (its rows stay zero)."""
+        paths = [self.shard_path(folder, split, b) for b in range(-(-n // batch_size))]
+        width = 0
+        for path in paths:  # the descriptor width: the first shard with a readable image
+            with np.load(path) as z:
+                width = z["descriptors"].shape[1]
+            if width:
+                break
+        desc = f.create_dataset(split, shape=(n, width), dtype=np.float32, fillvalue=0.0)
+        valid, seen = np.zeros(n, bool), np.zeros(n, bool)
+        for path in paths:
+            with np.load(path) as z:
+                rows, d, v = z["indices"], z["descriptors"], z["valid"]
+            order = np.argsort(rows)  # h5py writes rows in increasing order
+            if d.shape[1] and len(rows):
+                desc[rows[order]] = d[order]
             valid[rows], seen[rows] = v, True
         if not seen.all():
             raise VPRBenchError(f"{folder}: {split} shards miss {int((~seen).sum())} of {n} rows")
-        return desc, valid
+        f.create_dataset(f"{split}_valid", data=valid)
 
     def finalise(self, key: dict, folder: Path, counts: dict[str, int], batch_size: int) -> Path:
         """Assemble the shards of every split into the final .h5 (atomic rename), drop the shards."""
@@ -169,9 +197,7 @@ class DescriptorCache:
         try:
             with h5py.File(tmp, "w") as f:
                 for split in SPLITS:
-                    desc, valid = self._assemble(folder, split, counts[split], batch_size)
-                    f.create_dataset(split, data=desc)
-                    f.create_dataset(f"{split}_valid", data=valid)
+                    self._write_split(f, folder, split, counts[split], batch_size)
                 f.attrs["key"] = canonical_json(key)
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["batch_size"] = batch_size

@@ -464,8 +464,8 @@ def _describe_extract(result) -> None:
         f"computed in {result.seconds:.1f}s" if result.computed else "cached, nothing recomputed"
     )
     console.print(
-        f"{result.model.name}: {d.database.shape[0]:,} database + {d.queries.shape[0]:,} query "
-        f"descriptors of dim {d.database.shape[1]} ({state}) -> {d.path}",
+        f"{result.model.name}: {d.shape('database')[0]:,} database + {d.shape('queries')[0]:,} "
+        f"query descriptors of dim {d.shape('database')[1]} ({state}) -> {d.path}",
         soft_wrap=True,
     )
     if result.model.batch_dependent:
