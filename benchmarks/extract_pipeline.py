@@ -9,12 +9,14 @@ dataset, then measures:
 - model only: the forward pass on preprocessed tensors already on the device (one warm-up batch);
 - end to end: ``extract`` into an empty cache, for each ``--workers`` value (``auto`` is vprbench's
   default for the device),
-and prints images/s and the ratio end-to-end / model-only (the target is at least 0.90).
+each ``--repeats`` times, interleaved, and prints the median images/s and the ratio end-to-end /
+model-only (the target is at least 0.90).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--workers", default="auto,0,1,2")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     import torch
 
@@ -98,21 +101,29 @@ def main() -> None:
         base = ExtractSettings(model=args.model, overrides=overrides, batch_size=args.batch,
                                device=args.device, dtype=args.dtype)  # fmt: skip
         first = extract(dataset, base, root / "warmup-cache", model=model)  # warms up the kernels
-        reference = model_only(
-            model, dataset, first.preprocess, args.batch, args.device, args.dtype
-        )
         device = torch.device(args.device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         threads = torch.get_num_threads()
         print(f"{args.model}, {2 * args.images} 640x480 JPEGs, batch {args.batch}, {args.dtype}, "
-              f"{args.device} ({name}, {threads} torch threads)")  # fmt: skip
+              f"{args.device} ({name}, {threads} torch threads), median of {args.repeats} "
+              "interleaved repeats")  # fmt: skip
+        # Interleaved repeats (model only, then each workers setting, again and again): a shared
+        # machine's slow spells fall on all of them alike.
+        rates: dict[str, list[float]] = {}
+        for i in range(args.repeats):
+            rates.setdefault("model", []).append(
+                model_only(model, dataset, first.preprocess, args.batch, args.device, args.dtype)
+            )
+            for w in args.workers.split(","):
+                workers = None if w == "auto" else int(w)
+                settings = ExtractSettings(**{**base.__dict__, "workers": workers})
+                start = time.perf_counter()
+                extract(dataset, settings, root / f"cache-{w}-{i}", model=model)
+                rates.setdefault(w, []).append(2 * args.images / (time.perf_counter() - start))
+        reference = statistics.median(rates.pop("model"))
         print(f"model only: {reference:8.1f} images/s")
-        for w in args.workers.split(","):
-            workers = None if w == "auto" else int(w)
-            settings = ExtractSettings(**{**base.__dict__, "workers": workers})
-            start = time.perf_counter()
-            extract(dataset, settings, root / f"cache-{w}", model=model)
-            rate = 2 * args.images / (time.perf_counter() - start)
+        for w, values in rates.items():
+            rate = statistics.median(values)
             shown = f"auto={default_workers(device)}" if w == "auto" else w
             print(f"end to end, workers {shown:>6}: {rate:8.1f} images/s, "
                   f"ratio {rate / reference:.2f}")  # fmt: skip

@@ -100,11 +100,13 @@ def available_cpus() -> int:
 def default_workers(device) -> int:
     """Image loader processes when the user names none. On a GPU the model waits for decoding, so
     up to 8 (one CPU kept for the main process). On the CPU the loader and the model share the cores:
-    one worker overlaps decoding with the forward pass (benchmarks/extract_pipeline.py)."""
+    with 2 or fewer, decoding in the main process is as fast as in a worker, which takes a core from
+    the forward pass (benchmarks/extract_pipeline.py, effnet on 2 cores: 0.93-1.01 of model-only
+    either way); with more, one worker per 8 CPUs overlaps decoding with the forward pass."""
     cpus = available_cpus()
     if str(getattr(device, "type", device)).startswith("cuda"):
         return max(1, min(8, cpus - 1))
-    return 1 if cpus > 1 else 0
+    return 0 if cpus <= 2 else max(1, cpus // 8)
 
 
 def process_group(device: str) -> tuple[int, int]:
