@@ -425,3 +425,15 @@ def test_torchrun_shares_the_batches_and_the_merge_equals_one_process(tiny_datas
         for name in a:
             assert a[name][()].tobytes() == b[name][()].tobytes(), name
     assert not list((tmp_path / "two").rglob("*.npz"))  # shards merged and removed
+
+
+def test_compile_gives_the_eager_descriptors_under_the_same_key(tiny_dataset, tmp_path):
+    from vprbench.extract import COMPILE_TOLERANCE
+
+    eager = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "eager")
+    compiled = extract(tiny_dataset, ExtractSettings(model="pixels", compile=True), tmp_path / "c")
+    assert compiled.computed and compiled.descriptors.key == eager.descriptors.key
+    assert compiled.module.__dict__["_vprbench_compiled"] is not None  # it did compile
+    assert "_vprbench_compiled" not in str(list(compiled.module.state_dict()))
+    diff = np.abs(compiled.descriptors.database - eager.descriptors.database).max()
+    assert diff <= COMPILE_TOLERANCE

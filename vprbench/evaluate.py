@@ -25,10 +25,17 @@ from vprbench.metrics import (
     recall_at_k,
 )
 from vprbench.pca import PCA
-from vprbench.search import SEARCHES, approximate_params, exact_search, grouped_search
+from vprbench.search import (
+    SEARCHES,
+    approximate_params,
+    default_backend,
+    exact_search,
+    grouped_search,
+)
 
 SEARCH_INDEX = {
-    "exact": "exact L2 (faiss.IndexFlatL2 on CPU, torch matmul top-k on CUDA), database in chunks",
+    "exact": "exact L2 over database chunks with a running top-k (torch matmul top-k, or "
+    "faiss.IndexFlatL2 for small searches on the CPU)",
     "hnsw": "faiss.IndexHNSWFlat",
     "ivf-flat": "faiss.IndexIVFFlat",
     "ivf-pq": "faiss.IndexIVFPQ",
@@ -172,8 +179,8 @@ def evaluate(
                 "kind": search,
                 "index": SEARCH_INDEX[search],
                 "exact": search == "exact",
-                "backend": "torch"
-                if search == "exact" and str(device).startswith("cuda")
+                "backend": default_backend(len(queries), n_valid_db, database.shape[1], device)
+                if search == "exact"
                 else "faiss",
                 **(
                     {"params": approximate_params(search, n_valid_db, database.shape[1])}

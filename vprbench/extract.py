@@ -31,7 +31,8 @@ from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
 from vprbench.errors import VPRBenchError
 
 DTYPES = DTYPE_NAMES  # autocast dtypes: torch.float32, torch.bfloat16 (see _autocast_dtype)
-SHUFFLE_SEED = 0  # BATCH_ORDERS "shuffled": the seed of each split's permutation
+SHUFFLE_SEED = 0
+COMPILE_TOLERANCE = 1e-5  # max |compiled - eager| of L2-normalised descriptors allowed outside the key  # BATCH_ORDERS "shuffled": the seed of each split's permutation
 # Fault injection for the resume tests: seconds to sleep after each written batch.
 _SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_BATCH"
 
@@ -55,6 +56,9 @@ class ExtractSettings:
     interpolation: str | None = None  # None: the model card's
     normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
     batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
+    # torch.compile the forward pass; not in the cache key: descriptors match eager ones within
+    # COMPILE_TOLERANCE (benchmarks/compile.py measures both the speed and the difference)
+    compile: bool = False
 
 
 @dataclass
@@ -137,6 +141,15 @@ def _gather_skipped(skipped: dict[str, list[str]], world: int) -> dict[str, list
     return {split: sorted({p for part in parts for p in part[split]}) for split in SPLITS}
 
 
+def _compiled(model):
+    """``torch.compile`` of ``model`` (dynamic batch size), made once per model object."""
+    import torch
+
+    if "_vprbench_compiled" not in model.__dict__:  # not a submodule: no state-dict keys, no cycle
+        model.__dict__["_vprbench_compiled"] = torch.compile(model, dynamic=True)
+    return model.__dict__["_vprbench_compiled"]
+
+
 def _autocast_dtype(name: str):
     import torch
 
@@ -204,7 +217,7 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
     request = {
         f.name: getattr(settings, f.name)
         for f in dataclasses.fields(settings)
-        if f.name not in ("device", "workers")  # neither changes a descriptor
+        if f.name not in ("device", "workers", "compile")  # none changes a descriptor
     }
     request |= {
         "vprbench": __version__,
@@ -497,6 +510,7 @@ def _extract_split(
         prefetch_factor=4 if workers else None,
     )
     model.to(device)
+    forward = _compiled(model) if settings.compile else model
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     skipped: list[str] = []
     for b, (indices, images, errors) in zip(todo, loader, strict=True):
@@ -519,7 +533,7 @@ def _extract_split(
                 ),
             ):
                 x = batch.to(device, non_blocking=True)
-                out = F.normalize(model(x).float(), dim=1).cpu().numpy()
+                out = F.normalize(forward(x).float(), dim=1).cpu().numpy()
             desc = np.zeros((len(errors), out.shape[1]), dtype=np.float32)
             desc[valid] = out
         DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())

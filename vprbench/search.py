@@ -3,9 +3,9 @@ cosine similarity).
 
 - ``exact`` (the default, and every official evaluation): the database is searched in chunks of rows
   with a running top-k, so memory beyond the descriptors themselves stays at one chunk (a 100,000 x
-  10,752 database is 4.3 GB; a faiss index of it all would copy it). On the CPU each chunk goes
-  through faiss IndexFlatL2; with ``device="cuda"`` (or ``backend="torch"``) through a torch matmul
-  and top-k on that device. Both give the same neighbours (tests/test_search.py).
+  10,752 database is 4.3 GB; a faiss index of it all would copy it). Each chunk goes through a torch
+  matmul and top-k on the device (CUDA, or the CPU for large searches: default_backend), or faiss
+  IndexFlatL2 (small searches on the CPU). Both give the same neighbours (tests/test_search.py).
 - ``hnsw``, ``ivf-flat``, ``ivf-pq``: approximate faiss indexes, opt-in. ``evaluate`` records their
   parameters and the recall they lose against exact search.
 """
@@ -72,6 +72,19 @@ def _torch_chunks(database, queries, k, keep, chunk_rows, device):
         local = local.cpu().numpy()
         best_d, best_i = _merge(best_d, best_i, d.cpu().numpy(), rows[local], k)
     return best_d, best_i
+
+
+# Above this many multiply-adds, exact search on the CPU goes through torch: its matmul ran 3.9x faster
+# than faiss-cpu's flat search (benchmarks/search_memory.py: 100,000 x 10,752, 1,000 queries: 13.6 s
+# vs 53.7 s, the same neighbours), which pays for importing torch (about a second). Below it, faiss.
+TORCH_ABOVE_MACS = 2e10
+
+
+def default_backend(n_queries: int, n_database: int, dim: int, device: str = "cpu") -> str:
+    """torch on CUDA, and on the CPU for large searches; faiss for small ones."""
+    if str(device).startswith("cuda") or n_queries * n_database * dim > TORCH_ABOVE_MACS:
+        return "torch"
+    return "faiss"
 
 
 def _pq_subquantizers(dim: int) -> int:
@@ -160,7 +173,7 @@ def exact_search(
         distances, indices = _approximate(database, queries, k, keep, kind)
     else:
         chunk = chunk_rows or max(1, CHUNK_BYTES // (4 * database.shape[1]))
-        backend = backend or ("torch" if str(device).startswith("cuda") else "faiss")
+        backend = backend or default_backend(len(queries), len(keep), queries.shape[1], device)
         if backend == "torch":
             distances, indices = _torch_chunks(database, queries, k, keep, chunk, device)
         elif backend == "faiss":

@@ -104,6 +104,12 @@ def extraction_options(func):
             help="Pixel mean/std: imagenet, half (to [-1, 1]) or none (default: the model card's).",
         ),
         click.option(
+            "--compile",
+            "compile_model",
+            is_flag=True,
+            help="torch.compile the forward pass (descriptors within 1e-5 of eager; not in the key).",
+        ),
+        click.option(
             "--batch-order",
             type=click.Choice(BATCH_ORDERS),
             default="official",
@@ -427,6 +433,7 @@ def _settings(
     interpolation=None,
     normalisation=None,
     batch_order="official",
+    compile_model=False,
 ):
     from vprbench.extract import ExtractSettings
     from vprbench.yamlfile import parse_overrides
@@ -444,6 +451,7 @@ def _settings(
         interpolation=interpolation,
         normalisation=normalisation,
         batch_order=batch_order,
+        compile=compile_model,
     )
 
 
