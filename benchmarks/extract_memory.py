@@ -19,8 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from generated import vpr_bench_folder
 
 CHILD = """
 import resource, sys
@@ -32,21 +31,6 @@ except SystemExit as exc:
     assert not exc.code, exc.code
 print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
-
-
-def make_dataset(root: Path, n: int, side: int) -> Path:
-    rng = np.random.default_rng(n)
-    src = root / f"src{n}"
-    for split in ("ref", "query"):
-        (src / split).mkdir(parents=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(src / split / f"{i:07d}.png", compress_level=1)
-    rows = np.empty((n, 2), dtype=object)
-    for q in range(n):
-        rows[q, 0], rows[q, 1] = q, [q]
-    np.save(src / "ground_truth_new.npy", rows, allow_pickle=True)
-    return src
 
 
 def main() -> None:
@@ -64,7 +48,7 @@ def main() -> None:
             root = Path(tmp) / str(n)
             env = {**os.environ, "VPRBENCH_DATA": str(root / "data"),
                    "VPRBENCH_CACHE": str(root / "cache"), "VPRBENCH_RESULTS": str(root / "results")}  # fmt: skip
-            src = make_dataset(root, n, args.dim)
+            src = vpr_bench_folder(root / "src", n, "png", args.dim, seed=n)
             subprocess.run([sys.executable, "-m", "vprbench", "datasets", "import", str(src),
                             "--format", "vpr-bench", "--name", "mem"], env=env, check=True,
                            capture_output=True)  # fmt: skip

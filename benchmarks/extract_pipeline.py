@@ -22,8 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from generated import vpr_bench_folder
 
 
 def make_dataset(root: Path, n: int):
@@ -32,20 +31,7 @@ def make_dataset(root: Path, n: int):
     from vprbench.datasets.manage import import_dataset
     from vprbench.protocols import load_registry
 
-    rng = np.random.default_rng(0)
-    src = root / "src"
-    (src / "ref").mkdir(parents=True)
-    (src / "query").mkdir()
-    # smooth random images (upsampled noise) compress like photographs, not like white noise
-    for i in range(n):
-        small = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((640, 480), Image.BICUBIC)
-        image.save(src / "ref" / f"{i:07d}.jpg", quality=90)
-        image.save(src / "query" / f"{i:07d}.jpg", quality=85)
-    rows = np.empty((n, 2), dtype=object)
-    for q in range(n):
-        rows[q, 0], rows[q, 1] = q, [q]
-    np.save(src / "ground_truth_new.npy", rows, allow_pickle=True)
+    src = vpr_bench_folder(root / "src", n)
     import_dataset(src, "vpr-bench", "bench", root / "data", load_registry())
     return load_formatted("bench", root / "data")
 

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from generated import vpr_bench_folder
 
 
 def timed(args: list[str], env: dict, repeats: int = 1) -> float:
@@ -35,23 +34,6 @@ def timed(args: list[str], env: dict, repeats: int = 1) -> float:
                        capture_output=True)  # fmt: skip
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def jpeg_dataset(root: Path, n: int) -> Path:
-    rng = np.random.default_rng(0)
-    src = root / "src"
-    for split in ("ref", "query"):
-        (src / split).mkdir(parents=True)
-    for i in range(n):
-        small = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((640, 480), Image.BICUBIC)
-        image.save(src / "ref" / f"{i:07d}.jpg", quality=90)
-        image.save(src / "query" / f"{i:07d}.jpg", quality=85)
-    rows = np.empty((n, 2), dtype=object)
-    for q in range(n):
-        rows[q, 0], rows[q, 1] = q, [q]
-    np.save(src / "ground_truth_new.npy", rows, allow_pickle=True)
-    return src
 
 
 def main() -> None:
@@ -70,7 +52,7 @@ def main() -> None:
         cold = timed(sample, env)
         warm = timed(sample, env, args.repeats)
         print(f"evaluate nordland-sample: cold {cold:6.2f} s, warm {warm:6.2f} s")
-        src = jpeg_dataset(root, args.images)
+        src = vpr_bench_folder(root / "src", args.images)
         subprocess.run([sys.executable, "-m", "vprbench", "datasets", "import", str(src), "--format",
                         "vpr-bench", "--name", "gen"], env=env, check=True, capture_output=True)  # fmt: skip
         generated = ["evaluate", "--model", args.model, "--dataset", "gen"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,18 @@ def batchmean_model():
     register_model(card)(build)
     yield card.name
     registry._REGISTRY.pop(card.name)
+
+
+def latex_compiles(table: Path, workdir: Path) -> bool:
+    """\\input ``table`` into a booktabs article and run pdflatex; False if pdflatex is not
+    installed, else asserts that it compiled (the log tail is the failure message)."""
+    if shutil.which("pdflatex") is None:
+        return False
+    doc = workdir / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\n"
+                   f"\\begin{{document}}\\input{{{table}}}\\end{{document}}\n")  # fmt: skip
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+                          cwd=workdir, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (workdir / "doc.pdf").stat().st_size > 0
+    return True

@@ -3,7 +3,6 @@ isolation) and `vprbench report` (tables equal to the run records, LaTeX that co
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import latex_compiles
 from vprbench.ablate import run_recipe
 from vprbench.errors import VPRBenchError
 from vprbench.recipe import expand, load_recipe
@@ -232,15 +232,8 @@ def test_report_tables_equal_the_records_and_latex_compiles(
     for name in ("recall_at_k_nordland-sample", "r1_vs_gflops_nordland-sample", "training_curves",
                  "mosaic_trained_nordland_sample"):  # fmt: skip
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").is_file()
-    if shutil.which("pdflatex") is None:
+    if not latex_compiles(out / "rep.tex", tmp_path):
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-recommended)")
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\n"
-                   f"\\begin{{document}}\\input{{{out / 'rep.tex'}}}\\end{{document}}\n")  # fmt: skip
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:]
-    assert (tmp_path / "doc.pdf").stat().st_size > 0
 
 
 def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):

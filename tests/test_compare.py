@@ -3,13 +3,12 @@
 import json
 import math
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from scipy.stats import binom
 
+from tests.conftest import latex_compiles
 from vprbench.errors import VPRBenchError
 from vprbench.metrics import bootstrap_interval, mcnemar_exact, paired_comparison
 
@@ -128,13 +127,7 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
     # every cell keeps one decimal (R@5 of 'imagenet': 168 of 600), right-aligned
     assert re.search(r"\| +28\.0 \|", md)
     assert "$^\\dagger$" in (out / "sig.tex").read_text()
-    if shutil.which("pdflatex"):  # the marks and the caption compile
-        doc = tmp_path / "doc.tex"
-        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\n"
-                       f"\\begin{{document}}\\input{{{out / 'sig.tex'}}}\\end{{document}}\n")  # fmt: skip
-        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stdout[-2000:]
+    latex_compiles(out / "sig.tex", tmp_path)  # the marks and the caption compile
     with pytest.raises(
         VPRBenchError, match="'nope' is not a row of this report; the rows are base"
     ):
