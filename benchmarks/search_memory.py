@@ -6,7 +6,8 @@ the whole database, measured in one run on the same generated descriptors.
 Each mode runs in its own process (peak RSS is per process): it generates the same seeded
 L2-normalised descriptors, searches top-100 and reports its peak resident memory and search time.
 The modes: "one index" (faiss IndexFlatL2 of the whole database: a copy of it), "chunked faiss"
-(vprbench's default on CPU) and "chunked torch" (the GPU path, here run on the CPU). The script checks
+(small CPU searches), "chunked torch" (large CPU searches) and, with ``--cuda``, "chunked torch
+cuda" (``--device cuda``). The script checks
 that all three return the same neighbours and prints the memory each needs beyond the descriptors.
 """
 
@@ -42,6 +43,8 @@ def child(mode: str, n: int, nq: int, dim: int) -> None:
     start = time.perf_counter()
     if mode == "one index":
         idx, _ = exact_search(db, queries, 100, backend="faiss", chunk_rows=n)
+    elif mode == "chunked torch cuda":
+        idx, _ = exact_search(db, queries, 100, backend="torch", device="cuda")
     else:
         idx, _ = exact_search(db, queries, 100, backend=mode.split()[1])
     seconds = time.perf_counter() - start
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--database", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=10_752)
+    parser.add_argument("--cuda", action="store_true", help="also the torch search on the GPU")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -64,7 +68,10 @@ def main() -> None:
     print(f"database {args.database:,} x {args.dim:,} float32 ({gib:.1f} GiB), {args.queries:,} "
           "queries, top-100")  # fmt: skip
     rows, found = [], []
-    for i, mode in enumerate(("one index", "chunked faiss", "chunked torch")):
+    modes = ["one index", "chunked faiss", "chunked torch"] + (
+        ["chunked torch cuda"] if args.cuda else []
+    )
+    for i, mode in enumerate(modes):
         out = f"/tmp/vprbench-search-bench-{os.getpid()}-{i}.npy"
         done = subprocess.run(
             [sys.executable, __file__, "--child", mode, "--database", str(args.database),
