@@ -166,7 +166,8 @@ def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
     code, _, err = run(["extract", "--model", "netvlad", "--dataset", "hand"], capsys, monkeypatch)
     assert code == 1
     assert (
-        "unknown model 'netvlad'; valid names: cricavpr, cricavpr-noencoder, d2vpr, d2vpr-encoder, dinov2-gem"
+        "unknown model 'netvlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, d2vpr, "
+        "d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, pixels"
         in one_line_error(err)
     )
     code, _, err = run(["extract", "--model", "pixels", "--dataset", "handd"], capsys, monkeypatch)

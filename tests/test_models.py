@@ -18,12 +18,15 @@ from vprbench.models.weights import cached_name, read_checkpoint, resolve_weight
 
 def test_registry_names_and_cards():
     assert list_models() == [
+        "cosplace",
         "cricavpr",
         "cricavpr-noencoder",
         "d2vpr",
         "d2vpr-encoder",
         "dinov2-gem",
         "effnet-lite0-gem",
+        "eigenplaces",
+        "mixvpr",
         "pixels",
     ]
     card = get_card("dinov2-gem")
@@ -31,7 +34,7 @@ def test_registry_names_and_cards():
     assert card.options == {"backbone": "vitb14"} and not card.batch_dependent
     with pytest.raises(
         VPRBenchError,
-        match="unknown model 'netvlad'; valid names: cricavpr, cricavpr-noencoder, d2vpr, ",
+        match="unknown model 'netvlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, ",
     ):
         get_card("netvlad")
 

@@ -1,0 +1,108 @@
+"""CosPlace, EigenPlaces and MixVPR: exact parameter counts, the official key names, strict loading of
+files in the released layouts, and a forward at the official input size."""
+
+import pytest
+import torch
+import torchvision
+
+from vprbench.errors import VPRBenchError
+from vprbench.models import create_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM INIT")
+
+# (name, options, parameters of the official class as released, descriptor dim)
+OFFICIAL = [
+    ("cosplace", {}, 27_704_385, 2048),
+    ("cosplace", {"dim": 512}, 24_557_121, 512),
+    ("eigenplaces", {}, 27_704_385, 2048),
+    ("eigenplaces", {"dim": 512}, 24_557_121, 512),
+    ("mixvpr", {}, 10_880_900, 4096),
+]
+
+
+def _torchvision_keys(drop: tuple[str, ...]) -> list[str]:
+    return [k for k in torchvision.models.resnet50().state_dict() if not k.startswith(drop)]
+
+
+def official_keys(name: str) -> set[str]:
+    """The official state-dict keys, written from the official code's structure (not from ours)."""
+    if name in ("cosplace", "eigenplaces"):
+        # list(resnet50.children())[:-2] in a Sequential: conv1 0, bn1 1, relu 2, maxpool 3, layers 4-7
+        index = {
+            "conv1": "0",
+            "bn1": "1",
+            "layer1": "4",
+            "layer2": "5",
+            "layer3": "6",
+            "layer4": "7",
+        }
+        keys = {"backbone." + index[k.split(".")[0]] + k[k.index(".") :]
+                for k in _torchvision_keys(("fc.",))}  # fmt: skip
+        return keys | {"aggregation.1.p", "aggregation.3.weight", "aggregation.3.bias"}
+    keys = {"backbone.model." + k for k in _torchvision_keys(("fc.", "layer4."))}
+    for i in range(4):
+        keys |= {f"aggregator.mix.{i}.mix.{j}.{p}" for j in (0, 1, 3) for p in ("weight", "bias")}
+    return keys | {f"aggregator.{m}.{p}" for m in ("channel_proj", "row_proj")
+                   for p in ("weight", "bias")}  # fmt: skip
+
+
+@pytest.mark.parametrize("name,options,params,dim", OFFICIAL)
+def test_parameters_keys_and_official_forward(name, options, params, dim):
+    torch.manual_seed(0)
+    model = create_model(name, **options)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert set(model.state_dict()) == official_keys(name)
+    h, w = model.card.image_size
+    with torch.inference_mode():
+        out = model(torch.rand(2, 3, h, w))
+    assert out.shape == (2, dim) and model.descriptor_dim == dim
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("layout", ["bare", "module", "model_state_dict"])
+def test_released_files_load_strictly(tmp_path, layout):
+    torch.manual_seed(1)
+    source = create_model("cosplace", dim=512)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    if layout == "module":
+        state = {f"module.{k}": v for k, v in state.items()}
+    elif layout == "model_state_dict":  # with the training extras official scripts save beside it
+        state = {"model_state_dict": state, "epoch": 3, "best_r5": 0.9}
+    path = tmp_path / "cosplace.pth"
+    torch.save(state, path)
+    loaded = create_model("cosplace", weights=str(path), dim=512)
+    assert not loaded.weights_info.random_init
+    expected = {k: v + 0.01 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+    torch.save({k: v for k, v in expected.items() if k != "aggregation.1.p"}, path)
+    with pytest.raises(VPRBenchError, match=r"1 missing key\(s\): aggregation.1.p"):
+        create_model("cosplace", weights=str(path), dim=512)
+    with pytest.raises(VPRBenchError, match=r"wrong shape"):
+        create_model("cosplace", weights=str(path), dim=2048)
+
+
+def test_official_weights_follow_the_chosen_dim(monkeypatch):
+    seen = []
+
+    def fake_resolve(spec, cache_dir, sha256=None):
+        seen.append(spec)
+        raise VPRBenchError("offline")
+
+    monkeypatch.setattr("vprbench.models.common.resolve_weights", fake_resolve)
+    for name, dim in (("eigenplaces", 512), ("cosplace", 2048)):
+        with pytest.raises(VPRBenchError, match="offline"):
+            create_model(name, weights="official", dim=dim)
+    assert seen == [
+        "https://github.com/gmberton/EigenPlaces/releases/download/v1.0/ResNet50_512_eigenplaces.pth",
+        "https://github.com/gmberton/CosPlace/releases/download/v1.0/ResNet50_2048_cosplace.pth",
+    ]
+    with pytest.raises(VPRBenchError, match=r"dim must be one of \[128, 256, 512, 1024, 2048\]"):
+        create_model("eigenplaces", dim=64)
+    with pytest.raises(VPRBenchError, match="has no official weights URL"):
+        create_model("mixvpr", weights="official")
+
+
+def test_mixvpr_refuses_another_input_size():
+    with pytest.raises(VPRBenchError, match="20 x 20 feature map"), torch.inference_mode():
+        create_model("mixvpr")(torch.rand(1, 3, 224, 224))
