@@ -163,11 +163,11 @@ def hand(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
-    code, _, err = run(["extract", "--model", "netvlad", "--dataset", "hand"], capsys, monkeypatch)
+    code, _, err = run(["extract", "--model", "vlad", "--dataset", "hand"], capsys, monkeypatch)
     assert code == 1
     assert (
-        "unknown model 'netvlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, d2vpr, "
-        "d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, pixels"
+        "unknown model 'vlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, d2vpr, "
+        "d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, netvlad, netvlad-pca, pixels"
         in one_line_error(err)
     )
     code, _, err = run(["extract", "--model", "pixels", "--dataset", "handd"], capsys, monkeypatch)

@@ -27,6 +27,8 @@ def test_registry_names_and_cards():
         "effnet-lite0-gem",
         "eigenplaces",
         "mixvpr",
+        "netvlad",
+        "netvlad-pca",
         "pixels",
     ]
     card = get_card("dinov2-gem")
@@ -34,9 +36,9 @@ def test_registry_names_and_cards():
     assert card.options == {"backbone": "vitb14"} and not card.batch_dependent
     with pytest.raises(
         VPRBenchError,
-        match="unknown model 'netvlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, ",
+        match="unknown model 'vlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, ",
     ):
-        get_card("netvlad")
+        get_card("vlad")
 
 
 def test_pixels_is_mean_removed_and_normalised():

@@ -1,5 +1,5 @@
-"""CosPlace, EigenPlaces and MixVPR: exact parameter counts, the official key names, strict loading of
-files in the released layouts, and a forward at the official input size."""
+"""CosPlace, EigenPlaces, MixVPR, NetVLAD and Patch-NetVLAD's WPCA: exact parameter counts, the official
+key names, strict loading of files in the released layouts, and a forward at the official input size."""
 
 import pytest
 import torch
@@ -17,6 +17,8 @@ OFFICIAL = [
     ("eigenplaces", {}, 27_704_385, 2048),
     ("eigenplaces", {"dim": 512}, 24_557_121, 512),
     ("mixvpr", {}, 10_880_900, 4096),
+    ("netvlad", {}, 14_780_224, 32_768),
+    ("netvlad-pca", {}, 149_002_048, 4096),
 ]
 
 
@@ -39,6 +41,11 @@ def official_keys(name: str) -> set[str]:
         keys = {"backbone." + index[k.split(".")[0]] + k[k.index(".") :]
                 for k in _torchvision_keys(("fc.",))}  # fmt: skip
         return keys | {"aggregation.1.p", "aggregation.3.weight", "aggregation.3.bias"}
+    if name.startswith("netvlad"):
+        # vgg16.features[:-2] (to conv5_3) as `encoder`, the NetVLAD layer as `pool` (main.py)
+        keys = {f"encoder.{k}" for k in torchvision.models.vgg16().features.state_dict()}
+        keys |= {"pool.centroids", "pool.conv.weight"}
+        return keys | ({"WPCA.0.weight", "WPCA.0.bias"} if name == "netvlad-pca" else set())
     keys = {"backbone.model." + k for k in _torchvision_keys(("fc.", "layer4."))}
     for i in range(4):
         keys |= {f"aggregator.mix.{i}.mix.{j}.{p}" for j in (0, 1, 3) for p in ("weight", "bias")}
@@ -106,3 +113,45 @@ def test_official_weights_follow_the_chosen_dim(monkeypatch):
 def test_mixvpr_refuses_another_input_size():
     with pytest.raises(VPRBenchError, match="20 x 20 feature map"), torch.inference_mode():
         create_model("mixvpr")(torch.rand(1, 3, 224, 224))
+
+
+def test_netvlad_layer_equals_the_official_per_cluster_loop():
+    from vprbench.models.netvlad import NetVLADPool
+
+    torch.manual_seed(2)
+    pool = NetVLADPool(clusters=5, dim=8)
+    x = torch.rand(3, 8, 4, 6)
+    # the official forward: normalise inputs, soft-assign, then one residual sum per cluster
+    xn = torch.nn.functional.normalize(x, dim=1)
+    a = torch.softmax(pool.conv(xn).view(3, 5, -1), dim=1)
+    flat = xn.view(3, 8, -1)
+    vlad = torch.zeros(3, 5, 8)
+    for k in range(5):
+        residual = flat - pool.centroids[k][None, :, None]
+        vlad[:, k] = (residual * a[:, k : k + 1]).sum(-1)
+    vlad = torch.nn.functional.normalize(vlad, dim=2).view(3, -1)
+    expected = torch.nn.functional.normalize(vlad, dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_netvlad_checkpoints_in_their_released_layouts(tmp_path):
+    import numpy as np
+
+    torch.manual_seed(3)
+    source = create_model("netvlad")
+    state = {k: v * 0.5 for k, v in source.state_dict().items()}
+    # pytorch-NetVlad's checkpoint: the weights beside epoch, recalls, best score and optimiser
+    torch.save({"epoch": 30, "state_dict": state, "recalls": {1: np.float64(0.86)},
+                "best_score": np.float64(0.86),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}},
+               tmp_path / "checkpoint.pth.tar")  # fmt: skip
+    loaded = create_model("netvlad", weights=str(tmp_path / "checkpoint.pth.tar"))
+    torch.testing.assert_close(loaded.pool.centroids, state["pool.centroids"])
+    # Patch-NetVLAD's: num_pcs and the state dict with the WPCA layer
+    pca = create_model("netvlad-pca")
+    torch.save({"num_pcs": 4096, "state_dict": pca.state_dict()}, tmp_path / "wpca.pth.tar")
+    loaded = create_model("netvlad-pca", weights=str(tmp_path / "wpca.pth.tar"))
+    torch.testing.assert_close(loaded.WPCA[0].bias, pca.WPCA[0].bias)
+    with pytest.raises(VPRBenchError, match=r"2 unexpected key\(s\): WPCA.0.bias, WPCA.0.weight"):
+        create_model("netvlad", weights=str(tmp_path / "wpca.pth.tar"))
