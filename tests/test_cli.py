@@ -167,7 +167,8 @@ def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
     assert code == 1
     assert (
         "unknown model 'vlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, d2vpr, "
-        "d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, netvlad, netvlad-pca, pixels"
+        "d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, netvlad, netvlad-pca, pixels, "
+        "salad"
         in one_line_error(err)
     )
     code, _, err = run(["extract", "--model", "pixels", "--dataset", "handd"], capsys, monkeypatch)

@@ -30,6 +30,7 @@ def test_registry_names_and_cards():
         "netvlad",
         "netvlad-pca",
         "pixels",
+        "salad",
     ]
     card = get_card("dinov2-gem")
     assert card.image_size == (224, 224) and card.interpolation == "bicubic"

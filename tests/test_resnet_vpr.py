@@ -155,3 +155,32 @@ def test_netvlad_checkpoints_in_their_released_layouts(tmp_path):
     torch.testing.assert_close(loaded.WPCA[0].bias, pca.WPCA[0].bias)
     with pytest.raises(VPRBenchError, match=r"2 unexpected key\(s\): WPCA.0.bias, WPCA.0.weight"):
         create_model("netvlad", weights=str(tmp_path / "wpca.pth.tar"))
+
+
+def test_salad_counts_keys_sinkhorn_and_dimension():
+    from vprbench.models.salad import sinkhorn_with_dustbin
+    from vprbench.models.vit import DINOv2ViT
+
+    torch.manual_seed(4)
+    model = create_model("salad")
+    assert sum(p.numel() for p in model.parameters()) == 87_991_489
+    # the hub DINOv2-B/14 under backbone.model, and the official aggregator's Sequential indices
+    keys = {f"backbone.model.{k}" for k in DINOv2ViT("vitb14").state_dict()}
+    keys |= {"aggregator.dust_bin"} | {
+        f"aggregator.{m}.{i}.{p}"
+        for m, idx in (("token_features", (0, 2)), ("cluster_features", (0, 3)), ("score", (0, 3)))
+        for i in idx
+        for p in ("weight", "bias")
+    }
+    assert set(model.state_dict()) == keys
+    with torch.inference_mode():
+        out = model(torch.rand(1, 3, 322, 322))
+    assert out.shape == (1, 8448)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(1))
+    # the transport plan (times M+N) gives every feature column mass 1 and the clusters with the
+    # dust bin rows of mass 1 each, the dust bin N - M, after enough iterations
+    scores = torch.randn(2, 4, 10)
+    plan = torch.exp(sinkhorn_with_dustbin(scores, torch.tensor(1.0), 200))
+    torch.testing.assert_close(plan.sum(1), torch.ones(2, 10), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plan.sum(2)[:, :4], torch.ones(2, 4), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plan.sum(2)[:, 4], torch.full((2,), 6.0), rtol=1e-4, atol=1e-4)

@@ -1,6 +1,6 @@
 """Registered models. Importing this package registers each built-in model once."""
 
-from vprbench.models import baselines, d2vpr, dinov2, netvlad, resnet_vpr  # noqa: F401  (registration side effects)
+from vprbench.models import baselines, d2vpr, dinov2, netvlad, resnet_vpr, salad  # noqa: F401  (registration side effects)
 from vprbench.models.registry import (  # noqa: F401
     ModelCard,
     VPRModel,
