@@ -185,7 +185,7 @@ def run_audit(
     for name in only or ():
         if name not in SETTINGS:
             raise VPRBenchError(
-                f"unknown audit setting {name!r}; the settings are {list(SETTINGS)}"
+                f"--only: unknown setting {name!r}; the settings are {', '.join(SETTINGS)}"
             )
     if (
         base.batch_size is not None

@@ -7,7 +7,7 @@ from __future__ import annotations
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DTYPE_NAMES = ("fp32", "bf16")  # extract.DTYPES: autocast dtypes
+DTYPE_NAMES = ("fp32", "bf16")  # extract._autocast_dtype: autocast dtypes
 BAD_IMAGE_POLICIES = ("error", "skip")  # extract
 INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")  # datasets.images.INTERPOLATIONS
 # Pixel normalisations other than the model card's: (mean, std) after scaling to [0, 1] (extract).

@@ -29,10 +29,12 @@ from vprbench.choices import BAD_IMAGE_POLICIES, BATCH_ORDERS, DTYPE_NAMES, NORM
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
 from vprbench.errors import VPRBenchError
+from vprbench.paths import file_identity
 
-DTYPES = DTYPE_NAMES  # autocast dtypes: torch.float32, torch.bfloat16 (see _autocast_dtype)
-SHUFFLE_SEED = 0
-COMPILE_TOLERANCE = 1e-5  # max |compiled - eager| of L2-normalised descriptors allowed outside the key  # BATCH_ORDERS "shuffled": the seed of each split's permutation
+SHUFFLE_SEED = 0  # BATCH_ORDERS "shuffled": the seed of each split's permutation
+COMPILE_TOLERANCE = (
+    1e-5  # max |compiled - eager| of L2-normalised descriptors allowed outside the key
+)
 # Fault injection for the resume tests: seconds to sleep after each written batch.
 _SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_BATCH"
 
@@ -157,8 +159,8 @@ def _autocast_dtype(name: str):
 
 
 def _validate(settings: ExtractSettings) -> None:
-    if settings.dtype not in DTYPES:
-        raise VPRBenchError(f"--dtype must be one of {list(DTYPES)}, got {settings.dtype!r}")
+    if settings.dtype not in DTYPE_NAMES:
+        raise VPRBenchError(f"--dtype must be one of {list(DTYPE_NAMES)}, got {settings.dtype!r}")
     if settings.on_bad_image not in BAD_IMAGE_POLICIES:
         raise VPRBenchError(f"--on-bad-image must be one of {list(BAD_IMAGE_POLICIES)}")
     for value, allowed, flag in (
@@ -197,15 +199,6 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def _stat(path: Path) -> list | None:
-    """[resolved path, size, mtime_ns] of a file, or None if it is not there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
-
-
 def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: str) -> dict:
     """Everything a user's request depends on, in files and settings, without building the model:
     the same request gives the same cache key (the model code is pinned by the version)."""
@@ -213,7 +206,7 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
 
     weights = settings.weights
     if weights is not None and Path(str(weights)).expanduser().is_file():
-        weights = _stat(Path(str(weights)).expanduser())
+        weights = file_identity(Path(str(weights)).expanduser())
     request = {
         f.name: getattr(settings, f.name)
         for f in dataclasses.fields(settings)
@@ -226,8 +219,10 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
         "overrides": settings.overrides or {},
         "dataset": dataset.name,
         "images": images,
-        "dataset_files": [_stat(dataset.folder / n) for n in ("manifest.json", "batch_order.npz")],
-        "registry": _stat(default_registry_path()),
+        "dataset_files": [
+            file_identity(dataset.folder / n) for n in ("manifest.json", "batch_order.npz")
+        ],
+        "registry": file_identity(default_registry_path()),
     }
     return json.loads(json.dumps(request, default=str))
 
@@ -246,7 +241,7 @@ def _from_request(request: dict, cache_dir: Path) -> ExtractResult | None:
         return None
     if saved.get("request") != request:
         return None
-    if any(_stat(Path(f[0])) != f for f in saved["weights_files"]):
+    if any(file_identity(f[0]) != f for f in saved["weights_files"]):
         return None  # a weights file was replaced or touched: hash it again
     cached = DescriptorCache(cache_dir).load(saved["key"])
     if cached is None:

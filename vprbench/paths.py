@@ -41,3 +41,13 @@ def results_root(override: str | os.PathLike | None = None) -> Path:
     if override:
         return Path(override)
     return Path(os.environ.get("VPRBENCH_RESULTS", "results"))
+
+
+def file_identity(path: str | os.PathLike) -> list | None:
+    """[resolved path, size, mtime_ns] of a file, or None if it is not there: how vprbench tells
+    that a file changed without reading it (the weights digest memo, the request records)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]

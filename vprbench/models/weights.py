@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vprbench.errors import VPRBenchError
+from vprbench.paths import file_identity
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 _TRACKERS: list[list] = []
@@ -41,11 +42,13 @@ def track_hashed_files() -> Iterator[list]:
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file, memoised on (path, size, mtime) so a large checkpoint is hashed once."""
     path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    identity = file_identity(path)
+    if identity is None:
+        raise FileNotFoundError(path)
+    key = tuple(identity)
     for files in _TRACKERS:
-        if list(key) not in files:
-            files.append(list(key))
+        if identity not in files:
+            files.append(identity)
     if key not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as f:
