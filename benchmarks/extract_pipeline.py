@@ -1,14 +1,16 @@
 """Extraction pipeline efficiency: end-to-end `extract` (decode, resize, transfer, forward, cache
 write) against the model alone on the same device and batch, measured in one run.
 
-    .venv/bin/python benchmarks/extract_pipeline.py [--model effnet-lite0-gem] [--images 256]
-        [--batch 32] [--device cpu|cuda] [--dtype fp32|bf16] [--workers auto,0,1,2] [--set K=V]
+    .venv/bin/python benchmarks/extract_pipeline.py [--model effnet-lite0-gem[,...]] [--images 256]
+        [--batch 32] [--device cpu|cuda] [--dtype fp32[,bf16]] [--workers auto,0,1,2]
+        [--decode pil[,device]] [--set K=V]
 
 It writes ``--images`` generated 640x480 JPEGs (quality 90, the size of Pitts30k/MSLS images) as a
 dataset, then measures:
 - model only: the forward pass on preprocessed tensors already on the device (one warm-up batch);
 - end to end: ``extract`` into an empty cache, for each ``--workers`` value (``auto`` is vprbench's
-  default for the device),
+  default for the device) and each ``--decode`` (``device``: torchvision decodes and resizes on the
+  device, nvJPEG on CUDA; it also prints how far its descriptors are from PIL decoding's),
 each ``--repeats`` times, interleaved, and prints the median images/s and the ratio end-to-end /
 model-only (the target is at least 0.90).
 """
@@ -36,15 +38,22 @@ def make_dataset(root: Path, n: int):
     return load_formatted("bench", root / "data")
 
 
-def model_only(model, dataset, preprocess, batch: int, device: str, dtype: str) -> float:
-    """Images/s of the forward pass alone, on tensors preprocessed beforehand and on the device."""
+def preprocessed(dataset, preprocess):
+    """Every image of ``dataset`` preprocessed by the default (PIL) path, stacked on the CPU."""
     import torch
 
     from vprbench.datasets.images import ImageList
 
     paths = [dataset.image_path(p) for p in dataset.database + dataset.queries]
     images = ImageList(paths, preprocess)
-    x = torch.stack([images[i][1] for i in range(len(paths))]).to(device)
+    return torch.stack([images[i][1] for i in range(len(paths))])
+
+
+def model_only(model, x, batch: int, device: str, dtype: str) -> float:
+    """Images/s of the forward pass alone, on tensors preprocessed beforehand and on the device."""
+    import torch
+
+    x = x.to(device)
     batches = [x[i : i + batch] for i in range(0, len(x), batch)]
     amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     with torch.inference_mode(), amp:
@@ -60,59 +69,87 @@ def model_only(model, dataset, preprocess, batch: int, device: str, dtype: str) 
     return len(x) / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="effnet-lite0-gem")
-    parser.add_argument("--images", type=int, default=256, help="database images (as many queries)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--workers", default="auto,0,1,2")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dict) -> None:
+    """One model and dtype: model only, then each (workers, decode) end to end, interleaved."""
+    import numpy as np
     import torch
 
     from vprbench.extract import ExtractSettings, default_workers, extract
     from vprbench.models import create_model
     from vprbench.yamlfile import parse_overrides
 
-    warnings.simplefilter("ignore")
     overrides = parse_overrides(args.set)
+    torch.manual_seed(0)
+    model = create_model(model_name, **overrides).to(args.device)
+    base = ExtractSettings(model=model_name, overrides=overrides, batch_size=args.batch,
+                           device=args.device, dtype=dtype)  # fmt: skip
+    tag = f"{model_name}-{dtype}"
+    first = extract(dataset, base, root / f"warmup-{tag}", model=model)  # warms up the kernels
+    if first.preprocess not in tensors:
+        tensors[first.preprocess] = preprocessed(dataset, first.preprocess)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    threads = torch.get_num_threads()
+    print(f"{model_name}, {2 * args.images} 640x480 JPEGs, batch {args.batch}, {dtype}, "
+          f"{args.device} ({name}, {threads} torch threads), median of {args.repeats} "
+          "interleaved repeats", flush=True)  # fmt: skip
+    # Interleaved repeats (model only, then each setting, again and again): a shared machine's slow
+    # spells fall on all of them alike.
+    rates: dict[tuple, list[float]] = {}
+    results = {}
+    for i in range(args.repeats):
+        x = tensors[first.preprocess]
+        rates.setdefault(("model", ""), []).append(
+            model_only(model, x, args.batch, args.device, dtype)
+        )
+        for w in args.workers.split(","):
+            for decode in args.decode.split(","):
+                workers = None if w == "auto" else int(w)
+                settings = ExtractSettings(
+                    **{**base.__dict__, "workers": workers, "decode": decode}
+                )
+                start = time.perf_counter()
+                out = extract(
+                    dataset, settings, root / f"cache-{tag}-{w}-{decode}-{i}", model=model
+                )
+                rates.setdefault((w, decode), []).append(
+                    2 * args.images / (time.perf_counter() - start)
+                )
+                results[decode] = out.descriptors.queries[...]
+    reference = statistics.median(rates.pop(("model", "")))
+    print(f"  model only: {reference:8.1f} images/s")
+    for (w, decode), values in rates.items():
+        rate = statistics.median(values)
+        shown = f"auto={default_workers(device)}" if w == "auto" else w
+        print(f"  end to end, workers {shown:>6}, decode {decode:>6}: {rate:8.1f} images/s, "
+              f"ratio {rate / reference:.2f}")  # fmt: skip
+    if len(results) > 1:
+        pil, dev = results["pil"], results["device"]
+        cos = (pil * dev).sum(1)
+        print(f"  decode device vs pil: query descriptors' cosine min {cos.min():.5f}, "
+              f"largest element difference {np.abs(pil - dev).max():.2e}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="effnet-lite0-gem", help="one or more, comma-separated")
+    parser.add_argument("--images", type=int, default=256, help="database images (as many queries)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or both, comma-separated")
+    parser.add_argument("--workers", default="auto,0,1,2")
+    parser.add_argument("--decode", default="pil", help="pil, device or both, comma-separated")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="vprbench-pipeline-") as tmp:
         root = Path(tmp)
-        dataset = make_dataset(root, args.images)
-        torch.manual_seed(0)
-        model = create_model(args.model, **overrides).to(args.device)
-        base = ExtractSettings(model=args.model, overrides=overrides, batch_size=args.batch,
-                               device=args.device, dtype=args.dtype)  # fmt: skip
-        first = extract(dataset, base, root / "warmup-cache", model=model)  # warms up the kernels
-        device = torch.device(args.device)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        threads = torch.get_num_threads()
-        print(f"{args.model}, {2 * args.images} 640x480 JPEGs, batch {args.batch}, {args.dtype}, "
-              f"{args.device} ({name}, {threads} torch threads), median of {args.repeats} "
-              "interleaved repeats")  # fmt: skip
-        # Interleaved repeats (model only, then each workers setting, again and again): a shared
-        # machine's slow spells fall on all of them alike.
-        rates: dict[str, list[float]] = {}
-        for i in range(args.repeats):
-            rates.setdefault("model", []).append(
-                model_only(model, dataset, first.preprocess, args.batch, args.device, args.dtype)
-            )
-            for w in args.workers.split(","):
-                workers = None if w == "auto" else int(w)
-                settings = ExtractSettings(**{**base.__dict__, "workers": workers})
-                start = time.perf_counter()
-                extract(dataset, settings, root / f"cache-{w}-{i}", model=model)
-                rates.setdefault(w, []).append(2 * args.images / (time.perf_counter() - start))
-        reference = statistics.median(rates.pop("model"))
-        print(f"model only: {reference:8.1f} images/s")
-        for w, values in rates.items():
-            rate = statistics.median(values)
-            shown = f"auto={default_workers(device)}" if w == "auto" else w
-            print(f"end to end, workers {shown:>6}: {rate:8.1f} images/s, "
-                  f"ratio {rate / reference:.2f}")  # fmt: skip
+        dataset = make_dataset(root, args.images)  # once, for every model and dtype
+        tensors: dict = {}
+        for model_name in args.model.split(","):
+            for dtype in args.dtype.split(","):
+                measure(args, root, dataset, model_name, dtype, tensors)
 
 
 if __name__ == "__main__":

@@ -437,3 +437,55 @@ def test_compile_gives_the_eager_descriptors_under_the_same_key(tiny_dataset, tm
     assert "_vprbench_compiled" not in str(list(compiled.module.state_dict()))
     diff = np.abs(compiled.descriptors.database - eager.descriptors.database).max()
     assert diff <= COMPILE_TOLERANCE
+
+
+def test_device_decoding_matches_pil_within_one_level(tmp_path):
+    """--decode device: a JPEG decoded by torchvision, a PNG decoded by PIL in the worker and a broken
+    JPEG, against the PIL path: bilinear downsampling agrees within one grey level of 255."""
+    from PIL import Image
+
+    from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
+    from vprbench.datasets.images import (
+        EncodedImageList,
+        ImageList,
+        Preprocess,
+        collate_encoded,
+        decode_on_device,
+    )
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:480, 0:640]
+    img = np.stack([x * 255 // 639, y * 255 // 479, (x + y) % 256], -1)
+    img = np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(img[::2, ::2]).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    paths = [tmp_path / n for n in ("a.jpg", "b.png", "c.jpg")]
+    pre = Preprocess((224, 224), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    indices, encoded, errors = collate_encoded([EncodedImageList(paths)[i] for i in range(3)])
+    assert indices.tolist() == [0, 1, 2] and encoded[0].dim() == 1 and encoded[1].dim() == 3
+    out, errors = decode_on_device(encoded, errors, pre, paths, torch.device("cpu"))
+    assert (
+        errors[:2] == ["", ""]
+        and errors[2] == f"{paths[2]}: cannot read image (not a decodable image)"
+    )
+    assert out.shape == (3, 3, 224, 224) and not out[2].any()
+    levels = torch.tensor(IMAGENET_STD)[:, None, None] * 255
+    for i in (0, 1):
+        diff = ((out[i] - ImageList(paths, pre)[i][1]) * levels).abs()
+        assert diff.max() < 1.001 and diff.mean() < 0.5
+
+
+def test_device_decoding_is_its_own_cache_entry(tiny_dataset, tmp_path):
+    pil = extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root())
+    settings = ExtractSettings(model="pixels", decode="device", workers=1)
+    dev = extract(tiny_dataset, settings, cache_root())
+    assert dev.computed and dev.descriptors.key["decode"] == "torchvision on cpu"
+    assert "decode" not in pil.descriptors.key  # PIL decoding keeps the earlier keys
+    assert dev.descriptors.path != pil.descriptors.path
+    # 24x32 PNGs resized to 32x32: the same pixels within a grey level, so nearly the same vectors
+    np.testing.assert_allclose(dev.descriptors.queries, pil.descriptors.queries, atol=2e-3)
+    again = extract(tiny_dataset, ExtractSettings(model="pixels", decode="device"), cache_root())
+    assert not again.computed and again.descriptors.path == dev.descriptors.path
+    with pytest.raises(VPRBenchError, match=r"--decode must be one of \['pil', 'device'\]"):
+        extract(tiny_dataset, ExtractSettings(model="pixels", decode="gpu"), cache_root())

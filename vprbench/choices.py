@@ -19,6 +19,9 @@ NORMALISATIONS = {
 # Which images share an inference batch of a batch-dependent model: the protocol's official order,
 # or a seeded shuffle of each split (extract).
 BATCH_ORDERS = ("official", "shuffled")
+# Where images are decoded and resized: by PIL in the loader workers, or by torchvision on the
+# extraction device (nvJPEG on CUDA), the workers only reading the files (extract).
+DECODES = ("pil", "device")
 SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")  # search
 NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate

@@ -25,9 +25,22 @@ import numpy as np
 from vprbench import __version__
 from vprbench.atomic import write_text
 from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, DescriptorCache, key_digest
-from vprbench.choices import BAD_IMAGE_POLICIES, BATCH_ORDERS, DTYPE_NAMES, NORMALISATIONS
+from vprbench.choices import (
+    BAD_IMAGE_POLICIES,
+    BATCH_ORDERS,
+    DECODES,
+    DTYPE_NAMES,
+    NORMALISATIONS,
+)
 from vprbench.datasets.formatted import FormattedDataset
-from vprbench.datasets.images import INTERPOLATIONS, ImageList, Preprocess
+from vprbench.datasets.images import (
+    INTERPOLATIONS,
+    EncodedImageList,
+    ImageList,
+    Preprocess,
+    collate_encoded,
+    decode_on_device,
+)
 from vprbench.errors import VPRBenchError
 from vprbench.paths import file_identity
 
@@ -58,6 +71,9 @@ class ExtractSettings:
     interpolation: str | None = None  # None: the model card's
     normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
     batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
+    # DECODES: "pil" (the loader workers decode and resize) or "device" (torchvision decodes and
+    # resizes on the extraction device: nvJPEG on CUDA). Pixels differ slightly: in the cache key.
+    decode: str = "pil"
     # torch.compile the forward pass; not in the cache key: descriptors match eager ones within
     # COMPILE_TOLERANCE (benchmarks/compile.py measures both the speed and the difference)
     compile: bool = False
@@ -152,6 +168,10 @@ def _compiled(model):
     return model.__dict__["_vprbench_compiled"]
 
 
+def _device_type(device: str) -> str:
+    return device.split(":")[0]
+
+
 def _autocast_dtype(name: str):
     import torch
 
@@ -167,6 +187,7 @@ def _validate(settings: ExtractSettings) -> None:
         (settings.interpolation, INTERPOLATIONS, "--interpolation"),
         (settings.normalisation, NORMALISATIONS, "--normalisation"),
         (settings.batch_order, BATCH_ORDERS, "--batch-order"),
+        (settings.decode, DECODES, "--decode"),
     ):
         if value is not None and value not in allowed:
             raise VPRBenchError(f"{flag} must be one of {list(allowed)}, got {value!r}")
@@ -212,6 +233,8 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
         for f in dataclasses.fields(settings)
         if f.name not in ("device", "workers", "compile")  # none changes a descriptor
     }
+    if settings.decode != "pil":  # then the device's decoder and resize make the pixels
+        request["device"] = _device_type(settings.device)
     request |= {
         "vprbench": __version__,
         "weights": weights,
@@ -338,7 +361,12 @@ def cache_key(
         "dataset": dataset.name,
         "images": images or image_fingerprint(dataset),
         "on_bad_image": settings.on_bad_image,
-    }
+    } | (
+        # PIL decoding (the default) adds no entry, so earlier caches stay valid.
+        {"decode": f"torchvision on {_device_type(settings.device)}"}
+        if settings.decode != "pil"
+        else {}
+    )
 
 
 def resolve_batch_size(
@@ -497,10 +525,12 @@ def _extract_split(
     workers = default_workers(device) if settings.workers is None else settings.workers
     # Workers decode ahead (prefetch 4 batches each); on CUDA, batches land in pinned memory and
     # are copied without blocking, so the copy of one batch overlaps the forward pass of another.
+    on_device = settings.decode == "device"
     loader = DataLoader(
-        ImageList(paths, preprocess),
+        EncodedImageList(paths) if on_device else ImageList(paths, preprocess),
         batch_sampler=batches,
         num_workers=workers,
+        collate_fn=collate_encoded if on_device else None,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
@@ -509,6 +539,10 @@ def _extract_split(
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     skipped: list[str] = []
     for b, (indices, images, errors) in zip(todo, loader, strict=True):
+        if on_device:
+            images, errors = decode_on_device(
+                images, errors, preprocess, [paths[i] for i in indices.tolist()], device
+            )
         bad = [e for e in errors if e]
         if bad and settings.on_bad_image == "error":
             raise VPRBenchError(bad[0] + "; use --on-bad-image skip to leave it out")
@@ -518,7 +552,7 @@ def _extract_split(
         if valid.any():
             # Unreadable images stay out of the forward pass: in a batch-dependent model they would
             # change their batch-mates' descriptors.
-            batch = images[torch.from_numpy(valid)] if not valid.all() else images
+            batch = images[torch.from_numpy(valid).to(images.device)] if not valid.all() else images
             with (
                 torch.inference_mode(),
                 torch.autocast(

@@ -15,6 +15,7 @@ from vprbench import __version__
 from vprbench.choices import (
     BAD_IMAGE_POLICIES,
     BATCH_ORDERS,
+    DECODES,
     DEFAULT_KS,
     DTYPE_NAMES,
     EXPORT_FORMATS,
@@ -108,6 +109,14 @@ def extraction_options(func):
             "compile_model",
             is_flag=True,
             help="torch.compile the forward pass (descriptors within 1e-5 of eager; not in the key).",
+        ),
+        click.option(
+            "--decode",
+            type=click.Choice(DECODES),
+            default="pil",
+            show_default=True,
+            help="Decode and resize images with PIL in the loader workers, or with torchvision on "
+            "the --device (nvJPEG on CUDA; pixels differ slightly, so a separate cache entry).",
         ),
         click.option(
             "--batch-order",
@@ -438,6 +447,7 @@ def _settings(
     normalisation=None,
     batch_order="official",
     compile_model=False,
+    decode="pil",
 ):
     from vprbench.extract import ExtractSettings
     from vprbench.yamlfile import parse_overrides
@@ -456,6 +466,7 @@ def _settings(
         normalisation=normalisation,
         batch_order=batch_order,
         compile=compile_model,
+        decode=decode,
     )
 
 

@@ -3,9 +3,12 @@ DataLoader). Importing it imports neither torch nor torchvision: a warm evaluati
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vprbench.choices import INTERPOLATION_NAMES
@@ -66,7 +69,89 @@ class ImageList:
             return index, tensor, ""
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             h, w = self.preprocess.image_size
-            reason = getattr(exc, "strerror", None) or "not a decodable image"
             import torch
 
-            return index, torch.zeros(3, h, w), f"{path}: cannot read image ({reason})"
+            return index, torch.zeros(3, h, w), _unreadable(path, exc)
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    reason = getattr(exc, "strerror", None) or "not a decodable image"
+    return f"{path}: cannot read image ({reason})"
+
+
+class EncodedImageList:
+    """Images by path for decoding on the extraction device (``--decode device``). Item: (index,
+    uint8 tensor, error message or ""): a JPEG as its file's bytes (1-D), to be decoded by
+    :func:`decode_on_device`; any other format decoded here by PIL to [3, H, W] uint8."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple:
+        import torch
+
+        path = self.paths[index]
+        try:
+            data = path.read_bytes()
+            if data[:3] == b"\xff\xd8\xff":  # JPEG's start-of-image marker
+                return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), ""
+            with Image.open(io.BytesIO(data)) as im:
+                pixels = np.array(im.convert("RGB"))
+            return index, torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), ""
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return index, torch.zeros(0, dtype=torch.uint8), _unreadable(path, exc)
+
+
+def collate_encoded(items: list[tuple]) -> tuple:
+    """Batch of :class:`EncodedImageList` items: (indices tensor, list of tensors, list of errors)."""
+    import torch
+
+    indices, tensors, errors = zip(*items, strict=True)
+    return torch.tensor(indices), list(tensors), list(errors)
+
+
+def decode_on_device(encoded: list, errors: list, preprocess: Preprocess, paths: list, device):
+    """Decode (JPEGs with torchvision: nvJPEG on CUDA), resize and normalise a batch on ``device``.
+
+    The steps are those of :meth:`Preprocess.transform` on a uint8 tensor: an antialiased resize
+    rounded back to uint8 (as PIL's is), then scaling to [0, 1] and normalisation. Returns the
+    [n, 3, H, W] float tensor (zeros where unreadable) and the errors, with those found here."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    errors = list(errors)
+    jpegs = [i for i, t in enumerate(encoded) if not errors[i] and t.dim() == 1]
+    # decoded already (not JPEG) or to be decoded here; unreadable ones stay out
+    pixels = {i: t for i, t in enumerate(encoded) if not errors[i] and t.dim() == 3}
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of TorchCodec's; they still work.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        try:
+            if jpegs:
+                batch = [encoded[i] for i in jpegs]
+                decoded = decode_jpeg(batch, mode=ImageReadMode.RGB, device=device)
+                pixels.update(zip(jpegs, decoded, strict=True))
+        except RuntimeError:  # one bad file fails the batch: find it
+            for i in jpegs:
+                try:
+                    pixels[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError as exc:
+                    errors[i] = _unreadable(paths[i], exc)
+    h, w = preprocess.image_size
+    out = torch.zeros(len(encoded), 3, h, w, device=device)
+    # PIL's nearest samples the source pixel nearest each output pixel's centre; on tensors that is
+    # "nearest-exact" (torch's "nearest" floors the scaled index instead).
+    mode = InterpolationMode(
+        "nearest-exact" if preprocess.interpolation == "nearest" else preprocess.interpolation
+    )
+    for i, image in sorted(pixels.items()):
+        if errors[i]:
+            continue
+        image = TF.resize(image.to(device, non_blocking=True), [h, w], mode, antialias=True)
+        out[i] = TF.normalize(image.float().div_(255), preprocess.mean, preprocess.std)
+    return out, errors
