@@ -39,6 +39,7 @@ from vprbench.datasets.images import (
     ImageList,
     Preprocess,
     collate_encoded,
+    collate_images,
     decode_on_device,
 )
 from vprbench.errors import VPRBenchError
@@ -67,7 +68,7 @@ class ExtractSettings:
     dtype: str = "fp32"
     device: str = "cpu"
     on_bad_image: str = "error"
-    workers: int | None = None  # image loader processes; None: default_workers(device)
+    workers: int | None = None  # image loader threads; None: default_workers(device)
     interpolation: str | None = None  # None: the model card's
     normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
     batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
@@ -120,14 +121,14 @@ def available_cpus() -> int:
 
 
 def default_workers(device) -> int:
-    """Image loader processes when the user names none. On a GPU the model waits for decoding, so
-    up to 8 (one CPU kept for the main process). On the CPU the loader and the model share the cores:
-    with 2 or fewer, decoding in the main process is as fast as in a worker, which takes a core from
-    the forward pass (benchmarks/extract_pipeline.py, effnet on 2 cores: 0.93-1.01 of model-only
-    either way); with more, one worker per 8 CPUs overlaps decoding with the forward pass."""
+    """Image loader threads (vprbench.loader) when the user names none. On a GPU the model waits for
+    decoding: one per CPU but one (kept for the main thread), up to 16. On the CPU the loader and the
+    model share the cores: with 2 or fewer, decoding in the main thread is as fast as in a worker,
+    which takes a core from the forward pass (benchmarks/extract_pipeline.py, effnet on 2 cores: 0.93-
+    1.01 of model-only either way); with more, one per 8 CPUs overlaps decoding with the forward."""
     cpus = available_cpus()
     if str(getattr(device, "type", device)).startswith("cuda"):
-        return max(1, min(8, cpus - 1))
+        return max(1, min(16, cpus - 1))
     return 0 if cpus <= 2 else max(1, cpus // 8)
 
 
@@ -497,7 +498,8 @@ def _extract_split(
     ``part`` (rank, world size): this process computes the batches whose number % world == rank."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.data import DataLoader
+
+    from vprbench.loader import ThreadedBatches
 
     paths = [dataset.image_path(p) for p in dataset.split(split)]
     n_batches = -(-len(paths) // batch_size)
@@ -523,21 +525,35 @@ def _extract_split(
         return []
     device = torch.device(settings.device)
     workers = default_workers(device) if settings.workers is None else settings.workers
-    # Workers decode ahead (prefetch 4 batches each); on CUDA, batches land in pinned memory and
-    # are copied without blocking, so the copy of one batch overlaps the forward pass of another.
+    # Loader threads prepare batches ahead; on CUDA they land in pinned memory and are copied without
+    # blocking, and a batch's descriptors are fetched only once the next batch's forward pass is
+    # queued, so the GPU never waits for the host between batches.
     on_device = settings.decode == "device"
-    loader = DataLoader(
+    loader = ThreadedBatches(
         EncodedImageList(paths) if on_device else ImageList(paths, preprocess),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate_encoded if on_device else None,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
+        batches,
+        workers,
+        collate_encoded if on_device else collate_images,
+        pin=device.type == "cuda" and not on_device,
     )
     model.to(device)
     forward = _compiled(model) if settings.compile else model
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     skipped: list[str] = []
+
+    def store(b, indices, errors, valid, out) -> None:
+        desc = np.zeros((len(errors), 0), dtype=np.float32)  # no valid image: width unknown
+        if out is not None:
+            out = out.cpu().numpy()
+            desc = np.zeros((len(errors), out.shape[1]), dtype=np.float32)
+            desc[valid] = out
+        DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())
+        if tick:
+            tick(len(indices))
+        if sleep:
+            time.sleep(sleep)
+
+    queued = None  # the previous batch, its descriptors possibly still being computed
     for b, (indices, images, errors) in zip(todo, loader, strict=True):
         if on_device:
             images, errors = decode_on_device(
@@ -548,7 +564,7 @@ def _extract_split(
             raise VPRBenchError(bad[0] + "; use --on-bad-image skip to leave it out")
         skipped.extend(bad)
         valid = np.array([not e for e in errors], dtype=bool)
-        desc = np.zeros((len(errors), 0), dtype=np.float32)  # no valid image: width unknown
+        out = None
         if valid.any():
             # Unreadable images stay out of the forward pass: in a batch-dependent model they would
             # change their batch-mates' descriptors.
@@ -562,12 +578,10 @@ def _extract_split(
                 ),
             ):
                 x = batch.to(device, non_blocking=True)
-                out = F.normalize(forward(x).float(), dim=1).cpu().numpy()
-            desc = np.zeros((len(errors), out.shape[1]), dtype=np.float32)
-            desc[valid] = out
-        DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())
-        if tick:
-            tick(len(indices))
-        if sleep:
-            time.sleep(sleep)
+                out = F.normalize(forward(x).float(), dim=1)
+        if queued is not None:
+            store(*queued)
+        queued = (b, indices, errors, valid, out)
+    if queued is not None:
+        store(*queued)
     return skipped

@@ -1,5 +1,5 @@
-"""Image preprocessing and the list of images that feeds extraction (a map-style dataset for torch's
-DataLoader). Importing it imports neither torch nor torchvision: a warm evaluation never needs them."""
+"""Image preprocessing and the lists of images that feed extraction (map-style: item i of a list of
+paths). Importing it imports neither torch nor torchvision: a warm evaluation never needs them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from PIL import Image, UnidentifiedImageError
 from vprbench.choices import INTERPOLATION_NAMES
 
 INTERPOLATIONS = INTERPOLATION_NAMES  # torchvision's InterpolationMode of the same name
+# PIL's filter of each: what torchvision's Resize applies to a PIL image
+_PIL_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,23 @@ class Preprocess:
             ]
         )
 
+    def apply(self, image: Image.Image) -> np.ndarray:
+        """:meth:`transform` of an RGB image, bit for bit (tested), as a float32 [3, H, W] array:
+        PIL resizes, numpy scales and normalises in float32 in the same order. Neither uses torch's
+        intra-op thread pool, so loader threads decode side by side without contending for it."""
+        h, w = self.image_size
+        pixels = np.asarray(image.resize((w, h), _PIL_FILTERS[self.interpolation]))
+        x = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (x - mean) / std
+
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 class ImageList:
-    """Images by path, in list order. Item: (index, tensor [3, H, W], error message or "").
+    """Images by path, in list order. Item: (index, float32 tensor [3, H, W], error message or "").
 
     A file that cannot be read yields a zero tensor and its error, so the caller (in the main process,
     whatever the number of loader workers) decides between failing and skipping.
@@ -56,22 +73,31 @@ class ImageList:
     def __init__(self, paths: list[Path], preprocess: Preprocess) -> None:
         self.paths = paths
         self.preprocess = preprocess
-        self._transform = preprocess.transform()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple:
+        import torch
+
         path = self.paths[index]
         try:
             with Image.open(path) as im:
-                tensor = self._transform(im.convert("RGB"))
-            return index, tensor, ""
+                pixels = self.preprocess.apply(im.convert("RGB"))
+            return index, torch.from_numpy(pixels), ""
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             h, w = self.preprocess.image_size
-            import torch
-
             return index, torch.zeros(3, h, w), _unreadable(path, exc)
+
+
+def collate_images(items: list[tuple]) -> tuple:
+    """Batch of :class:`ImageList` items: (indices tensor, [B, 3, H, W] tensor, list of errors),
+    stacked by numpy (not torch's thread pool: this runs in loader threads)."""
+    import torch
+
+    indices, tensors, errors = zip(*items, strict=True)
+    stacked = np.stack([t.numpy() for t in tensors])
+    return torch.tensor(indices), torch.from_numpy(stacked), list(errors)
 
 
 def _unreadable(path: Path, exc: Exception) -> str:
