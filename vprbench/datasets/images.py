@@ -157,6 +157,12 @@ def decode_on_device(encoded: list, errors: list, preprocess: Preprocess, paths:
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image codecs in favour of TorchCodec's; they still work.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        if jpegs and torch.device(device).type == "cuda":
+            # nvJPEG's hardware decoder writes its outputs before work already queued on the stream
+            # has run, so it can overwrite blocks that queued kernels (the previous batch's forward
+            # pass) still read: drain the stream first (pytorch/vision#9606, torchcodec#1634). Seen
+            # here on an H100 before this line: cricavpr's descriptors at cosine 0.61 of PIL's.
+            torch.cuda.current_stream(device).synchronize()
         try:
             if jpegs:
                 batch = [encoded[i] for i in jpegs]
