@@ -18,6 +18,8 @@ from vprbench.models.weights import cached_name, read_checkpoint, resolve_weight
 
 def test_registry_names_and_cards():
     assert list_models() == [
+        "boq-dinov2",
+        "boq-resnet50",
         "cosplace",
         "cricavpr",
         "cricavpr-noencoder",
@@ -31,13 +33,15 @@ def test_registry_names_and_cards():
         "netvlad-pca",
         "pixels",
         "salad",
+        "selavpr",
+        "supervlad",
     ]
     card = get_card("dinov2-gem")
     assert card.image_size == (224, 224) and card.interpolation == "bicubic"
     assert card.options == {"backbone": "vitb14"} and not card.batch_dependent
     with pytest.raises(
         VPRBenchError,
-        match="unknown model 'vlad'; valid names: cosplace, cricavpr, cricavpr-noencoder, ",
+        match="unknown model 'vlad'; valid names: boq-dinov2, boq-resnet50, cosplace, cricavpr, ",
     ):
         get_card("vlad")
 

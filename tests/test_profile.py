@@ -10,6 +10,7 @@ from torch import nn
 from vprbench.profile import (
     ProfileSettings,
     count_flops,
+    flop_analysis,
     parameter_groups,
     profile_model,
     reductions,
@@ -141,3 +142,35 @@ def test_profile_record_states_the_tdda_offset_passes(tmp_path):
     assert "13 times" in record["flops"]["tdda_offset_passes"]
     gem = profile_model("d2vpr", {"aggregator": "gem"}, settings, tmp_path)
     assert gem["flops"]["tdda_offset_passes"] is None
+
+
+class Attend(nn.Module):
+    """Multi-head self-attention over the 16 pixels of a [B, 3, 4, 4] input, as 8-d tokens."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        self.lift = nn.Linear(3, 8, bias=False)  # 16 tokens x 3 x 8 = 384 MACs
+        self.mha = nn.MultiheadAttention(8, num_heads=2, batch_first=batch_first)
+        self.batch_first = batch_first
+
+    def forward(self, x):
+        t = self.lift(x.flatten(2).transpose(1, 2))
+        if not self.batch_first:
+            t = t.transpose(0, 1)
+        return self.mha(t, t, t, need_weights=False)[0]
+
+
+def test_fused_multi_head_attention_counts_as_the_unfused_one():
+    # 16 tokens of 8: q, k, v and output projections 4 x 16 x 64 = 4096, attention 2 x 16 x 16 x 8
+    # = 4096 (heads summed), plus the 384 of the lift
+    torch.manual_seed(0)
+    fused = Attend(batch_first=True).eval()  # nn.MultiheadAttention's inference fast path
+    plain = Attend(batch_first=False).eval()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.rand(2, 3, 4, 4)
+    with torch.no_grad():  # the fused operator is what the eval-mode trace holds
+        assert "_native_multi_head_attention" in flop_analysis(fused, x).by_operator()
+        assert "_native_multi_head_attention" not in flop_analysis(plain, x).by_operator()
+    a, b = count_flops(fused, (4, 4), batch=2), count_flops(plain, (4, 4), batch=2)
+    assert "aten::_native_multi_head_attention" not in a.not_counted
+    assert a.macs_per_image == b.macs_per_image == 384 + 4096 + 4096

@@ -47,8 +47,18 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def native_mha_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """torch's fused multi-head attention (nn.MultiheadAttention's inference fast path; query, key
+    and value [B, N, E]): the q, k and v projections, the two attention products summed over heads,
+    and the output projection, as the unfused path counts them."""
+    b, nq, e = get_shape(inputs[0])
+    nk = get_shape(inputs[1])[1]
+    return b * (2 * nq * e * e + 2 * nk * e * e + 2 * nq * nk * e)
+
+
 EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": sdpa_flop_jit,
+    "aten::_native_multi_head_attention": native_mha_flop_jit,
     "aten::upsample_bicubic2d": elementwise_flop_counter(0, 16),  # 4x4 taps per output value
     "aten::avg_pool2d": elementwise_flop_counter(1, 0),  # one add per input value
 }

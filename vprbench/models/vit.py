@@ -1,4 +1,5 @@
-"""DINOv2 vision transformers with the official parameter layout, and CricaVPR's conv adapters.
+"""DINOv2 vision transformers with the official parameter layout, and CricaVPR's conv adapters or
+SelaVPR's MLP adapters.
 
 Built from timm's layers (Attention, Mlp, LayerScale) so that every key equals the official
 ``dinov2_vit*14_pretrain.pth`` key (``cls_token``, ``pos_embed`` stored for 518x518, ``mask_token``,
@@ -22,10 +23,12 @@ from vprbench.errors import VPRBenchError
 PATCH = 14
 STORED_GRID = 37  # position embeddings are stored for 518 / 14 = 37 patches a side
 
-ARCHS = {  # name: (embed dim, heads); all are 12 blocks deep
-    "vits14": (384, 6),
-    "vitb14": (768, 12),
+ARCHS = {  # name: (embed dim, heads, blocks); MLPs are 4x wide (DINOv2 vision_transformer.py vit_*)
+    "vits14": (384, 6, 12),
+    "vitb14": (768, 12, 12),
+    "vitl14": (1024, 16, 24),
 }
+ADAPTERS = ("crica", "sela")
 
 
 class BasicConv2d(nn.Module):
@@ -72,12 +75,30 @@ class MulConvAdapter(nn.Module):
         return self.D_fc2(torch.cat([h[:, :1], mixed], dim=1) + h)
 
 
+class MLPAdapter(nn.Module):
+    """SelaVPR's adapter (backbone/dinov2/block.py Adapter, bottleneck ratio 0.5): D_fc1 (C -> C/2),
+    ReLU, D_fc2 (C/2 -> C), plus its input when ``skip``."""
+
+    def __init__(self, width: int, skip: bool) -> None:
+        super().__init__()
+        self.skip = skip
+        self.D_fc1 = nn.Linear(width, width // 2)
+        self.D_fc2 = nn.Linear(width // 2, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.D_fc2(F.relu(self.D_fc1(x)))
+        return x + out if self.skip else out
+
+
 class Block(nn.Module):
-    """A DINOv2 block; with an adapter, the MLP branch becomes ls2(mlp(n) + 0.2 * adapter(n))."""
+    """A DINOv2 block. With CricaVPR's adapter ("crica"), the MLP branch becomes
+    ls2(mlp(n) + 0.2 * adapter(n)). With SelaVPR's ("sela"), a serial adapter (``adapter1``, with
+    its skip) follows the attention, ls1(adapter1(attn(n))), and a parallel one (``adapter2``) joins
+    the MLP branch as CricaVPR's does."""
 
     ADAPTER_SCALE = 0.2
 
-    def __init__(self, dim: int, heads: int, adapter: bool) -> None:
+    def __init__(self, dim: int, heads: int, adapter: str | None) -> None:
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.norm1 = norm(dim)
@@ -86,14 +107,21 @@ class Block(nn.Module):
         self.norm2 = norm(dim)
         self.mlp = Mlp(dim, hidden_features=4 * dim, act_layer=nn.GELU)
         self.ls2 = LayerScale(dim, init_values=1.0)
-        self.adapter = MulConvAdapter(dim) if adapter else None
+        self.adapter = MulConvAdapter(dim) if adapter == "crica" else None
+        self.adapter1 = MLPAdapter(dim, skip=True) if adapter == "sela" else None
+        self.adapter2 = MLPAdapter(dim, skip=False) if adapter == "sela" else None
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
+        attended = self.attn(self.norm1(x))
+        if self.adapter1 is not None:
+            attended = self.adapter1(attended)
+        x = x + self.ls1(attended)
         n = self.norm2(x)
         branch = self.mlp(n)
         if self.adapter is not None:
             branch = branch + self.ADAPTER_SCALE * self.adapter(n, grid)
+        elif self.adapter2 is not None:
+            branch = branch + self.ADAPTER_SCALE * self.adapter2(n)
         return x + self.ls2(branch)
 
 
@@ -109,18 +137,24 @@ class PatchEmbed(nn.Module):
 
 
 class DINOv2ViT(nn.Module):
-    """DINOv2 ViT-S/14 or ViT-B/14 (12 blocks), optionally with an adapter in every block.
+    """DINOv2 ViT-S/14, ViT-B/14 (12 blocks) or ViT-L/14 (24 blocks), without registers, optionally
+    with an adapter in every block: ``adapters`` True or "crica" (CricaVPR's), "sela" (SelaVPR's).
 
     ``forward(x, take)`` returns the token sequences [B, 1 + H/14 * W/14, C] after the 1-indexed blocks
     in ``take`` (default: the last), and the patch grid (H/14, W/14). ``final_norm`` adds DINOv2's last
     LayerNorm as ``self.norm`` (the caller applies it; D²-VPR's student has none).
     """
 
-    def __init__(self, arch: str, adapters: bool = False, final_norm: bool = True) -> None:
+    def __init__(self, arch: str, adapters: bool | str = False, final_norm: bool = True) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise VPRBenchError(f"DINOv2 backbone must be one of {sorted(ARCHS)}, got {arch!r}")
-        dim, heads = ARCHS[arch]
+        adapter = "crica" if adapters is True else (adapters or None)
+        if adapter is not None and adapter not in ADAPTERS:
+            raise VPRBenchError(
+                f"DINOv2 adapters must be one of {list(ADAPTERS)}, got {adapters!r}"
+            )
+        dim, heads, depth = ARCHS[arch]
         self.embed_dim = dim
         self.patch_embed = PatchEmbed(dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -128,7 +162,7 @@ class DINOv2ViT(nn.Module):
         self.mask_token = nn.Parameter(
             torch.zeros(1, dim)
         )  # pre-training only; kept for strict keys
-        self.blocks = nn.ModuleList(Block(dim, heads, adapters) for _ in range(12))
+        self.blocks = nn.ModuleList(Block(dim, heads, adapter) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else None
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -155,7 +189,7 @@ class DINOv2ViT(nn.Module):
         return torch.cat([pos[:, :1], patch_pos], dim=1).to(self.pos_embed.dtype)
 
     def forward(
-        self, x: torch.Tensor, take: tuple[int, ...] = (12,)
+        self, x: torch.Tensor, take: tuple[int, ...] | None = None
     ) -> tuple[list[torch.Tensor], tuple[int, int]]:
         h, w = int(x.shape[-2]), int(x.shape[-1])  # plain ints, also under tracing (fvcore)
         if h % PATCH or w % PATCH:
@@ -164,6 +198,7 @@ class DINOv2ViT(nn.Module):
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(grid)
+        take = (len(self.blocks),) if take is None else take
         outputs = []
         for i, block in enumerate(self.blocks, start=1):
             tokens = block(tokens, grid)
