@@ -36,7 +36,7 @@ from vprbench.cache import key_digest
 from vprbench.errors import VPRBenchError
 from vprbench.models.registry import create_model, get_card, resolve_options
 
-_ADAPTER = re.compile(r"^backbone\.blocks\.\d+\.adapter$")
+_ADAPTER = re.compile(r"^backbone\.blocks\.\d+\.adapter[12]?$")  # CricaVPR's; SelaVPR's two
 
 
 def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:

@@ -433,6 +433,11 @@ def models_info(name: str) -> None:
 # --- extract / evaluate -----------------------------------------------------------------------------
 
 
+def _change(reduction: float, less: str, more: str, noun: str) -> str:
+    """A reduction (1 - ours / reference) in words: '64.2% fewer parameters', '12.0% more FLOPs'."""
+    return f"{100 * abs(reduction):.1f}% {less if reduction >= 0 else more} {noun}"
+
+
 def _settings(
     model_name,
     weights,
@@ -663,8 +668,15 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
     for row in reductions(records, reference):
         if row["model"] != reference and None not in (row["params"], row["flops"], row["latency"]):
             console.print(
-                f"{row['model']} vs {reference}: {100 * row['params']:.1f}% fewer parameters, "
-                f"{100 * row['flops']:.1f}% fewer FLOPs, {100 * row['latency']:.1f}% lower latency"
+                f"{row['model']} vs {reference}: "
+                + ", ".join(
+                    _change(row[key], less, more, noun)
+                    for key, less, more, noun in (
+                        ("params", "fewer", "more", "parameters"),
+                        ("flops", "fewer", "more", "FLOPs"),
+                        ("latency", "lower", "higher", "latency"),
+                    )
+                )
             )
     not_counted = sorted({op for r in records for op in r["flops"]["not_counted_ops"]})
     console.print(
