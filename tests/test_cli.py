@@ -168,8 +168,7 @@ def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
     assert (
         "unknown model 'vlad'; valid names: boq-dinov2, boq-resnet50, cosplace, cricavpr, "
         "cricavpr-noencoder, d2vpr, d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, "
-        "netvlad, netvlad-pca, pixels, salad, selavpr, supervlad"
-        in one_line_error(err)
+        "netvlad, netvlad-pca, pixels, salad, selavpr, supervlad" in one_line_error(err)
     )
     code, _, err = run(["extract", "--model", "pixels", "--dataset", "handd"], capsys, monkeypatch)
     assert code == 1 and "unknown dataset 'handd'; valid names:" in one_line_error(err)

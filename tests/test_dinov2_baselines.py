@@ -192,3 +192,19 @@ def test_released_layouts_load(tmp_path):
     loaded = create_model("boq-resnet50", weights=str(tmp_path / "resnet50_16384.pth"))
     torch.testing.assert_close(loaded.aggregator.boqs[1].queries, boq.aggregator.boqs[1].queries)
     assert loaded.card.weights.url.endswith("/v1.0/resnet50_16384.pth")
+
+
+ISSUE_13 = ["netvlad", "netvlad-pca", "cosplace", "eigenplaces", "mixvpr", "salad", "boq-resnet50",
+            "boq-dinov2", "supervlad", "selavpr"]  # fmt: skip
+
+
+def test_every_baseline_card_states_its_protocol_and_imagenet_normalisation():
+    from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
+    from vprbench.models import get_card
+
+    for name in ISSUE_13:
+        card = get_card(name)
+        assert card.protocol and card.reference, name
+        assert (card.mean, card.std) == (IMAGENET_MEAN, IMAGENET_STD), name
+    assert {get_card(n).licence for n in ISSUE_13} == {"", "MIT", "GPL-3.0"}  # netvlad: none stated
+    assert get_card("supervlad").batch_dependent and get_card("supervlad").batch_convention

@@ -400,7 +400,7 @@ def models_list() -> None:
 
     table = Table(title="Models")
     table.add_column("name", no_wrap=True)
-    for col in ("input", "dim", "batch-dep.", "weights", "description"):
+    for col in ("input", "dim", "batch-dep.", "weights", "licence", "description"):
         table.add_column(col)
     for name in list_models():
         c = get_card(name)
@@ -416,6 +416,7 @@ def models_list() -> None:
             str(c.descriptor_dim),
             "yes" if c.batch_dependent else "no",
             weights,
+            c.licence or "-",
             c.description,
         )
     print_table(whole(table, wrap=("description",)))

@@ -101,7 +101,10 @@ class BoQ(VPRModel):
 
 
 _RELEASE = "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/"
-_REFERENCE = "Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries (CVPR 2024); MIT"
+_REFERENCE = "Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries (CVPR 2024)"
+_PROTOCOL = (
+    "{size}, bicubic (src/dataloaders/datamodule.py val_transform; the README's sizes); no PCA"
+)
 BOQ_CARDS = {
     "boq-resnet50": ModelCard(
         name="boq-resnet50",
@@ -113,6 +116,8 @@ BOQ_CARDS = {
             url=_RELEASE + "resnet50_16384.pth", note="hubconf.py MODEL_URLS; no published sha256"
         ),  # fmt: skip
         reference=_REFERENCE,
+        licence="MIT",
+        protocol=_PROTOCOL.format(size="384x384"),
     ),
     "boq-dinov2": ModelCard(
         name="boq-dinov2",
@@ -124,6 +129,8 @@ BOQ_CARDS = {
             url=_RELEASE + "dinov2_12288.pth", note="hubconf.py MODEL_URLS; no published sha256"
         ),  # fmt: skip
         reference=_REFERENCE,
+        licence="MIT",
+        protocol=_PROTOCOL.format(size="322x322"),
     ),
 }
 

@@ -68,6 +68,8 @@ NETVLAD_CARD = ModelCard(
         "recalls, best_score, optimizer; its README links it); pass it as a file"
     ),
     reference="Arandjelovic et al., NetVLAD (CVPR 2016); Nanne/pytorch-NetVlad port",
+    protocol="640x480 Pittsburgh images, not resized; the paper's headline results whiten the "
+    "32,768-d vector with PCA to 4,096-d (netvlad-pca holds such a layer)",
 )
 NETVLAD_PCA_CARD = ModelCard(
     name="netvlad-pca",
@@ -78,7 +80,10 @@ NETVLAD_PCA_CARD = ModelCard(
         note="Patch-NetVLAD's pittsburgh_WPCA4096.pth.tar or mapillary_WPCA4096.pth.tar (a dict with "
         "num_pcs and state_dict; QVPR/Patch-NetVLAD download_models.py); pass it as a file"
     ),
-    reference="Hausler et al., Patch-NetVLAD (CVPR 2021); MIT",
+    reference="Hausler et al., Patch-NetVLAD (CVPR 2021)",
+    licence="MIT",
+    protocol="640x480; the WPCA layer's 4,096-d descriptor is Patch-NetVLAD's global retrieval "
+    "stage, before its patch-level re-ranking (which vprbench does not run)",
 )
 
 

@@ -47,6 +47,10 @@ class ModelCard:
     weights: WeightSource | None = None
     options: dict[str, Any] = field(default_factory=dict)  # constructor switches and their defaults
     reference: str = ""
+    licence: str = ""  # of the official code and weights, where the repository states one
+    # How the paper evaluates it, where that differs from or adds to the card (image size, PCA,
+    # re-ranking), with the official file it comes from
+    protocol: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view of the card."""

@@ -120,20 +120,27 @@ PLACES_CARDS = {
     "cosplace": (
         (32, 64, 128, 256, 512, 1024, 2048),
         _release("CosPlace", "cosplace"),
-        "Berton et al., Rethinking Visual Geo-localization for Large-Scale Applications (CVPR 2022); MIT",
+        "Berton et al., Rethinking Visual Geo-localization for Large-Scale Applications (CVPR 2022)",
+        "test images at full resolution (datasets/test_dataset.py: --resize_test_imgs is off by "
+        "default, and then resizes the shorter side to 512): --image-size 480 640 on Pitts30k and "
+        "MSLS; no PCA",
     ),
     "eigenplaces": (
         (128, 256, 512, 1024, 2048),
         _release("EigenPlaces", "eigenplaces"),
-        "Berton et al., EigenPlaces (ICCV 2023); MIT",
+        "Berton et al., EigenPlaces (ICCV 2023)",
+        "test images at full resolution, never resized (datasets/test_dataset.py): --image-size "
+        "480 640 on Pitts30k and MSLS; no PCA",
     ),
 }
 
 
-def _register_places(name: str, dims: tuple[int, ...], url: str, reference: str) -> None:
+def _register_places(
+    name: str, dims: tuple[int, ...], url: str, reference: str, protocol: str
+) -> None:
     card = ModelCard(
         name=name,
-        description=f"{name.capitalize()}: ResNet-50, GeM, fully connected to dim (--set dim=512).",
+        description=f"{dict(cosplace='CosPlace', eigenplaces='EigenPlaces')[name]}: ResNet-50, GeM, fully connected to dim (--set dim=512).",
         image_size=(512, 512),
         descriptor_dim=2048,
         weights=WeightSource(
@@ -142,6 +149,8 @@ def _register_places(name: str, dims: tuple[int, ...], url: str, reference: str)
         ),  # fmt: skip
         options={"dim": 2048},
         reference=reference,
+        licence="MIT",
+        protocol=protocol,
     )
 
     @register_model(card)
@@ -152,8 +161,8 @@ def _register_places(name: str, dims: tuple[int, ...], url: str, reference: str)
         return load_weights(GeoLocalizationNet(dim), weights, card, cache_dir, url.format(dim=dim))
 
 
-for _name, (_dims, _url, _ref) in PLACES_CARDS.items():
-    _register_places(_name, _dims, _url, _ref)
+for _name, (_dims, _url, _ref, _protocol) in PLACES_CARDS.items():
+    _register_places(_name, _dims, _url, _ref, _protocol)
 
 
 MIXVPR_CARD = ModelCard(
@@ -166,7 +175,9 @@ MIXVPR_CARD = ModelCard(
         note="resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt from the Google Drive link in the "
         "MixVPR README (a bare state dict); pass it as a file"
     ),
-    reference="Ali-bey et al., MixVPR (WACV 2023); MIT",
+    reference="Ali-bey et al., MixVPR (WACV 2023)",
+    licence="MIT",
+    protocol="320x320, bicubic (demo.py); no PCA",
 )
 
 

@@ -86,7 +86,9 @@ SALAD_CARD = ModelCard(
         note="the release's dino_salad.ckpt (a state dict with backbone.model.* and aggregator.*)",
     ),
     reference="Izquierdo & Civera, Optimal Transport Aggregation for Visual Place Recognition "
-    "(CVPR 2024); GPL-3.0",
+    "(CVPR 2024)",
+    licence="GPL-3.0",
+    protocol="322x322 (eval.py); no PCA",
 )
 
 

@@ -74,7 +74,10 @@ SELAVPR_CARD = ModelCard(
         "README; pass it as a file"
     ),
     reference="Lu et al., Towards Seamless Adaptation of Pre-trained Models for Visual Place "
-    "Recognition (ICLR 2024); MIT",
+    "Recognition (ICLR 2024)",
+    licence="MIT",
+    protocol="224x224 (parser.py --resize); the paper re-ranks the global top-100 with the local "
+    "features (eval.py --rerank_num 100), which vprbench does not: its recall is the global stage's",
 )
 
 

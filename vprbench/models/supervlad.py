@@ -79,7 +79,10 @@ SUPERVLAD_CARD = ModelCard(
         "without the cross-image encoder); pass it as a file"
     ),
     options={"cross_image_encoder": True},
-    reference="Lu et al., SuperVLAD (NeurIPS 2024); MIT",
+    reference="Lu et al., SuperVLAD (NeurIPS 2024)",
+    licence="MIT",
+    protocol="322x322 (parser.py --resize), 16 images per inference batch (--infer_batch_size), "
+    "database then queries (test.py); no PCA",
 )
 
 
