@@ -174,3 +174,34 @@ def test_fused_multi_head_attention_counts_as_the_unfused_one():
     a, b = count_flops(fused, (4, 4), batch=2), count_flops(plain, (4, 4), batch=2)
     assert "aten::_native_multi_head_attention" not in a.not_counted
     assert a.macs_per_image == b.macs_per_image == 384 + 4096 + 4096
+
+
+class Branches(nn.Module):
+    """A used conv (frozen, as a trained backbone may be), a used head, a branch never run (its two
+    layers wholly unused) and a stray parameter, like DINOv2's pre-training mask token."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.head = nn.Linear(4, 2)
+        self.local = nn.Sequential(nn.Conv2d(4, 2, 1), nn.Conv2d(2, 2, 1))
+        self.token = nn.Parameter(torch.zeros(5))
+        self.conv.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_unused_parameters_are_those_no_descriptor_depends_on():
+    from vprbench.models import create_model
+    from vprbench.profile import unused_parameters
+
+    model = Branches()
+    assert unused_parameters(model, (4, 4)) == {"local": (8 + 2) + (4 + 2), "token": 5}
+    assert not model.conv.weight.requires_grad and model.head.weight.requires_grad  # restored
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.warns(UserWarning, match="RANDOM INIT"):
+        boq = create_model("boq-dinov2")
+    # BoQ reads DINOv2's last block without its final norm; the mask token is pre-training only
+    assert unused_parameters(boq, (322, 322)) == {"backbone.dino.mask_token": 768,
+                                                  "backbone.dino.norm": 1536}  # fmt: skip

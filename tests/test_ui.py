@@ -16,7 +16,7 @@ def _render(table) -> str:
 def _profile(name):
     return {
         "model": name, "image_size": [224, 224], "settings": {"device": "cpu", "dtype": "fp32", "batch_size": 1},
-        "params": {"total": 106_761_665, "trainable": 20_180_000,
+        "params": {"total": 106_761_665, "trainable": 20_180_000, "unused": 768,
                    "by_group": {"backbone": 86_000_000, "adapters": 1_000_000, "aggregator": 12, "encoder": 19_000_000}},
         "flops": {"gmacs_per_image": 25.69, "gflops_per_image": 51.38,
                   "macs_by_group": {"backbone": 2.2e10, "adapters": 1e9, "aggregator": 1e6, "encoder": 5e6}},

@@ -113,6 +113,50 @@ def parameter_groups(model: torch.nn.Module) -> dict[str, int]:
     return {k: int(v) for k, v in group_totals(per_module, top).items()}
 
 
+def unused_parameters(model: torch.nn.Module, image_size: tuple[int, int]) -> dict[str, int]:
+    """Parameters no descriptor depends on, by the module (or parameter) that holds them: those left
+    without a gradient after one backward pass of the descriptors' sum (a batch of 2, every
+    parameter temporarily trainable). DINOv2's pre-training ``mask_token`` is one; a released
+    model's never-run branch (SelaVPR's local ``LocalAdapt``, BoQ's final norm) others."""
+    was_training = model.training
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.eval()
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = model(torch.rand(2, 3, *image_size)).float().sum()
+            if out.requires_grad:  # else no parameter reaches the descriptors (or there are none)
+                out.backward()
+        unused: dict[str, int] = Counter()
+        for name, p in model.named_parameters():
+            if p.grad is None:
+                holder = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
+                unused[holder] += p.numel()
+    finally:
+        for name, p in model.named_parameters():
+            p.grad = None
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+    return _collapse(dict(unused), model)
+
+
+def _collapse(unused: dict[str, int], model: torch.nn.Module) -> dict[str, int]:
+    """Report a module once when all of its parameters are unused (``LocalAdapt``, not its parts)."""
+    sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in model.named_modules()}
+    out: dict[str, int] = {}
+    for name in sorted(unused):
+        parts = name.split(".")
+        whole = next((".".join(parts[:d]) for d in range(1, len(parts))
+                      if sizes.get(".".join(parts[:d])) == sum(
+                          v for k, v in unused.items() if k.startswith(".".join(parts[:d]) + ".")
+                      )), name)  # fmt: skip
+        out[whole] = out.get(whole, 0) + unused[name]
+    return out
+
+
 def measure_latency(
     model: torch.nn.Module, x: torch.Tensor, dtype: str, warmup: int, repeats: int
 ) -> dict[str, float]:
@@ -153,6 +197,20 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the address space that exec
+    made, whereas getrusage's ru_maxrss survives exec: a child started by a large parent (the
+    profile command, holding its own model) would report the parent's size instead of its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_worker(spec: dict) -> dict:
     """Run in a fresh process: peak resident memory of one inference forward (CPU), or peak CUDA
     memory allocated. Weights do not change memory, so the model runs at random init."""
@@ -174,7 +232,7 @@ def memory_worker(spec: dict) -> dict:
             "kind": "cuda max_memory_allocated",
             "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
         }
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     return {"kind": "process peak RSS", "peak_mib": peak, "forward_increase_mib": peak - before}
 
 
@@ -236,8 +294,12 @@ def tdda_offset_passes(model) -> str | None:
     )
 
 
+PROFILE_FORMAT = 2  # 2: records hold the parameters no descriptor uses
+
+
 def profile_key(name: str, options: dict, s: ProfileSettings, image_size) -> dict:
     return {
+        "format": PROFILE_FORMAT,
         "model": name,
         "options": options,
         "image_size": list(image_size),
@@ -268,6 +330,7 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
         torch.manual_seed(0)
         model = create_model(name, **options).eval()
     params = parameter_groups(model)
+    unused = unused_parameters(model, image_size)
     flops = count_flops(model, image_size)
     x = torch.rand(s.batch_size, 3, *image_size, device=s.device)
     latency = measure_latency(model.to(s.device), x, s.dtype, s.warmup, s.repeats)
@@ -290,6 +353,9 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
             "total": sum(p.numel() for p in model.parameters()) + params.get("pca", 0),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "by_group": params,
+            # released parameters that no descriptor depends on (the total counts them)
+            "unused": sum(unused.values()),
+            "unused_by_module": unused,
         },
         "flops": {
             "macs_per_image": macs,

@@ -107,7 +107,8 @@ def profile_table(records: list[dict], settings) -> Table:
         title=f"Cost per image ({records[0]['settings']['device']}, {records[0]['settings']['dtype']})"
     )
     table.add_column("model", no_wrap=True)
-    for col in ("input", "params", "trainable", "GMACs", "GFLOPs", "ms/img", "img/s", "peak MiB"):
+    for col in ("input", "params", "trainable", "unused", "GMACs", "GFLOPs", "ms/img", "img/s",
+                "peak MiB"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in records:
         lat = r["latency"]
@@ -116,6 +117,7 @@ def profile_table(records: list[dict], settings) -> Table:
             "x".join(map(str, r["image_size"])),
             f"{r['params']['total'] / 1e6:.2f} M",
             f"{r['params']['trainable'] / 1e6:.2f} M",
+            f"{r['params']['unused']:,}",
             f"{r['flops']['gmacs_per_image']:.2f}",
             f"{r['flops']['gflops_per_image']:.2f}",
             f"{lat['image_ms_median']:.1f} [{lat['batch_ms_p25'] / r['settings']['batch_size']:.1f}-"

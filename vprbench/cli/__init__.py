@@ -679,6 +679,17 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
                     )
                 )
             )
+    unused = [
+        f"{r['model']}: "
+        + ", ".join(f"{m} {n:,}" for m, n in r["params"]["unused_by_module"].items())
+        for r in records
+        if r["params"]["unused"]
+    ]
+    if unused:
+        console.print(
+            "Unused: released parameters no descriptor depends on (in params, as the official "
+            "classes count them): " + "; ".join(unused)
+        )
     not_counted = sorted({op for r in records for op in r["flops"]["not_counted_ops"]})
     console.print(
         "FLOPs: fvcore counts one multiply-add as one flop (shown as GMACs); GFLOPs = 2 x GMACs. "
