@@ -96,7 +96,7 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
     # Interleaved repeats (model only, then each setting, again and again): a shared machine's slow
     # spells fall on all of them alike.
     rates: dict[tuple, list[float]] = {}
-    results = {}
+    results, stages = {}, {}
     for i in range(args.repeats):
         x = tensors[first.preprocess]
         rates.setdefault(("model", ""), []).append(
@@ -116,6 +116,7 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
                     2 * args.images / (time.perf_counter() - start)
                 )
                 results[decode] = out.descriptors.queries[...]
+                stages[(w, decode)] = (out.timings, out.seconds)
     reference = statistics.median(rates.pop(("model", "")))
     print(f"  model only: {reference:8.1f} images/s")
     for (w, decode), values in rates.items():
@@ -123,6 +124,10 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
         shown = f"auto={default_workers(device)}" if w == "auto" else w
         print(f"  end to end, workers {shown:>6}, decode {decode:>6}: {rate:8.1f} images/s, "
               f"ratio {rate / reference:.2f}")  # fmt: skip
+        timings, total = stages[(w, decode)]
+        print("    main thread, last repeat: " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in timings.items() if v >= 0.005
+        ) + f" (of {total:.2f} s)")  # fmt: skip
     if len(results) > 1:
         pil, dev = results["pil"], results["device"]
         cos = (pil * dev).sum(1)

@@ -489,3 +489,14 @@ def test_device_decoding_is_its_own_cache_entry(tiny_dataset, tmp_path):
     assert not again.computed and again.descriptors.path == dev.descriptors.path
     with pytest.raises(VPRBenchError, match=r"--decode must be one of \['pil', 'device'\]"):
         extract(tiny_dataset, ExtractSettings(model="pixels", decode="gpu"), cache_root())
+
+
+def test_a_computed_extraction_says_where_its_time_went(tiny_dataset):
+    from vprbench.extract import STAGES
+
+    first = extract(tiny_dataset, ExtractSettings(model="pixels", workers=1), cache_root())
+    assert set(first.timings) == set(STAGES) and min(first.timings.values()) >= 0
+    assert first.timings["decode_on_device"] == 0  # PIL decoding
+    assert first.timings["loader_wait"] > 0 and first.timings["shard_write"] > 0
+    assert sum(first.timings.values()) <= first.seconds  # disjoint parts of the main thread's time
+    assert extract(tiny_dataset, ExtractSettings(model="pixels"), cache_root()).timings == {}

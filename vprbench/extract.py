@@ -110,6 +110,20 @@ class ExtractResult:
     batch_size_source: str = ""  # where batch_size comes from: --batch-size, a protocol, a default
     batch_order: str = ""  # which images shared a batch (batch-dependent models), else ""
     module: Any = None  # the built model (a VPRModel), None when served from a request record
+    # Where a computed extraction's wall time went, in seconds (see STAGES); empty when cached.
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+# The stages of a computed extraction that ExtractResult.timings measures (main thread, wall time):
+STAGES = {
+    "fingerprint": "stat every image file for the cache key",
+    "loader_wait": "waiting for the loader threads' next batch",
+    "decode_on_device": "--decode device: decoding and resizing on the device",
+    "forward_queue": "copying a batch to the device and queuing its forward pass",
+    "device_wait": "waiting for the descriptors (on CUDA: the forward pass still running)",
+    "shard_write": "writing each batch's shard (fsync'd)",
+    "finalise": "assembling the shards into the final .h5",
+}
 
 
 def available_cpus() -> int:
@@ -412,6 +426,8 @@ def extract(
         settings = dataclasses.replace(settings, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     start = time.perf_counter()
     images = image_fingerprint(dataset)
+    timings = dict.fromkeys(STAGES, 0.0)
+    timings["fingerprint"] = time.perf_counter() - start
     request = None
     files: list = []
     if model is None:
@@ -469,18 +485,23 @@ def extract(
             folder, shard_batch = cache.open_partial(key, batch_size)
         skipped = {
             split: _extract_split(model, dataset, split, preprocess, settings, folder,
-                                  shard_batch, progress if rank == 0 else None, (rank, world))
+                                  shard_batch, progress if rank == 0 else None, (rank, world),
+                                  timings)
             for split in SPLITS
         }  # fmt: skip
         if world > 1:
             skipped = _gather_skipped(skipped, world)
         if rank == 0:
             counts = {split: len(dataset.split(split)) for split in SPLITS}
+            tic = time.perf_counter()
             cache.finalise(key, folder, counts, shard_batch)
+            timings["finalise"] = time.perf_counter() - tic
         sync()
     cached = cache.load(key)
     assert cached is not None
-    return result(cached, shard_batch, True, time.perf_counter() - start, skipped)
+    out = result(cached, shard_batch, True, time.perf_counter() - start, skipped)
+    out.timings = timings
+    return out
 
 
 def _extract_split(
@@ -493,6 +514,7 @@ def _extract_split(
     batch_size: int,
     progress: ProgressFactory | None,
     part: tuple[int, int] = (0, 1),
+    timings: dict[str, float] | None = None,
 ) -> list[str]:
     """Compute the missing batches of one split into shards; returns the skipped image paths.
     ``part`` (rank, world size): this process computes the batches whose number % world == rank."""
@@ -540,25 +562,38 @@ def _extract_split(
     forward = _compiled(model) if settings.compile else model
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     skipped: list[str] = []
+    timings = {} if timings is None else timings
+    clock = time.perf_counter
+
+    def spent(stage: str, since: float) -> float:
+        now = clock()
+        timings[stage] = timings.get(stage, 0.0) + now - since
+        return now
 
     def store(b, indices, errors, valid, out) -> None:
+        tic = clock()
         desc = np.zeros((len(errors), 0), dtype=np.float32)  # no valid image: width unknown
         if out is not None:
             out = out.cpu().numpy()
             desc = np.zeros((len(errors), out.shape[1]), dtype=np.float32)
             desc[valid] = out
+        tic = spent("device_wait", tic)
         DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())
+        spent("shard_write", tic)
         if tick:
             tick(len(indices))
         if sleep:
             time.sleep(sleep)
 
     queued = None  # the previous batch, its descriptors possibly still being computed
+    tic = clock()
     for b, (indices, images, errors) in zip(todo, loader, strict=True):
+        tic = spent("loader_wait", tic)
         if on_device:
             images, errors = decode_on_device(
                 images, errors, preprocess, [paths[i] for i in indices.tolist()], device
             )
+            tic = spent("decode_on_device", tic)
         bad = [e for e in errors if e]
         if bad and settings.on_bad_image == "error":
             raise VPRBenchError(bad[0] + "; use --on-bad-image skip to leave it out")
@@ -579,9 +614,11 @@ def _extract_split(
             ):
                 x = batch.to(device, non_blocking=True)
                 out = F.normalize(forward(x).float(), dim=1)
+        spent("forward_queue", tic)
         if queued is not None:
             store(*queued)
         queued = (b, indices, errors, valid, out)
+        tic = clock()
     if queued is not None:
         store(*queued)
     return skipped
