@@ -101,37 +101,30 @@ class BoQ(VPRModel):
 
 
 _RELEASE = "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/"
-_REFERENCE = "Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries (CVPR 2024)"
-_PROTOCOL = (
-    "{size}, bicubic (src/dataloaders/datamodule.py val_transform; the README's sizes); no PCA"
-)
+
+
+def _card(backbone: str, trunk: str, side: int, dim: int) -> ModelCard:
+    """hubconf.py: MODEL_URLS[f"{backbone}_{dim}"]; the evaluation transform of
+    src/dataloaders/datamodule.py (val_transform: bicubic) at the README's size."""
+    return ModelCard(
+        name=f"boq-{backbone}",
+        description=f"BoQ: {trunk}, 2 blocks of 64 learned queries ({dim:,}-d).",
+        image_size=(side, side),
+        descriptor_dim=dim,
+        interpolation="bicubic",
+        weights=WeightSource(
+            url=f"{_RELEASE}{backbone}_{dim}.pth", note="hubconf.py MODEL_URLS; no published sha256"
+        ),  # fmt: skip
+        reference="Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries (CVPR 2024)",
+        licence="MIT",
+        protocol=f"{side}x{side}, bicubic (src/dataloaders/datamodule.py val_transform; the "
+        "README's sizes); no PCA",
+    )
+
+
 BOQ_CARDS = {
-    "boq-resnet50": ModelCard(
-        name="boq-resnet50",
-        description="BoQ: ResNet-50 to layer3, 2 blocks of 64 learned queries (16,384-d).",
-        image_size=(384, 384),
-        descriptor_dim=16384,
-        interpolation="bicubic",
-        weights=WeightSource(
-            url=_RELEASE + "resnet50_16384.pth", note="hubconf.py MODEL_URLS; no published sha256"
-        ),  # fmt: skip
-        reference=_REFERENCE,
-        licence="MIT",
-        protocol=_PROTOCOL.format(size="384x384"),
-    ),
-    "boq-dinov2": ModelCard(
-        name="boq-dinov2",
-        description="BoQ: DINOv2-B/14, 2 blocks of 64 learned queries (12,288-d).",
-        image_size=(322, 322),
-        descriptor_dim=12288,
-        interpolation="bicubic",
-        weights=WeightSource(
-            url=_RELEASE + "dinov2_12288.pth", note="hubconf.py MODEL_URLS; no published sha256"
-        ),  # fmt: skip
-        reference=_REFERENCE,
-        licence="MIT",
-        protocol=_PROTOCOL.format(size="322x322"),
-    ),
+    "boq-resnet50": _card("resnet50", "ResNet-50 to layer3", 384, 16384),
+    "boq-dinov2": _card("dinov2", "DINOv2-B/14", 322, 12288),
 }
 
 
