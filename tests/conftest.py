@@ -129,3 +129,20 @@ def latex_compiles(table: Path, workdir: Path) -> bool:
     assert done.returncode == 0, done.stdout[-2000:]
     assert (workdir / "doc.pdf").stat().st_size > 0
     return True
+
+
+def check_official_model(name: str, options: dict, params: int, dim: int, keys: set[str]) -> None:
+    """A registered baseline as its official class is released: exact parameter count, the official
+    key set, strict reload, and a forward at the card's input size giving ``dim`` L2-normalised."""
+    from vprbench.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, **options)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert set(model.state_dict()) == keys
+    model.load_checkpoint(model.state_dict(), "itself")  # strict keys and shapes
+    h, w = model.card.image_size
+    with torch.inference_mode():
+        out = model(torch.rand(2, 3, h, w))
+    assert out.shape == (2, dim) and model.descriptor_dim == dim
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 
+from tests.conftest import check_official_model
 from vprbench.errors import VPRBenchError
 from vprbench.models import create_model
 
@@ -77,17 +78,8 @@ OFFICIAL = [
 
 @pytest.mark.parametrize("name,options,params,dim", OFFICIAL)
 def test_parameters_keys_and_official_forward(name, options, params, dim):
-    torch.manual_seed(0)
-    model = create_model(name, **options)
-    assert sum(p.numel() for p in model.parameters()) == params
-    key_name = "supervlad-noencoder" if options else name
-    assert set(model.state_dict()) == official_keys(key_name)
-    h, w = model.card.image_size
-    with torch.inference_mode():
-        out = model(torch.rand(2, 3, h, w))
-    assert out.shape == (2, dim) and model.descriptor_dim == dim
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
-    model.load_checkpoint(model.state_dict(), "itself")  # strict keys and shapes
+    keys = official_keys("supervlad-noencoder" if options else name)
+    check_official_model(name, options, params, dim, keys)
 
 
 def test_boq_aggregator_equals_the_official_steps():

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 
+from tests.conftest import check_official_model
 from vprbench.errors import VPRBenchError
 from vprbench.models import create_model
 
@@ -55,15 +56,7 @@ def official_keys(name: str) -> set[str]:
 
 @pytest.mark.parametrize("name,options,params,dim", OFFICIAL)
 def test_parameters_keys_and_official_forward(name, options, params, dim):
-    torch.manual_seed(0)
-    model = create_model(name, **options)
-    assert sum(p.numel() for p in model.parameters()) == params
-    assert set(model.state_dict()) == official_keys(name)
-    h, w = model.card.image_size
-    with torch.inference_mode():
-        out = model(torch.rand(2, 3, h, w))
-    assert out.shape == (2, dim) and model.descriptor_dim == dim
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    check_official_model(name, options, params, dim, official_keys(name))
 
 
 @pytest.mark.parametrize("layout", ["bare", "module", "model_state_dict"])
