@@ -40,13 +40,17 @@ def make_dataset(root: Path, n: int):
 
 def preprocessed(dataset, preprocess):
     """Every image of ``dataset`` preprocessed by the default (PIL) path, stacked on the CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from vprbench.datasets.images import ImageList
+    from vprbench.extract import available_cpus
 
     paths = [dataset.image_path(p) for p in dataset.database + dataset.queries]
     images = ImageList(paths, preprocess)
-    return torch.stack([images[i][1] for i in range(len(paths))])
+    with ThreadPoolExecutor(available_cpus()) as pool:  # PIL and numpy release the GIL
+        return torch.stack([item[1] for item in pool.map(images.__getitem__, range(len(paths)))])
 
 
 def model_only(model, x, batch: int, device: str, dtype: str) -> float:
