@@ -90,7 +90,7 @@ def extraction_options(func):
             "--workers",
             type=int,
             default=None,
-            help="Image loader processes (default: from the machine).",
+            help="Image loader threads (default: from the machine).",
         ),
         click.option(
             "--interpolation",
