@@ -48,6 +48,19 @@ def test_stopping_early_prepares_no_more_than_the_prefetch():
     assert len(items.made) <= 1 + PREFETCH + 1  # the batch taken, those in preparation, one more
 
 
+def torchvision_reference(pre):
+    """The usual torchvision evaluation transform of the official codes: Resize (antialiased),
+    ToTensor, Normalize."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    return transforms.Compose([
+        transforms.Resize(pre.image_size, InterpolationMode(pre.interpolation), antialias=True),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])  # fmt: skip
+
+
 def test_numpy_preprocessing_equals_torchvision_bit_for_bit(tmp_path):
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
@@ -58,7 +71,7 @@ def test_numpy_preprocessing_equals_torchvision_bit_for_bit(tmp_path):
             pre = Preprocess(size, interpolation, IMAGENET_MEAN, IMAGENET_STD)
             for name in ("a.jpg", "b.png"):
                 with Image.open(tmp_path / name) as im:
-                    expected = pre.transform()(im.convert("RGB"))
+                    expected = torchvision_reference(pre)(im.convert("RGB"))
                 got = ImageList([tmp_path / name], pre)[0][1]
                 assert got.dtype == torch.float32 and torch.equal(got, expected), (name, size)
 

@@ -31,27 +31,11 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def transform(self):
-        """The torchvision transform: Resize (antialiased), ToTensor, Normalize."""
-        from torchvision import transforms
-        from torchvision.transforms import InterpolationMode
-
-        return transforms.Compose(
-            [
-                transforms.Resize(
-                    tuple(self.image_size),
-                    interpolation=InterpolationMode(self.interpolation),
-                    antialias=True,
-                ),
-                transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
-            ]
-        )
-
     def apply(self, image: Image.Image) -> np.ndarray:
-        """:meth:`transform` of an RGB image, bit for bit (tested), as a float32 [3, H, W] array:
-        PIL resizes, numpy scales and normalises in float32 in the same order. Neither uses torch's
-        intra-op thread pool, so loader threads decode side by side without contending for it."""
+        """An RGB image as a float32 [3, H, W] array, bit for bit what torchvision's Resize
+        (antialiased), ToTensor and Normalize give (tests/test_loader.py): PIL resizes, numpy scales
+        and normalises in float32 in the same order. Neither uses torch's intra-op thread pool, so
+        loader threads decode side by side without contending for it."""
         h, w = self.image_size
         pixels = np.asarray(image.resize((w, h), _PIL_FILTERS[self.interpolation]))
         x = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
@@ -142,7 +126,7 @@ def collate_encoded(items: list[tuple]) -> tuple:
 def decode_on_device(encoded: list, errors: list, preprocess: Preprocess, paths: list, device):
     """Decode (JPEGs with torchvision: nvJPEG on CUDA), resize and normalise a batch on ``device``.
 
-    The steps are those of :meth:`Preprocess.transform` on a uint8 tensor: an antialiased resize
+    The steps are those of :meth:`Preprocess.apply` on a uint8 tensor: an antialiased resize
     rounded back to uint8 (as PIL's is), then scaling to [0, 1] and normalisation. Returns the
     [n, 3, H, W] float tensor (zeros where unreadable) and the errors, with those found here."""
     import torch
@@ -176,8 +160,9 @@ def decode_on_device(encoded: list, errors: list, preprocess: Preprocess, paths:
                     errors[i] = _unreadable(paths[i], exc)
     h, w = preprocess.image_size
     out = torch.zeros(len(encoded), 3, h, w, device=device)
-    # PIL's nearest samples the source pixel nearest each output pixel's centre; on tensors that is
-    # "nearest-exact" (torch's "nearest" floors the scaled index instead).
+    # PIL's nearest samples the source pixel nearest each output pixel's centre, as tensors'
+    # "nearest-exact" does (torch's "nearest" floors the scaled index instead); rounding still
+    # picks another pixel for some outputs (about 9% at 640x480 -> 224x224), as the key records.
     mode = InterpolationMode(
         "nearest-exact" if preprocess.interpolation == "nearest" else preprocess.interpolation
     )
