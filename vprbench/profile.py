@@ -103,12 +103,23 @@ def count_flops(model: torch.nn.Module, image_size: tuple[int, int], batch: int 
     return FlopReport(total / batch, groups, dict(sorted(unsupported.items())))
 
 
+def _enclosing(name: str) -> list[str]:
+    """The modules that hold a dotted parameter (or module) name, outermost first."""
+    parts = name.split(".")
+    return [".".join(parts[:depth]) for depth in range(1, len(parts))]
+
+
+def _per_module(counts: dict[str, int]) -> Counter:
+    """Counts by dotted name -> the total within each enclosing module."""
+    totals: Counter = Counter()
+    for name, n in counts.items():
+        for module in _enclosing(name):
+            totals[module] += n
+    return totals
+
+
 def parameter_groups(model: torch.nn.Module) -> dict[str, int]:
-    per_module: dict[str, int] = Counter()
-    for name, p in model.named_parameters():
-        parts = name.split(".")
-        for depth in range(1, len(parts)):
-            per_module[".".join(parts[:depth])] += p.numel()
+    per_module = _per_module({name: p.numel() for name, p in model.named_parameters()})
     top = [name for name, _ in model.named_children()]
     return {k: int(v) for k, v in group_totals(per_module, top).items()}
 
@@ -146,15 +157,12 @@ def unused_parameters(model: torch.nn.Module, image_size: tuple[int, int]) -> di
 def _collapse(unused: dict[str, int], model: torch.nn.Module) -> dict[str, int]:
     """Report a module once when all of its parameters are unused (``LocalAdapt``, not its parts)."""
     sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in model.named_modules()}
-    out: dict[str, int] = {}
-    for name in sorted(unused):
-        parts = name.split(".")
-        whole = next((".".join(parts[:d]) for d in range(1, len(parts))
-                      if sizes.get(".".join(parts[:d])) == sum(
-                          v for k, v in unused.items() if k.startswith(".".join(parts[:d]) + ".")
-                      )), name)  # fmt: skip
-        out[whole] = out.get(whole, 0) + unused[name]
-    return out
+    unused_within = _per_module(unused)
+    out: Counter = Counter()
+    for name, n in unused.items():
+        whole = next((m for m in _enclosing(name) if unused_within[m] == sizes[m]), name)
+        out[whole] += n
+    return dict(sorted(out.items()))
 
 
 def measure_latency(
