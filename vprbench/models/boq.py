@@ -16,12 +16,14 @@ hubconf's ``VPRModel``: ``backbone.*``, ``aggregator.*``).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprbench.models.common import load_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.common import register_with_weights
+from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 from vprbench.models.resnet_vpr import resnet50_trunk
 from vprbench.models.vit import DINOv2ViT, image_grid
 
@@ -126,15 +128,5 @@ BOQ_CARDS = {
     "boq-resnet50": _card("resnet50", "ResNet-50 to layer3", 384, 16384),
     "boq-dinov2": _card("dinov2", "DINOv2-B/14", 322, 12288),
 }
-
-
-def _register(name: str, card: ModelCard) -> None:
-    backbone = name.split("-")[1]
-
-    @register_model(card)
-    def build(options, weights, cache_dir):
-        return load_weights(BoQ(backbone), weights, card, cache_dir)
-
-
 for _name, _card in BOQ_CARDS.items():
-    _register(_name, _card)
+    register_with_weights(_card, partial(BoQ, _name.split("-")[1]))

@@ -56,6 +56,16 @@ def load_weights(
     return model
 
 
+def register_with_weights(card: ModelCard, make) -> None:
+    """Register ``card`` with the usual builder: ``make(**options)`` builds the model, then
+    :func:`load_weights` loads ``--weights`` into it (or marks it random)."""
+    from vprbench.models.registry import register_model
+
+    @register_model(card)
+    def build(options, weights, cache_dir):
+        return load_weights(make(**options), weights, card, cache_dir)
+
+
 def backbone_with_gem(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Key map of the backbone + GeM baselines: a released backbone file (no ``backbone.`` prefix,
     no GeM exponent) goes under ``backbone.``, with GeM's exponent at its usual start of 3. A file

@@ -24,8 +24,8 @@ from torch import nn
 
 from vprbench.errors import VPRBenchError
 from vprbench.models.aggregators import TDDA, GlobalGeM, RegionalGeM
-from vprbench.models.common import load_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.common import register_with_weights
+from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 from vprbench.models.vit import DINOv2ViT, image_grid, init_adapters
 from vprbench.models.weights import strict_load
 
@@ -256,14 +256,6 @@ CARDS = {
 }
 
 
-def _register(name: str, cls: type[RegionalVPRModel]) -> None:
-    card = CARDS[name]
-
-    @register_model(card)
-    def build(options, weights, cache_dir):
-        return load_weights(cls(**options), weights, card, cache_dir)
-
-
 for _name, _cls in (("d2vpr", D2VPR), ("d2vpr-encoder", D2VPR), ("cricavpr", CricaVPR),
                     ("cricavpr-noencoder", CricaVPR)):  # fmt: skip
-    _register(_name, _cls)
+    register_with_weights(CARDS[_name], _cls)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprbench.models.common import load_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.common import register_with_weights
+from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 
 
 class NetVLADPool(nn.Module):
@@ -87,11 +87,5 @@ NETVLAD_PCA_CARD = ModelCard(
 )
 
 
-@register_model(NETVLAD_CARD)
-def build_netvlad(options, weights, cache_dir):
-    return load_weights(NetVLAD(), weights, NETVLAD_CARD, cache_dir)
-
-
-@register_model(NETVLAD_PCA_CARD)
-def build_netvlad_pca(options, weights, cache_dir):
-    return load_weights(NetVLAD(pca_dim=4096), weights, NETVLAD_PCA_CARD, cache_dir)
+register_with_weights(NETVLAD_CARD, NetVLAD)
+register_with_weights(NETVLAD_PCA_CARD, lambda: NetVLAD(pca_dim=4096))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vprbench.errors import VPRBenchError
-from vprbench.models.common import load_weights
+from vprbench.models.common import load_weights, register_with_weights
 from vprbench.models.pooling import GeM
 from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
 
@@ -181,6 +181,4 @@ MIXVPR_CARD = ModelCard(
 )
 
 
-@register_model(MIXVPR_CARD)
-def build_mixvpr(options, weights, cache_dir):
-    return load_weights(MixVPR(), weights, MIXVPR_CARD, cache_dir)
+register_with_weights(MIXVPR_CARD, MixVPR)

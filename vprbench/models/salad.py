@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprbench.models.common import load_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.common import register_with_weights
+from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 from vprbench.models.vit import DINOv2ViT, image_grid
 
 
@@ -92,6 +92,4 @@ SALAD_CARD = ModelCard(
 )
 
 
-@register_model(SALAD_CARD)
-def build_salad(options, weights, cache_dir):
-    return load_weights(SALAD(), weights, SALAD_CARD, cache_dir)
+register_with_weights(SALAD_CARD, SALAD)

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vprbench.errors import VPRBenchError
-from vprbench.models.common import load_weights
+from vprbench.models.common import register_with_weights
 from vprbench.models.pooling import GeM
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 from vprbench.models.resnet_vpr import L2Norm
 from vprbench.models.vit import DINOv2ViT, image_grid
 
@@ -81,6 +81,4 @@ SELAVPR_CARD = ModelCard(
 )
 
 
-@register_model(SELAVPR_CARD)
-def build_selavpr(options, weights, cache_dir):
-    return load_weights(SelaVPR(), weights, SELAVPR_CARD, cache_dir)
+register_with_weights(SELAVPR_CARD, SelaVPR)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprbench.models.common import load_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.common import register_with_weights
+from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 from vprbench.models.vit import DINOv2ViT, image_grid
 
 CLUSTERS, GHOSTS, DIM = 4, 1, 768
@@ -86,6 +86,4 @@ SUPERVLAD_CARD = ModelCard(
 )
 
 
-@register_model(SUPERVLAD_CARD)
-def build_supervlad(options, weights, cache_dir):
-    return load_weights(SuperVLAD(**options), weights, SUPERVLAD_CARD, cache_dir)
+register_with_weights(SUPERVLAD_CARD, SuperVLAD)
