@@ -155,7 +155,8 @@ def exact_search(
     database may be any array that supports row indexing (an h5py dataset, a memory map).
     database_valid: optional [Nd] bool; invalid rows (images skipped at extraction) are never returned.
     kind: ``exact`` or an approximate index (SEARCHES). backend: ``faiss`` or ``torch`` for exact
-    search (default: torch on CUDA devices, faiss otherwise). chunk_rows: database rows per chunk.
+    search (default: :func:`default_backend`, torch on CUDA and for large CPU searches, faiss for
+    small ones). chunk_rows: database rows per chunk.
     Returns (indices [Nq, k] int64, squared L2 distances [Nq, k] float32); slots beyond the number of
     valid database rows hold -1 and +inf.
     """
