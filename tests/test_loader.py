@@ -10,7 +10,7 @@ from PIL import Image
 
 from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
 from vprbench.datasets.images import ImageList, Preprocess, collate_images
-from vprbench.loader import PREFETCH, ThreadedBatches
+from vprbench.loader import PREFETCH, InOrderCalls, ThreadedBatches
 
 
 class Slow:
@@ -26,7 +26,7 @@ class Slow:
         time.sleep(0.002 * ((self.n - i) % 5))
         self.threads.add(threading.get_ident())
         self.made.append(i)
-        return i, torch.full((2,), float(i)), ""
+        return i, torch.full((3, 1, 2), float(i)), ""
 
 
 def test_batches_come_in_order_whatever_the_threads():
@@ -35,8 +35,20 @@ def test_batches_come_in_order_whatever_the_threads():
         items = Slow(8)
         got = list(ThreadedBatches(items, batches, threads, collate_images))
         assert [g[0].tolist() for g in got] == batches
-        assert [g[1][:, 0].tolist() for g in got] == [[float(i) for i in b] for b in batches]
+        assert [g[1][:, 0, 0, 0].tolist() for g in got] == [[float(i) for i in b] for b in batches]
         assert (items.threads == {threading.get_ident()}) == (threads == 0)
+
+
+def test_batches_are_channels_last_whatever_the_items_layout():
+    rng = np.random.default_rng(0)
+    planar = torch.from_numpy(rng.random((3, 4, 5), dtype=np.float32))  # NCHW-contiguous item
+    pixels = rng.random((4, 5, 3), dtype=np.float32)
+    interleaved = torch.from_numpy(pixels).permute(2, 0, 1)  # as Preprocess.apply gives
+    indices, batch, errors = collate_images([(7, planar, ""), (2, interleaved, "bad")])
+    assert batch.shape == (2, 3, 4, 5)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch[0], planar) and torch.equal(batch[1], interleaved)
+    assert indices.tolist() == [7, 2] and errors == ["", "bad"]
 
 
 def test_stopping_early_prepares_no_more_than_the_prefetch():
@@ -85,3 +97,64 @@ def test_a_failing_item_reaches_the_consumer():
 
     with pytest.raises(RuntimeError, match="item 2 failed"):
         list(ThreadedBatches(Broken(4), [[0], [1], [2], [3]], 2, collate_images))
+
+
+def test_in_order_calls_run_in_order_in_one_thread_and_hold_back_the_caller():
+    done, threads, gate = [], set(), threading.Event()
+
+    def write(i, value):
+        gate.wait()
+        threads.add(threading.get_ident())
+        done.append((i, value))
+
+    writer = InOrderCalls(write, depth=2)
+    writer.put(0, "a")  # taken by the thread, which waits at the gate
+    time.sleep(0.05)
+    writer.put(1, "b")
+    writer.put(2, "c")  # two waiting: the depth
+    blocked = threading.Thread(target=writer.put, args=(3, "d"))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # a third waiting call is refused until the thread catches up
+    gate.set()
+    blocked.join(5)
+    writer.close()
+    assert done == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_in_order_calls_hand_the_threads_exception_to_the_caller():
+    calls = []
+
+    def write(i):
+        calls.append(i)
+        if i == 1:
+            raise OSError("disk full")
+
+    writer = InOrderCalls(write, depth=1)
+    writer.put(0)
+    writer.put(1)
+    with pytest.raises(OSError, match="disk full"):
+        for i in range(2, 100):  # a later put raises it: the caller stops early
+            writer.put(i)
+            time.sleep(0.01)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert calls == [0, 1]  # nothing is written after the failure
+
+
+def test_leaving_in_order_calls_on_an_error_finishes_the_writes_and_keeps_that_error():
+    done = []
+
+    def write(i):
+        time.sleep(0.02)
+        if i == 2:
+            raise OSError("from the thread")
+        done.append(i)
+
+    with pytest.raises(ValueError, match="from the caller"), InOrderCalls(write, depth=3) as w:
+        w.put(0)
+        w.put(1)
+        w.put(2)
+        raise ValueError("from the caller")
+    assert done == [0, 1]  # the batches already handed over were written before leaving

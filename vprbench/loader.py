@@ -12,6 +12,9 @@ copy to the GPU does not block and the consumer's thread does neither."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,3 +82,54 @@ def _pinned(x):
     if isinstance(x, list):
         return [_pinned(v) for v in x]
     return x
+
+
+class InOrderCalls:
+    """``fn(*args)`` for each ``put(*args)``, in order, in one background thread, with at most
+    ``depth`` calls waiting: ``put`` blocks beyond that, so the caller never runs far ahead. Extraction
+    hands it each batch's descriptors: fetching them (on CUDA, waiting for the forward pass) and
+    writing the fsync'd shard then overlap the next batches instead of holding up the main thread.
+
+    An exception in ``fn`` is raised by the next ``put`` or by ``close``; calls after it are dropped.
+    Use as a context manager: leaving it waits for the calls already put, and an exception that
+    ends the block is not masked by one from the thread."""
+
+    _STOP = object()
+
+    def __init__(self, fn: Callable, depth: int = 2, name: str = "vprbench-writer") -> None:
+        self.fn = fn
+        self._pending: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (args := self._pending.get()) is not self._STOP:
+            if self._error is None:
+                try:
+                    self.fn(*args)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def put(self, *args) -> None:
+        if self._error is not None:
+            raise self._error
+        self._pending.put(args)
+
+    def close(self) -> None:
+        """Wait for the calls already put; raise the first exception of any."""
+        if self._thread.is_alive():
+            self._pending.put(self._STOP)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> InOrderCalls:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+            return
+        with contextlib.suppress(BaseException):  # already failing: finish the writes in flight,
+            self.close()  # and keep the caller's exception

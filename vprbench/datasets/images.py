@@ -76,12 +76,19 @@ class ImageList:
 
 def collate_images(items: list[tuple]) -> tuple:
     """Batch of :class:`ImageList` items: (indices tensor, [B, 3, H, W] tensor, list of errors),
-    stacked by numpy (not torch's thread pool: this runs in loader threads)."""
+    stacked by numpy (not torch's thread pool: this runs in loader threads).
+
+    The batch is channels last in memory (``torch.channels_last``; PIL's pixels already are): a CPU
+    convolution runs 1.3x as fast on it as on NCHW (effnet-lite0, batch 32; descriptors within 3e-7),
+    and a ViT's patch embedding no slower. Every batch has this layout, whatever the items'."""
     import torch
 
     indices, tensors, errors = zip(*items, strict=True)
-    stacked = np.stack([t.numpy() for t in tensors])
-    return torch.tensor(indices), torch.from_numpy(stacked), list(errors)
+    c, h, w = tensors[0].shape
+    stacked = np.empty((len(tensors), h, w, c), dtype=np.float32)
+    for row, t in zip(stacked, tensors, strict=True):
+        row[...] = t.numpy().transpose(1, 2, 0)
+    return torch.tensor(indices), torch.from_numpy(stacked).permute(0, 3, 1, 2), list(errors)
 
 
 def _unreadable(path: Path, exc: Exception) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from vprbench import __version__
+from vprbench import __version__, allocator
 from vprbench.atomic import write_text
 from vprbench.errors import VPRBenchError
 from vprbench.train.checkpoint import (
@@ -197,6 +197,7 @@ def train(
         from vprbench.paths import data_root
 
         open_dataset(name, data_root(), registry)
+    allocator.reuse_freed_memory()  # CPU steps ~2x faster (vprbench.allocator)
     model.to(device).train()
     module = model
     if world > 1:
@@ -240,7 +241,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         resolved = {"config": asdict(config), "vprbench_version": __version__, "git": _git_revision(),
                     "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                "torch": torch.__version__, "world_size": world},
+                                "torch": torch.__version__, "world_size": world,
+                                "malloc": allocator.describe()},
                     "data": {"root": str(data.root), "cities": data.cities, "places": len(data.places),
                              "images": data.num_images, "dropped_places": data.dropped},
                     "parameters": {"trainable": trainable, "total": total},
@@ -342,6 +344,7 @@ def train(
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if world > 1:
         torch.distributed.barrier()
+    allocator.release_freed_memory()
     return summary
 
 
