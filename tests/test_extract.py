@@ -534,3 +534,44 @@ def test_a_failed_shard_write_stops_the_extraction_and_a_rerun_completes_it(tiny
             getattr(again.descriptors, split).tobytes()
             == getattr(clean.descriptors, split).tobytes()
         )
+
+
+def test_the_final_file_takes_added_batches_as_given_and_the_rest_from_their_shards(tmp_path):
+    from vprbench.cache import Assembly
+
+    cache = DescriptorCache(tmp_path)
+    key = {"dataset": "d", "model": "m", "setting": 1}
+    folder, batch = cache.open_partial(key, 2)
+    rows = {0: [0, 1], 1: [3, 2], 2: [4]}  # batch 1 in another order, as a batch-dependent model's
+    shard = {b: np.array([[10.0 * r, 1.0] for r in rs], np.float32) for b, rs in rows.items()}
+    for b, rs in rows.items():
+        cache.write_shard(folder, "database", b, shard[b], np.array([True] * len(rs)), np.array(rs))
+    cache.write_shard(folder, "queries", 0, np.zeros((1, 0), np.float32), np.array([False]),
+                      np.array([0]))  # fmt: skip
+    assembly = Assembly(cache, key, folder, {"database": 5, "queries": 1})
+    # batch 1 arrives while the extraction runs (with values unlike its shard's, to tell them apart)
+    assembly.add("database", 1, np.array([[-3, 0], [-2, 0]], np.float32), np.array([True, False]),
+                 np.array([3, 2]))  # fmt: skip
+    assert not list(tmp_path.rglob("*.h5"))  # the file being filled does not look complete
+    path = assembly.finish(batch)
+    arrays, stored_key = _h5_arrays(path)
+    assert stored_key == key and not folder.exists()
+    np.testing.assert_array_equal(
+        arrays["database"], [[0, 1], [10, 1], [-2, 0], [-3, 0], [40, 1]]
+    )  # rows 0, 1 and 4 from the shards, 2 and 3 as added
+    assert arrays["database_valid"].tolist() == [True, True, False, True, True]
+    assert arrays["queries"].shape == (1, 0) and arrays["queries_valid"].tolist() == [False]
+    assert DescriptorCache(tmp_path).load(key).database.shape == (5, 2)
+
+
+def test_the_final_file_names_the_rows_no_shard_holds(tmp_path):
+    from vprbench.cache import Assembly
+
+    cache = DescriptorCache(tmp_path)
+    key = {"dataset": "d", "model": "m"}
+    folder, batch = cache.open_partial(key, 2)
+    cache.write_shard(folder, "database", 0, np.ones((2, 3), np.float32), np.ones(2, bool),
+                      np.array([0, 1]))  # fmt: skip
+    with pytest.raises(VPRBenchError, match="database shards miss 2 of 4 rows"):
+        Assembly(cache, key, folder, {"database": 4, "queries": 0}).finish(batch)
+    assert not list(tmp_path.rglob("*.h5"))

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,49 +163,88 @@ class DescriptorCache:
             indices=np.asarray(indices, dtype=np.int64),
         )
 
-    def _write_split(self, f, folder: Path, split: str, n: int, batch_size: int) -> None:
-        """Write one split's shards into ``f`` (datasets ``split`` [n, D] and ``split_valid`` [n]),
-        shard by shard, each shard's rows at their dataset indices: memory stays at one shard
-        whatever the number of images. A shard whose images were all unreadable holds no columns
-        (its rows stay zero)."""
-        paths = [self.shard_path(folder, split, b) for b in range(-(-n // batch_size))]
-        width = 0
-        for path in paths:  # the descriptor width: the first shard with a readable image
-            with np.load(path) as z:
-                width = z["descriptors"].shape[1]
-            if width:
-                break
-        desc = f.create_dataset(split, shape=(n, width), dtype=np.float32, fillvalue=0.0)
-        valid, seen = np.zeros(n, bool), np.zeros(n, bool)
-        for path in paths:
-            with np.load(path) as z:
-                rows, d, v = z["indices"], z["descriptors"], z["valid"]
-            order = np.argsort(rows)  # h5py writes rows in increasing order
-            if d.shape[1] and len(rows):
-                desc[rows[order]] = d[order]
-            valid[rows], seen[rows] = v, True
-        if not seen.all():
-            raise VPRBenchError(f"{folder}: {split} shards miss {int((~seen).sum())} of {n} rows")
-        f.create_dataset(f"{split}_valid", data=valid)
-
     def finalise(self, key: dict, folder: Path, counts: dict[str, int], batch_size: int) -> Path:
         """Assemble the shards of every split into the final .h5 (atomic rename), drop the shards."""
-        path = self.path_for(key)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".h5.tmp")
-        os.close(fd)
+        return Assembly(self, key, folder, counts).finish(batch_size)
+
+
+class Assembly:
+    """The final .h5 of one key, filled while the extraction runs: each batch's descriptors go into it
+    as its shard is written (``add``, from extraction's writer thread), so that ``finish`` has only the
+    batches it did not see to read from their shards (those of an earlier, interrupted run, or of other
+    ranks) before the file is synced and renamed into place. Assembling every shard after the last
+    batch took 0.25 s per 2,048 10,752-d descriptors on a 2-core machine: a fifth of the H100's d2vpr
+    forward time for them, spent with the GPU idle.
+
+    The file lives in the partial folder while it is filled: a killed run leaves it there, and the next
+    run starts it again (the shards hold every finished batch)."""
+
+    NAME = "final.h5.tmp"  # not *.h5: nothing in the cache looks complete before it is
+
+    def __init__(
+        self, cache: DescriptorCache, key: dict, folder: Path, counts: dict[str, int]
+    ) -> None:
+        self.cache, self.key, self.folder, self.counts = cache, key, Path(folder), counts
+        self.path = self.folder / self.NAME
+        self.path.unlink(missing_ok=True)
+        self._file = h5py.File(self.path, "w")
+        self._valid = {split: np.zeros(n, bool) for split, n in counts.items()}
+        self._seen = {split: np.zeros(n, bool) for split, n in counts.items()}
+        self._added: dict[str, set[int]] = {split: set() for split in counts}
+
+    def add(self, split: str, batch: int, descriptors: np.ndarray, valid: np.ndarray,
+            rows: np.ndarray) -> None:  # fmt: skip
+        """One batch: descriptors [B, D] (D = 0: no readable image), validity [B], dataset rows [B]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if descriptors.shape[1] and len(rows):
+            if split not in self._file:
+                self._file.create_dataset(split, shape=(self.counts[split], descriptors.shape[1]),
+                                          dtype=np.float32, fillvalue=0.0)  # fmt: skip
+            out = self._file[split]
+            if out.shape[1] != descriptors.shape[1]:
+                raise VPRBenchError(f"{self.folder}: {split} batch {batch} is {descriptors.shape[1]}-d, "
+                                    f"earlier batches {out.shape[1]}-d")  # fmt: skip
+            order = np.argsort(rows)  # h5py writes rows in increasing order
+            rows, descriptors, valid = rows[order], descriptors[order], valid[order]
+            if rows[-1] - rows[0] == len(rows) - 1:  # consecutive: one slab
+                out[rows[0] : rows[-1] + 1] = descriptors.astype(np.float32)
+            else:
+                out[rows] = descriptors.astype(np.float32)
+        self._valid[split][rows] = valid
+        self._seen[split][rows] = True
+        self._added[split].add(batch)
+
+    def finish(self, batch_size: int) -> Path:
+        """Read the batches not added from their shards, write the validity masks and the key, sync,
+        rename to the key's path, and drop the partial folder."""
+        path = self.cache.path_for(self.key)
         try:
-            with h5py.File(tmp, "w") as f:
-                for split in SPLITS:
-                    self._write_split(f, folder, split, counts[split], batch_size)
-                f.attrs["key"] = canonical_json(key)
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["batch_size"] = batch_size
-            with open(tmp, "rb") as handle:
+            for split, n in self.counts.items():
+                for b in range(-(-n // batch_size)):
+                    shard = self.cache.shard_path(self.folder, split, b)
+                    if b not in self._added[split] and shard.is_file():
+                        with np.load(shard) as z:
+                            self.add(split, b, z["descriptors"], z["valid"], z["indices"])
+                if not self._seen[split].all():
+                    missing = int((~self._seen[split]).sum())
+                    raise VPRBenchError(f"{self.folder}: {split} shards miss {missing} of {n} rows")
+                if split not in self._file:  # no readable image at all
+                    self._file.create_dataset(split, shape=(n, 0), dtype=np.float32)
+                self._file.create_dataset(f"{split}_valid", data=self._valid[split])
+            self._file.attrs["key"] = canonical_json(self.key)
+            self._file.attrs["format_version"] = FORMAT_VERSION
+            self._file.attrs["batch_size"] = batch_size
+            self._file.close()
+            with open(self.path, "rb") as handle:
                 os.fsync(handle.fileno())
-            public_mode(tmp)
-            os.replace(tmp, path)
+            public_mode(self.path)
+            os.replace(self.path, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
+            self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
         return path
+
+    def close(self) -> None:
+        """Close the file (left in the partial folder: the next run starts it again)."""
+        if self._file.id.valid:
+            self._file.close()

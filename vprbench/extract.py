@@ -24,7 +24,14 @@ import numpy as np
 
 from vprbench import __version__, allocator
 from vprbench.atomic import write_text
-from vprbench.cache import FORMAT_VERSION, SPLITS, CachedDescriptors, DescriptorCache, key_digest
+from vprbench.cache import (
+    FORMAT_VERSION,
+    SPLITS,
+    Assembly,
+    CachedDescriptors,
+    DescriptorCache,
+    key_digest,
+)
 from vprbench.choices import (
     BAD_IMAGE_POLICIES,
     BATCH_ORDERS,
@@ -123,8 +130,8 @@ STAGES = {
     "forward_queue": "copying a batch to the device and queuing its forward pass",
     "writer_wait": "waiting for the writer thread to take a batch's descriptors (it is behind)",
     "device_wait": "writer thread: waiting for the descriptors (on CUDA: the forward pass running)",
-    "shard_write": "writer thread: writing each batch's shard (fsync'd)",
-    "finalise": "assembling the shards into the final .h5",
+    "shard_write": "writer thread: writing each batch's shard (fsync'd) and its rows of the .h5",
+    "finalise": "completing the final .h5 (batches of an earlier run or other ranks), sync, rename",
 }
 WRITER_STAGES = ("device_wait", "shard_write")
 # Batches whose descriptors may wait for the writer thread (vprbench.loader.InOrderCalls)
@@ -489,19 +496,25 @@ def extract(
         if rank != 0:  # rank 0 made (or kept) the folder; the others read its batch size
             folder, shard_batch = cache.open_partial(key, batch_size)
         allocator.reuse_freed_memory()  # 2x faster CPU forward passes (vprbench.allocator)
-        skipped = {
-            split: _extract_split(model, dataset, split, preprocess, settings, folder,
-                                  shard_batch, progress if rank == 0 else None, (rank, world),
-                                  timings)
-            for split in SPLITS
-        }  # fmt: skip
-        if world > 1:
-            skipped = _gather_skipped(skipped, world)
-        if rank == 0:
-            counts = {split: len(dataset.split(split)) for split in SPLITS}
-            tic = time.perf_counter()
-            cache.finalise(key, folder, counts, shard_batch)
-            timings["finalise"] = time.perf_counter() - tic
+        counts = {split: len(dataset.split(split)) for split in SPLITS}
+        # rank 0 fills the final file as its batches are written; the rest comes from the shards
+        assembly = Assembly(cache, key, folder, counts) if rank == 0 else None
+        try:
+            skipped = {
+                split: _extract_split(model, dataset, split, preprocess, settings, folder,
+                                      shard_batch, progress if rank == 0 else None, (rank, world),
+                                      timings, assembly)
+                for split in SPLITS
+            }  # fmt: skip
+            if world > 1:
+                skipped = _gather_skipped(skipped, world)
+            if assembly is not None:
+                tic = time.perf_counter()
+                assembly.finish(shard_batch)
+                timings["finalise"] = time.perf_counter() - tic
+        finally:
+            if assembly is not None:
+                assembly.close()
         sync()
     allocator.release_freed_memory()
     cached = cache.load(key)
@@ -522,9 +535,11 @@ def _extract_split(
     progress: ProgressFactory | None,
     part: tuple[int, int] = (0, 1),
     timings: dict[str, float] | None = None,
+    assembly: Assembly | None = None,
 ) -> list[str]:
     """Compute the missing batches of one split into shards; returns the skipped image paths.
-    ``part`` (rank, world size): this process computes the batches whose number % world == rank."""
+    ``part`` (rank, world size): this process computes the batches whose number % world == rank.
+    ``assembly``: the final file, which each batch also goes into once its shard is written."""
     import torch
     import torch.nn.functional as F
 
@@ -585,6 +600,8 @@ def _extract_split(
             desc[valid] = out
         tic = spent("device_wait", tic)
         DescriptorCache.write_shard(folder, split, b, desc, valid, indices.numpy())
+        if assembly is not None:
+            assembly.add(split, b, desc, valid, indices.numpy())
         spent("shard_write", tic)
         if tick:
             tick(len(indices))
