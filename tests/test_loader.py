@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
-from vprbench.datasets.images import ImageList, Preprocess, collate_images
+from vprbench.datasets.images import ImageList, Preprocess, collate_images, normalise_batch
 from vprbench.loader import PREFETCH, InOrderCalls, ThreadedBatches
 
 
@@ -86,6 +86,13 @@ def test_numpy_preprocessing_equals_torchvision_bit_for_bit(tmp_path):
                     expected = torchvision_reference(pre)(im.convert("RGB"))
                 got = ImageList([tmp_path / name], pre)[0][1]
                 assert got.dtype == torch.float32 and torch.equal(got, expected), (name, size)
+                # the uint8 pixels a CUDA extraction ships, normalised on the device: the same bits
+                pixels = ImageList([tmp_path / name], pre, normalise=False)[0]
+                batch = collate_images([pixels, pixels])[1]
+                assert batch.dtype == torch.uint8
+                on_device = normalise_batch(batch, pre.table())
+                assert on_device.is_contiguous(memory_format=torch.channels_last)
+                assert torch.equal(on_device[1], expected), (name, size)
 
 
 def test_a_failing_item_reaches_the_consumer():

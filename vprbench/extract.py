@@ -48,6 +48,7 @@ from vprbench.datasets.images import (
     collate_encoded,
     collate_images,
     decode_on_device,
+    normalise_batch,
 )
 from vprbench.errors import VPRBenchError
 from vprbench.paths import file_identity
@@ -572,8 +573,12 @@ def _extract_split(
     # Loader threads prepare batches ahead; on CUDA they land in pinned memory and are copied without
     # blocking.
     on_device = settings.decode == "device"
+    # On the CPU the loader threads normalise each image; elsewhere they ship uint8 pixels (a quarter
+    # of the bytes to stack, pin and copy) and the device normalises the batch, to the same bits.
+    normalise_in_loader = device.type == "cpu"
+    table = preprocess.table()
     loader = ThreadedBatches(
-        EncodedImageList(paths) if on_device else ImageList(paths, preprocess),
+        EncodedImageList(paths) if on_device else ImageList(paths, preprocess, normalise_in_loader),
         batches,
         workers,
         collate_encoded if on_device else collate_images,
@@ -641,6 +646,8 @@ def _extract_split(
                     ),
                 ):
                     x = batch.to(device, non_blocking=True)
+                    if x.dtype == torch.uint8:
+                        x = normalise_batch(x, table)
                     out = F.normalize(forward(x).float(), dim=1)
             tic = spent("forward_queue", tic)
             writer.put(b, indices, errors, valid, out)
