@@ -10,7 +10,8 @@ asked for.
 
 While an extraction runs, finished batches are kept as ``<digest>.partial/<split>-<batch>.npz`` shards,
 each renamed into place when written, so a killed run resumes at the first missing batch. The final
-.h5 is written under a temporary name and renamed: a file at the final path is always complete.
+.h5 is filled as the batches are written (``Assembly``), as ``<digest>.partial/final.h5.tmp``, then synced
+and renamed: a file at the final path is always complete.
 """
 
 from __future__ import annotations
@@ -162,10 +163,6 @@ class DescriptorCache:
             valid=valid.astype(bool),
             indices=np.asarray(indices, dtype=np.int64),
         )
-
-    def finalise(self, key: dict, folder: Path, counts: dict[str, int], batch_size: int) -> Path:
-        """Assemble the shards of every split into the final .h5 (atomic rename), drop the shards."""
-        return Assembly(self, key, folder, counts).finish(batch_size)
 
 
 class Assembly:

@@ -496,7 +496,7 @@ def extract(
         sync()
         if rank != 0:  # rank 0 made (or kept) the folder; the others read its batch size
             folder, shard_batch = cache.open_partial(key, batch_size)
-        allocator.reuse_freed_memory()  # 2x faster CPU forward passes (vprbench.allocator)
+        allocator.reuse_freed_memory()  # freed activations reused, not faulted in again
         counts = {split: len(dataset.split(split)) for split in SPLITS}
         # rank 0 fills the final file as its batches are written; the rest comes from the shards
         assembly = Assembly(cache, key, folder, counts) if rank == 0 else None

@@ -283,7 +283,7 @@ def machine() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
-        "malloc": allocator.describe(),  # it changes CPU latency 2x (vprbench.allocator)
+        "malloc": allocator.describe(),  # it changes CPU latency (vprbench.allocator)
     }
 
 
