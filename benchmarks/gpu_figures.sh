@@ -5,6 +5,9 @@
 # the main thread's time went, on 8,192 images so that per-run costs weigh less; then exact search
 # on the GPU against faiss on the CPU, with the share of queries whose top-10 agree. (torch.compile
 # on the GPU was measured on 2026-11-26: README.) Each step runs even if an earlier one failed.
+# Not yet measured on a GPU: the writer thread (device waits and shard writes off the main thread),
+# the final .h5 filled as batches are written, and uint8 batches normalised on the device; the
+# breakdown shows whether "writer_wait" or "finalise" still cost the main thread anything.
 #   bash benchmarks/gpu_figures.sh 2>&1 | tee gpu_figures.txt
 set -uo pipefail
 export PYTHONUNBUFFERED=1

@@ -89,7 +89,8 @@ def normalise_batch(batch, table: np.ndarray):
         )
     values, offsets = _DEVICE_TABLES[key]
     nhwc = batch.permute(0, 2, 3, 1)
-    return values[nhwc.to(torch.int32) + offsets].permute(0, 3, 1, 2)
+    index = (nhwc.to(torch.int32) + offsets).reshape(-1)  # index_select takes int32 on any device
+    return torch.index_select(values, 0, index).view(nhwc.shape).permute(0, 3, 1, 2)
 
 
 _DEVICE_TABLES: dict = {}  # (table, device) -> (table, channel offsets) on that device
