@@ -1,7 +1,7 @@
 """Host-side costs of extraction that a fast GPU would wait for, each measured both ways in one run.
 
     .venv/bin/python benchmarks/host_costs.py [--images 64] [--descriptors 2048] [--dim 10752]
-        [--batch 64] [--repeats 3]
+        [--batch 64] [--repeats 3] [--layout-models effnet-lite0-gem,d2vpr] [--layout-batch 32]
 
 1. Loader time per image (one thread, generated 640x480 JPEGs to 224x224): normalised float32 items,
    as the loader threads make them for CPU extraction, against uint8 pixels, as they make them for a
@@ -10,6 +10,9 @@
    cache.Assembly) against finishing an assembly that took each batch as it was written (now),
    for ``--descriptors`` descriptors of ``--dim`` in shards of ``--batch``. The writes themselves
    happen in extraction's writer thread, beside the forward passes; this is what remains in series.
+3. The forward pass on a batch in the loader's memory layout (channels last) against the same batch
+   in NCHW, for each of ``--layout-models`` on the CPU (random weights where none ship; speed does
+   not depend on them), and the largest difference between their descriptors.
 Medians of ``--repeats``, interleaved.
 """
 
@@ -83,6 +86,42 @@ def assembly_costs(root: Path, n: int, dim: int, batch: int, repeats: int) -> No
     print(f"  assembling from every shard takes {ratio:.1f}x as long")
 
 
+def layout_costs(models: list[str], batch: int, repeats: int) -> None:
+    import warnings
+
+    import torch
+
+    from vprbench import allocator
+    from vprbench.models import create_model
+
+    allocator.reuse_freed_memory()  # as extraction runs
+    print(
+        f"forward pass, CPU ({torch.get_num_threads()} threads), batch {batch}, median of {repeats}:"
+    )
+    for name in models:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = create_model(name).eval()
+        x = torch.rand(batch, 3, *model.card.image_size)
+        inputs = {"NCHW": x, "channels last": x.contiguous(memory_format=torch.channels_last)}
+        times: dict[str, list[float]] = {k: [] for k in inputs}
+        outs = {}
+        with torch.inference_mode():
+            for k, v in inputs.items():
+                outs[k] = model(v)  # warm-up
+            for _ in range(repeats):
+                for k, v in inputs.items():
+                    start = time.perf_counter()
+                    model(v)
+                    times[k].append(time.perf_counter() - start)
+        rate = {k: batch / statistics.median(v) for k, v in times.items()}
+        diff = (outs["NCHW"] - outs["channels last"]).abs().max().item()
+        print(f"  {name:>20}: NCHW {rate['NCHW']:.1f} images/s, channels last "
+              f"{rate['channels last']:.1f} ({rate['channels last'] / rate['NCHW']:.2f}x), "
+              f"largest descriptor difference {diff:.1e}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=64)
@@ -90,10 +129,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=10752)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layout-models", default="effnet-lite0-gem,d2vpr")
+    parser.add_argument("--layout-batch", type=int, default=32)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vprbench-host-") as tmp:
         loader_costs(Path(tmp) / "loader", args.images, args.batch, args.repeats)
         assembly_costs(Path(tmp) / "h5", args.descriptors, args.dim, args.batch, args.repeats)
+    if args.layout_models:
+        layout_costs(args.layout_models.split(","), args.layout_batch, args.repeats)
 
 
 if __name__ == "__main__":

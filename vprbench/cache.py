@@ -170,8 +170,8 @@ class Assembly:
     as its shard is written (``add``, from extraction's writer thread), so that ``finish`` has only the
     batches it did not see to read from their shards (those of an earlier, interrupted run, or of other
     ranks) before the file is synced and renamed into place. For 2,048 10,752-d descriptors that tail
-    took 0.070 s on a 2-core machine, against 0.246 s to assemble every shard after the last batch
-    (``benchmarks/host_costs.py``): a fifth of the H100's d2vpr forward time for them, GPU idle.
+    took 0.086 s on a 2-core machine, against 0.314 s to assemble every shard after the last batch
+    (``benchmarks/host_costs.py``): a quarter of the H100's d2vpr forward time for them, GPU idle.
 
     The file lives in the partial folder while it is filled: a killed run leaves it there, and the next
     run starts it again (the shards hold every finished batch)."""
