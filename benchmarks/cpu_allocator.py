@@ -2,7 +2,7 @@
 freed tensor buffers reused instead of mmap'd and zeroed again for every layer), measured in one run.
 
     .venv/bin/python benchmarks/cpu_allocator.py [--model effnet-lite0-gem[,d2vpr]] [--images 128]
-        [--batch 32] [--repeats 2]
+        [--batch 32] [--repeats 2] [--train-steps 0] [--train-places 4]
 
 For each model it writes ``--images`` generated 640x480 JPEGs (and as many queries) as a dataset,
 then runs ``extract`` into an empty cache in a fresh process (the setting is per process and cannot
@@ -10,6 +10,8 @@ be undone), with ``VPRBENCH_MALLOC=system`` and without it, interleaved, ``--rep
 process reports the extraction's wall time and the process's user and system CPU time, and a digest
 of the descriptors. Printed: median images/s of each, the speed-up, the CPU time spent in the kernel,
 and whether the descriptors are byte-identical (they must be: only where memory comes from differs).
+``--train-steps N`` also runs N steps of d2vpr fine-tuning (random init) both ways, and prints the
+median images/s and whether the losses are identical.
 """
 
 from __future__ import annotations
@@ -46,7 +48,54 @@ print("RESULT", json.dumps({{"wall": wall, "user": after.ru_utime - before.ru_ut
       "malloc": allocator.describe()}}))
 """
 
+TRAIN_CHILD = """
+import json, resource, statistics, sys, warnings
+warnings.simplefilter("ignore")
+from pathlib import Path
+from vprbench import allocator
+from vprbench.train import config_from, train
+before = resource.getrusage(resource.RUSAGE_SELF)
+out = Path({out!r})
+train(config_from("finetune", data="nordland-train-sample", out=str(out), model="d2vpr",
+                  device="cpu", dtype="fp32", places_per_batch={places}, images_per_place=4,
+                  epochs=100, max_steps={steps}, warmup_steps=0, workers=0,
+                  checkpoint_every=10**9))
+after = resource.getrusage(resource.RUSAGE_SELF)
+rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+speeds = [r["images_per_s"] for r in rows if "loss" in r][1:]  # the first step warms up
+print("RESULT", json.dumps({{"images_per_s": statistics.median(speeds),
+      "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
+      "loss": [r["loss"] for r in rows if "loss" in r], "malloc": allocator.describe()}}))
+"""
+
 SETTINGS = {"glibc defaults": "system", "vprbench": ""}
+
+
+def train_once(out: Path, steps: int, places: int, malloc: str) -> dict:
+    env = {**os.environ, "VPRBENCH_MALLOC": malloc}
+    code = TRAIN_CHILD.format(out=str(out), steps=steps, places=places)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    return json.loads(done.stdout.split("RESULT", 1)[1])
+
+
+def compare_training(root: Path, steps: int, places: int, repeats: int) -> None:
+    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    for i in range(repeats):
+        for name, malloc in SETTINGS.items():
+            out = root / f"train-{name.replace(' ', '-')}-{i}"
+            runs[name].append(train_once(out, steps, places, malloc))
+    print(f"d2vpr fine-tuning on nordland-train-sample, CPU, {places} places x 4 images per step, "
+          f"{steps} steps (median images/s of steps 2-{steps}), median of {repeats}")  # fmt: skip
+    rate = {}
+    for name, results in runs.items():
+        rate[name] = statistics.median(r["images_per_s"] for r in results)
+        system = statistics.median(r["sys"] for r in results)
+        print(f"  {name:>14}: {rate[name]:7.2f} images/s, system CPU time {system:6.1f} s")
+    losses = {json.dumps(r["loss"]) for results in runs.values() for r in results}
+    print(f"  speed-up {rate['vprbench'] / rate['glibc defaults']:.2f}x; losses identical across "
+          f"all runs: {'yes' if len(losses) == 1 else 'NO'}")  # fmt: skip
 
 
 def run_once(data: Path, cache: Path, model: str, batch: int, malloc: str) -> dict:
@@ -64,6 +113,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128, help="database images (as many queries)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="also compare d2vpr fine-tuning steps (0: skip)")  # fmt: skip
+    parser.add_argument("--train-places", type=int, default=4)
     args = parser.parse_args()
     n = 2 * args.images
     with tempfile.TemporaryDirectory(prefix="vprbench-malloc-") as tmp:
@@ -89,6 +141,8 @@ def main() -> None:
                 f"  speed-up {rate['vprbench'] / rate['glibc defaults']:.2f}x; descriptors "
                 f"byte-identical across all runs: {'yes' if len(digests) == 1 else 'NO'}"
             )
+        if args.train_steps:
+            compare_training(root, args.train_steps, args.train_places, args.repeats)
 
 
 if __name__ == "__main__":
