@@ -71,9 +71,9 @@ print("RESULT", json.dumps({{"images_per_s": statistics.median(speeds),
 SETTINGS = {"glibc defaults": "system", "vprbench": ""}
 
 
-def train_once(out: Path, steps: int, places: int, malloc: str) -> dict:
+def run_child(code: str, malloc: str) -> dict:
+    """``code`` in a fresh Python process with ``VPRBENCH_MALLOC=malloc``; the JSON it prints."""
     env = {**os.environ, "VPRBENCH_MALLOC": malloc}
-    code = TRAIN_CHILD.format(out=str(out), steps=steps, places=places)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
@@ -85,7 +85,8 @@ def compare_training(root: Path, steps: int, places: int, repeats: int) -> None:
     for i in range(repeats):
         for name, malloc in SETTINGS.items():
             out = root / f"train-{name.replace(' ', '-')}-{i}"
-            runs[name].append(train_once(out, steps, places, malloc))
+            code = TRAIN_CHILD.format(out=str(out), steps=steps, places=places)
+            runs[name].append(run_child(code, malloc))
     print(f"d2vpr fine-tuning on nordland-train-sample, CPU, {places} places x 4 images per step, "
           f"{steps} steps (median images/s of steps 2-{steps}), median of {repeats}")  # fmt: skip
     rate = {}
@@ -96,15 +97,6 @@ def compare_training(root: Path, steps: int, places: int, repeats: int) -> None:
     losses = {json.dumps(r["loss"]) for results in runs.values() for r in results}
     print(f"  speed-up {rate['vprbench'] / rate['glibc defaults']:.2f}x; losses identical across "
           f"all runs: {'yes' if len(losses) == 1 else 'NO'}")  # fmt: skip
-
-
-def run_once(data: Path, cache: Path, model: str, batch: int, malloc: str) -> dict:
-    env = {**os.environ, "VPRBENCH_MALLOC": malloc}
-    code = CHILD.format(data=str(data), cache=str(cache), model=model, batch=batch)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    return json.loads(done.stdout.split("RESULT", 1)[1])
 
 
 def main() -> None:
@@ -126,7 +118,9 @@ def main() -> None:
             for i in range(args.repeats):  # interleaved: slow spells fall on both alike
                 for name, malloc in SETTINGS.items():
                     cache = root / f"cache-{model}-{name.replace(' ', '-')}-{i}"
-                    runs[name].append(run_once(root / "data", cache, model, args.batch, malloc))
+                    code = CHILD.format(data=str(root / "data"), cache=str(cache), model=model,
+                                        batch=args.batch)  # fmt: skip
+                    runs[name].append(run_child(code, malloc))
             print(f"{model}, {n} 640x480 JPEGs, batch {args.batch}, CPU, {os.cpu_count()} cores, "
                   f"median of {args.repeats}")  # fmt: skip
             rate = {}

@@ -201,12 +201,14 @@ class Assembly:
             if out.shape[1] != descriptors.shape[1]:
                 raise VPRBenchError(f"{self.folder}: {split} batch {batch} is {descriptors.shape[1]}-d, "
                                     f"earlier batches {out.shape[1]}-d")  # fmt: skip
-            order = np.argsort(rows)  # h5py writes rows in increasing order
-            rows, descriptors, valid = rows[order], descriptors[order], valid[order]
+            if (np.diff(rows) < 0).any():  # h5py writes rows in increasing order
+                order = np.argsort(rows)
+                rows, descriptors, valid = rows[order], descriptors[order], valid[order]
+            descriptors = descriptors.astype(np.float32, copy=False)
             if rows[-1] - rows[0] == len(rows) - 1:  # consecutive: one slab
-                out[rows[0] : rows[-1] + 1] = descriptors.astype(np.float32)
+                out[rows[0] : rows[-1] + 1] = descriptors
             else:
-                out[rows] = descriptors.astype(np.float32)
+                out[rows] = descriptors
         self._valid[split][rows] = valid
         self._seen[split][rows] = True
         self._added[split].add(batch)

@@ -150,9 +150,10 @@ def available_cpus() -> int:
 def default_workers(device) -> int:
     """Image loader threads (vprbench.loader) when the user names none. On a GPU the model waits for
     decoding: one per CPU but one (kept for the main thread), up to 16. On the CPU the loader and the
-    model share the cores: with 2 or fewer, decoding in the main thread is as fast as in a worker,
-    which takes a core from the forward pass (benchmarks/extract_pipeline.py, effnet on 2 cores: 0.93-
-    1.01 of model-only either way); with more, one per 8 CPUs overlaps decoding with the forward."""
+    model share the cores: with 2 or fewer, a loader thread takes a core from the forward pass
+    (benchmarks/extract_pipeline.py on 2 cores, end to end / model-only with 0 and 1 thread: d2vpr
+    0.96 and 0.84, effnet-lite0 0.74 and 0.77); with more, one per 8 CPUs overlaps decoding with the
+    forward."""
     cpus = available_cpus()
     if str(getattr(device, "type", device)).startswith("cuda"):
         return max(1, min(16, cpus - 1))
