@@ -3,14 +3,16 @@ write) against the model alone on the same device and batch, measured in one run
 
     .venv/bin/python benchmarks/extract_pipeline.py [--model effnet-lite0-gem[,...]] [--images 256]
         [--batch 32] [--device cpu|cuda] [--dtype fp32[,bf16]] [--workers auto,0,1,2]
-        [--decode pil[,device]] [--set K=V] [--write-delay MS]
+        [--decode pil[,device]] [--loader threads[,processes]] [--set K=V] [--write-delay MS]
 
 It writes ``--images`` generated 640x480 JPEGs (quality 90, the size of Pitts30k/MSLS images) as a
 dataset, then measures:
 - model only: the forward pass on preprocessed tensors already on the device (one warm-up batch);
 - end to end: ``extract`` into an empty cache, for each ``--workers`` value (``auto`` is vprbench's
   default for the device) and each ``--decode`` (``device``: torchvision decodes and resizes on the
-  device, nvJPEG on CUDA; it also prints how far its descriptors are from PIL decoding's),
+  device, nvJPEG on CUDA; it also prints how far its descriptors are from PIL decoding's) and each
+  ``--loader`` (PIL decoding in threads or in processes; not with ``--decode device``, nor with 0
+  workers),
 each ``--repeats`` times, interleaved, and prints the median images/s and the ratio end-to-end /
 model-only (the target is at least 0.90). ``--write-delay`` makes every shard write slower, as on a
 slow disk: the writer thread should hide it while it stays below a batch's forward time.
@@ -95,6 +97,11 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
                            device=args.device, dtype=dtype)  # fmt: skip
     tag = f"{model_name}-{dtype}"
     first = extract(dataset, base, root / f"warmup-{tag}", model=model)  # warms up the kernels
+    for w in args.workers.split(","):  # starts the loader processes (once per run of vprbench)
+        if ("pil", "processes") in settings_to_run(args, w, torch.device(args.device)):
+            workers = None if w == "auto" else int(w)
+            warm = ExtractSettings(**{**base.__dict__, "workers": workers, "loader": "processes"})
+            extract(dataset, warm, root / f"warmup-{tag}-{w}-processes", model=model)
     if first.preprocess not in tensors:
         tensors[first.preprocess] = preprocessed(dataset, first.preprocess)
     device = torch.device(args.device)
@@ -113,28 +120,28 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
             model_only(model, x, args.batch, args.device, dtype)
         )
         for w in args.workers.split(","):
-            for decode in args.decode.split(","):
+            for decode, loader in settings_to_run(args, w, device):
                 workers = None if w == "auto" else int(w)
                 settings = ExtractSettings(
-                    **{**base.__dict__, "workers": workers, "decode": decode}
+                    **{**base.__dict__, "workers": workers, "decode": decode, "loader": loader}
                 )
                 start = time.perf_counter()
-                out = extract(
-                    dataset, settings, root / f"cache-{tag}-{w}-{decode}-{i}", model=model
-                )
-                rates.setdefault((w, decode), []).append(
+                cache = root / f"cache-{tag}-{w}-{decode}-{loader}-{i}"
+                out = extract(dataset, settings, cache, model=model)
+                rates.setdefault((w, decode, loader), []).append(
                     2 * args.images / (time.perf_counter() - start)
                 )
                 results[decode] = out.descriptors.queries[...]
-                stages[(w, decode)] = (out.timings, out.seconds)
+                stages[(w, decode, loader)] = (out.timings, out.seconds)
     reference = statistics.median(rates.pop(("model", "")))
     print(f"  model only: {reference:8.1f} images/s")
-    for (w, decode), values in rates.items():
+    for (w, decode, loader), values in rates.items():
         rate = statistics.median(values)
         shown = f"auto={default_workers(device)}" if w == "auto" else w
-        print(f"  end to end, workers {shown:>6}, decode {decode:>6}: {rate:8.1f} images/s, "
+        how = f"decode {decode}" if decode != "pil" else f"{loader} decode"
+        print(f"  end to end, workers {shown:>6}, {how:>17}: {rate:8.1f} images/s, "
               f"ratio {rate / reference:.2f}")  # fmt: skip
-        timings, total = stages[(w, decode)]
+        timings, total = stages[(w, decode, loader)]
         print("    main thread, last repeat: " + ", ".join(
             f"{k} {v:.2f} s" for k, v in timings.items() if v >= 0.005 and k not in WRITER_STAGES
         ) + f" (of {total:.2f} s); writer thread: " + ", ".join(
@@ -144,6 +151,20 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
         cos = (pil * dev).sum(1)
         print(f"  decode device vs pil: query descriptors' cosine min {cos.min():.5f}, "
               f"largest element difference {np.abs(pil - dev).max():.2e}")  # fmt: skip
+
+
+def settings_to_run(args, workers: str, device) -> list[tuple[str, str]]:
+    """(decode, loader) pairs for one ``--workers`` value: loader processes only decode with PIL,
+    and only when there are workers."""
+    from vprbench.extract import default_workers
+
+    count = default_workers(device) if workers == "auto" else int(workers)
+    return [
+        (decode, loader)
+        for decode in args.decode.split(",")
+        for loader in args.loader.split(",")
+        if loader == "threads" or (decode == "pil" and count > 0)
+    ]
 
 
 def slow_disk(seconds: float) -> None:
@@ -168,6 +189,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or both, comma-separated")
     parser.add_argument("--workers", default="auto,0,1,2")
     parser.add_argument("--decode", default="pil", help="pil, device or both, comma-separated")
+    parser.add_argument("--loader", default="threads", help="threads, processes or both")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write-delay", type=float, default=0.0, metavar="MS",

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The GPU figures issue 12 still needs, in one prepared run (about 6 minutes on an H100), for a
+# The GPU figures issue 12 still needs, in one prepared run (about 7 minutes on an H100), for a
 # session that has a GPU: pipeline efficiency of d2vpr and cricavpr at batch 64 in fp32 and bf16
-# (PIL decoding in the loader threads, and decoding on the GPU), each with the breakdown of where
-# the main thread's time went, on 8,192 images so that per-run costs weigh less; then exact search
-# on the GPU against faiss on the CPU, with the share of queries whose top-10 agree. (torch.compile
-# on the GPU was measured on 2026-11-26: README.) Each step runs even if an earlier one failed.
+# (PIL decoding in loader threads, in loader processes, and decoding on the GPU), each with the
+# breakdown of where the main thread's time went; then exact search on the GPU against faiss on the
+# CPU, with the share of queries whose top-10 agree. (torch.compile on the GPU was measured on
+# 2026-11-26: README.) Each step runs even if an earlier one failed.
 # Not yet measured on a GPU: the writer thread (device waits and shard writes off the main thread),
-# the final .h5 filled as batches are written, and uint8 batches normalised on the device; the
-# breakdown shows whether "writer_wait" or "finalise" still cost the main thread anything.
+# the final .h5 filled as batches are written, uint8 batches normalised on the device, and loader
+# processes. First, loader_gil.py shows on the host's CPUs how much 8 loader threads slow the
+# thread that queues the forward pass, against 8 loader processes (on 2 CPUs, one thread slowed it
+# 1.18x and one process not at all). If processes beat threads end to end, make them the default on
+# CUDA (extract.ExtractSettings.loader), and say so in README.
 #   bash benchmarks/gpu_figures.sh 2>&1 | tee gpu_figures.txt
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 nproc
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+python benchmarks/loader_gil.py --workers 8 --images 256 --seconds 2 --repeats 3
 python benchmarks/extract_pipeline.py --device cuda --model d2vpr,cricavpr --batch 64 \
-  --dtype fp32,bf16 --images 4096 --workers auto --decode pil,device --repeats 2
+  --dtype fp32,bf16 --images 2048 --workers auto --decode pil,device --loader threads,processes \
+  --repeats 2
 python benchmarks/search_memory.py --cuda --modes "chunked faiss,chunked torch cuda" \
   --database 100000 --queries 1000

@@ -273,6 +273,21 @@ def test_bad_option_values(hand, capsys, monkeypatch):
         assert code == 1 and "CUDA is not available" in one_line_error(err)
 
 
+def test_loader_processes_from_the_command_line(hand, capsys, monkeypatch, isolated_dirs):
+    from vprbench.loader import close_decoders
+
+    base = ["--model", "pixels", "--dataset", "hand", "--workers", "2"]
+    try:
+        code, out, err = run(["extract", *base, "--loader", "processes"], capsys, monkeypatch)
+    finally:
+        close_decoders()
+    assert code == 0 and "computed" in out, err
+    code, out, _ = run(["extract", *base, "--loader", "threads"], capsys, monkeypatch)
+    assert code == 0 and "nothing recomputed" in out  # the same descriptors, one cache entry
+    code, _, err = run(["extract", *base, "--loader", "fork"], capsys, monkeypatch)
+    assert code == 2 and "Invalid value for '--loader'" in err
+
+
 def test_d2vpr_through_the_cache_with_overrides_and_pca(hand, capsys, monkeypatch, isolated_dirs):
     base = ["--dataset", "hand", "--image-size", "56", "56"]
     code, out, err = run(["extract", "--model", "d2vpr", *base], capsys, monkeypatch)

@@ -95,6 +95,34 @@ def test_bad_image_error_names_the_file_and_skip_is_recorded(tiny_dataset):
     assert result.skipped["database"] and str(bad) in result.skipped["database"][0]
 
 
+def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
+    tiny_dataset, tmp_path
+):
+    from vprbench.loader import close_decoders
+
+    bad = tiny_dataset.image_path(tiny_dataset.database[3])
+    bad.write_bytes(b"\x89PNG broken")
+    threads = ExtractSettings(model="pixels", on_bad_image="skip", batch_size=5, workers=2)
+    processes = ExtractSettings(**{**threads.__dict__, "loader": "processes"})
+    try:
+        with pytest.raises(VPRBenchError, match=r"0000003.png: cannot read image"):
+            extract(tiny_dataset, ExtractSettings(**{**processes.__dict__, "on_bad_image": "error"}),
+                    tmp_path / "failed")  # fmt: skip
+        ours = extract(tiny_dataset, processes, tmp_path / "processes")
+        assert ours.computed and ours.skipped["database"] == [str(bad) + ": cannot read image "
+                                                              "(not a decodable image)"]  # fmt: skip
+    finally:
+        close_decoders()
+    reference = extract(tiny_dataset, threads, tmp_path / "threads")
+    assert ours.descriptors.key == reference.descriptors.key
+    for split in ("database", "queries"):
+        assert (getattr(ours.descriptors, split).tobytes()
+                == getattr(reference.descriptors, split).tobytes())  # fmt: skip
+    # the loader is not part of the request: a warm run with threads reuses it
+    warm = extract(tiny_dataset, threads, tmp_path / "processes")
+    assert not warm.computed and warm.descriptors.path == ours.descriptors.path
+
+
 def test_a_first_batch_of_only_unreadable_images_is_assembled(tiny_dataset, tmp_path):
     before = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "before")
     # batch 0 (images 0-3) holds no readable image: its shard has no columns, the others do

@@ -2,15 +2,25 @@
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from vprbench import loader
 from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
 from vprbench.datasets.images import ImageList, Preprocess, collate_images, normalise_batch
-from vprbench.loader import PREFETCH, InOrderCalls, ThreadedBatches
+from vprbench.errors import VPRBenchError
+from vprbench.loader import (
+    PREFETCH,
+    InOrderCalls,
+    ThreadedBatches,
+    _check_shared_memory,
+    close_decoders,
+    decoders,
+)
 
 
 class Slow:
@@ -43,7 +53,7 @@ def test_batches_are_channels_last_whatever_the_items_layout():
     rng = np.random.default_rng(0)
     planar = torch.from_numpy(rng.random((3, 4, 5), dtype=np.float32))  # NCHW-contiguous item
     pixels = rng.random((4, 5, 3), dtype=np.float32)
-    interleaved = torch.from_numpy(pixels).permute(2, 0, 1)  # as Preprocess.apply gives
+    interleaved = torch.from_numpy(pixels).permute(2, 0, 1)  # as load_array's pixels are
     indices, batch, errors = collate_images([(7, planar, ""), (2, interleaved, "bad")])
     assert batch.shape == (2, 3, 4, 5)
     assert batch.is_contiguous(memory_format=torch.channels_last)
@@ -165,3 +175,56 @@ def test_leaving_in_order_calls_on_an_error_finishes_the_writes_and_keeps_that_e
         w.put(2)
         raise ValueError("from the caller")
     assert done == [0, 1]  # the batches already handed over were written before leaving
+
+
+def jpeg_folder(folder, n):
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    for i in range(n):
+        small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((80, 60), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+    return sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem))
+
+
+def test_loader_processes_make_the_threads_batches_and_stop_cleanly(tmp_path):
+    paths = jpeg_folder(tmp_path / "images", 11)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    paths[4] = tmp_path / "bad.jpg"
+    pre = Preprocess((20, 24), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    batches = [[3, 1, 9], [0], [7, 2, 5, 4], [10, 6, 8]]  # any order, sizes up to 4
+    pools = []
+    try:
+        for normalise, dtype in ((True, "float32"), (False, "uint8")):
+            pool = decoders(2, (PREFETCH, 4, 20, 24, 3), dtype)
+            threads = list(ThreadedBatches(ImageList(paths, pre, normalise), batches, 2,
+                                           collate_images))  # fmt: skip
+            for _ in range(2):  # the pool serves extraction after extraction
+                got = list(pool.batches(paths, batches, pre, normalise))
+                assert len(got) == len(threads) == 4
+                for (i, x, e), (j, y, f) in zip(got, threads, strict=True):
+                    assert torch.equal(i, j) and e == f
+                    assert x.dtype == y.dtype and torch.equal(x, y)  # the same bits
+                    assert x.is_contiguous(memory_format=torch.channels_last)
+            assert got[2][2][3].endswith("bad.jpg: cannot read image (not a decodable image)")
+            assert decoders(2, (PREFETCH, 4, 20, 24, 3), dtype) is pool  # not started again
+            assert decoders(1, (PREFETCH, 4, 20, 24, 3), dtype) is not pool
+            # a consumer that stops early (a bad image under --on-bad-image error) leaves no image
+            # still being written into the ring: the next batches are right
+            ready = pool.batches(paths, batches * 20, pre, normalise)
+            next(ready)
+            ready.close()
+            again = list(pool.batches(paths, batches, pre, normalise))
+            assert all(torch.equal(a[1], b[1]) for a, b in zip(again, threads, strict=True))
+            pools.append(pool)
+        # two pools kept: the float32 ones were closed for the uint8 ones, their memory freed
+        assert [key[0] for key in loader._DECODERS] == [2, 1] and pools[
+            1
+        ] in loader._DECODERS.values()
+        assert not Path(f"/dev/shm/{pools[0]._memory.name}").exists()
+    finally:
+        close_decoders()
+
+
+def test_loader_processes_say_when_shared_memory_is_too_small():
+    with pytest.raises(VPRBenchError, match=r"needs \d+ MiB of shared memory .* /dev/shm has"):
+        _check_shared_memory(2**60)

@@ -22,6 +22,9 @@ BATCH_ORDERS = ("official", "shuffled")
 # Where images are decoded and resized: by PIL in the loader workers, or by torchvision on the
 # extraction device (nvJPEG on CUDA), the workers only reading the files (extract).
 DECODES = ("pil", "device")
+# What decodes with PIL (--decode pil): threads of the extracting process, or spawned processes that
+# write into shared memory (vprbench.loader.ProcessDecoders). The pixels are the same.
+LOADERS = ("threads", "processes")
 SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")  # search
 NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate

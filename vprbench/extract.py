@@ -37,6 +37,7 @@ from vprbench.choices import (
     BATCH_ORDERS,
     DECODES,
     DTYPE_NAMES,
+    LOADERS,
     NORMALISATIONS,
 )
 from vprbench.datasets.formatted import FormattedDataset
@@ -76,7 +77,8 @@ class ExtractSettings:
     dtype: str = "fp32"
     device: str = "cpu"
     on_bad_image: str = "error"
-    workers: int | None = None  # image loader threads; None: default_workers(device)
+    workers: int | None = None  # image loader threads or processes; None: default_workers(device)
+    loader: str = "threads"  # LOADERS: what the workers are (the same pixels either way)
     interpolation: str | None = None  # None: the model card's
     normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
     batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
@@ -217,6 +219,7 @@ def _validate(settings: ExtractSettings) -> None:
         (settings.normalisation, NORMALISATIONS, "--normalisation"),
         (settings.batch_order, BATCH_ORDERS, "--batch-order"),
         (settings.decode, DECODES, "--decode"),
+        (settings.loader, LOADERS, "--loader"),
     ):
         if value is not None and value not in allowed:
             raise VPRBenchError(f"{flag} must be one of {list(allowed)}, got {value!r}")
@@ -260,7 +263,7 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
     request = {
         f.name: getattr(settings, f.name)
         for f in dataclasses.fields(settings)
-        if f.name not in ("device", "workers", "compile")  # none changes a descriptor
+        if f.name not in ("device", "workers", "loader", "compile")  # none changes a descriptor
     }
     if settings.decode != "pil":  # then the device's decoder and resize make the pixels
         request["device"] = _device_type(settings.device)
@@ -545,7 +548,7 @@ def _extract_split(
     import torch
     import torch.nn.functional as F
 
-    from vprbench.loader import InOrderCalls, ThreadedBatches
+    from vprbench.loader import PREFETCH, InOrderCalls, ThreadedBatches, decoders
 
     paths = [dataset.image_path(p) for p in dataset.split(split)]
     n_batches = -(-len(paths) // batch_size)
@@ -578,13 +581,22 @@ def _extract_split(
     # of the bytes to stack, pin and copy) and the device normalises the batch, to the same bits.
     normalise_in_loader = device.type == "cpu"
     table = preprocess.table()
-    loader = ThreadedBatches(
-        EncodedImageList(paths) if on_device else ImageList(paths, preprocess, normalise_in_loader),
-        batches,
-        workers,
-        collate_encoded if on_device else collate_images,
-        pin=device.type == "cuda" and not on_device,
-    )
+    pin = device.type == "cuda" and not on_device
+    if settings.loader == "processes" and workers > 0 and not on_device:
+        h, w = preprocess.image_size
+        ring = (PREFETCH, max(len(b) for b in batches), h, w, 3)
+        pool = decoders(workers, ring, "float32" if normalise_in_loader else "uint8")
+        loader = pool.batches(paths, batches, preprocess, normalise_in_loader, pin)
+    else:
+        loader = ThreadedBatches(
+            EncodedImageList(paths)
+            if on_device
+            else ImageList(paths, preprocess, normalise_in_loader),
+            batches,
+            workers,
+            collate_encoded if on_device else collate_images,
+            pin=pin,
+        )
     model.to(device)
     forward = _compiled(model) if settings.compile else model
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
@@ -617,9 +629,11 @@ def _extract_split(
     # A writer thread fetches each batch's descriptors and writes its shard while the main thread
     # goes on to the next batches: on CUDA the fetch waits for the forward pass, and by then the next
     # one is queued, so the GPU never waits for the host between batches, nor for the disk.
-    with InOrderCalls(store, WRITE_DEPTH) as writer:
+    # closing: a loader left on an error stops preparing batches now (loader processes would
+    # otherwise go on writing into the ring that the next extraction reuses)
+    with InOrderCalls(store, WRITE_DEPTH) as writer, contextlib.closing(iter(loader)) as ready:
         tic = clock()
-        for b, (indices, images, errors) in zip(todo, loader, strict=True):
+        for b, (indices, images, errors) in zip(todo, ready, strict=True):
             tic = spent("loader_wait", tic)
             if on_device:
                 images, errors = decode_on_device(

@@ -1,8 +1,11 @@
-"""Batches of images prepared by a pool of threads, in order, a few batches ahead of the consumer.
+"""Batches of images prepared by a pool of threads (or of processes), in order, a few batches ahead
+of the consumer.
 
-Threads rather than processes: PIL decodes and resizes, and numpy normalises, with the GIL released
-(2 threads decode 1.8x as fast as 1 on 2 cores), so nothing is forked (slow for a process that
-holds a CUDA context) and no batch is copied between processes.
+Threads by default: PIL decodes and resizes, and numpy normalises, with the GIL released (2 threads
+decode 1.8x as fast as 1 on 2 cores), so nothing is forked (slow for a process that holds a CUDA
+context) and no batch is copied between processes. But each image still takes the GIL about ten
+times, and so slows a main thread that needs it often: :class:`ProcessDecoders` (``--loader
+processes``) decodes in spawned processes into shared memory instead.
 
 The threads share out images, not batches: every thread works on the oldest batch first, so the
 first batch is ready after batch / threads images' time, not a whole batch's (a DataLoader worker
@@ -12,12 +15,22 @@ copy to the GPU does not block and the consumer's thread does neither."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import multiprocessing
+import os
 import queue
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+
+import numpy as np
+
+from vprbench.errors import VPRBenchError
 
 # Batches in preparation ahead of the one in use (as DataLoader's prefetch_factor, but in all).
 PREFETCH = 3
@@ -72,6 +85,152 @@ class ThreadedBatches:
         finally:  # also when the consumer stops early (an error, a bad image): drop the rest
             images.shutdown(wait=True, cancel_futures=True)
             assembler.shutdown(wait=True, cancel_futures=True)
+
+
+class ProcessDecoders:
+    """Images decoded and resized (:func:`vprbench.datasets.images.load_array`) by ``processes``
+    spawned processes, each writing its images straight into a ring of ``PREFETCH`` batches in
+    shared memory (only error messages come back through pipes): ``--loader processes``.
+
+    Loader threads share the consumer's GIL. Each image takes and gives it back about ten times
+    (opening, PIL's Python-level header parsing, decoding, resizing, numpy), and a main thread that
+    queues a forward pass on CUDA needs it between every two of its ~1,500 operations (d2vpr), so
+    many busy threads slow the very thread that keeps the GPU fed
+    (``benchmarks/loader_gil.py`` measures it). Processes leave the main process's GIL to the main
+    thread, the thread that copies each batch out of the ring (into pinned memory on CUDA) and the
+    writer thread.
+
+    The processes are spawned (never forked: a process holding a CUDA context must not fork) once
+    and serve every split and every later extraction with the same ring shape (``decoders``); they
+    import numpy and PIL, not torch. Batches come out as :class:`ThreadedBatches` makes them with
+    ``collate_images``: the same pixels, channels last."""
+
+    def __init__(self, processes: int, shape: tuple[int, ...], dtype: str) -> None:
+        self.processes, self.shape, self.dtype = processes, tuple(shape), np.dtype(dtype)
+        size = int(np.prod(self.shape)) * self.dtype.itemsize
+        _check_shared_memory(size)
+        self._memory = SharedMemory(create=True, size=max(1, size))
+        self.ring = np.ndarray(self.shape, self.dtype, buffer=self._memory.buf)
+        self.pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_attach_ring,
+            initargs=(self._memory.name, self.shape, self.dtype.str),
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        del self.ring
+        self._memory.close()
+        self._memory.unlink()
+
+    def batches(
+        self, paths: Sequence[Path], batches: list[list[int]], preprocess, normalise: bool,
+        pin: bool = False,
+    ) -> Iterator[tuple]:  # fmt: skip
+        """(indices tensor, [B, 3, H, W] channels-last tensor, errors) for each batch of
+        ``batches`` (indices into ``paths``), in order, ``PREFETCH`` batches in preparation. The
+        images of a batch are shared out among the processes, oldest batch first."""
+        import torch
+
+        todo = iter(enumerate(batches))
+        pending: deque[Future] = deque()
+        parts: list[Future] = []
+        collector = ThreadPoolExecutor(1, thread_name_prefix="vprbench-collate")
+
+        def collect(slot: int, batch: list[int], mine: list[Future]) -> tuple:
+            errors = [e for part in mine for e in part.result()]
+            pixels = torch.from_numpy(self.ring[slot, : len(batch)])
+            copy = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=pin)
+            copy.copy_(pixels)  # the slot is free again once this batch is taken
+            return torch.tensor(batch), copy.permute(0, 3, 1, 2), errors
+
+        def submit() -> None:
+            if (nxt := next(todo, None)) is None:
+                return
+            k, batch = nxt
+            slot = k % PREFETCH
+            rows = [(row, str(paths[i])) for row, i in enumerate(batch)]
+            step = -(-len(rows) // self.processes)
+            mine = [
+                self.pool.submit(_decode_rows, slot, rows[j : j + step], preprocess, normalise)
+                for j in range(0, len(rows), step)
+            ]
+            parts.extend(mine)
+            pending.append(collector.submit(collect, slot, batch, mine))
+
+        try:
+            for _ in range(PREFETCH):
+                submit()
+            while pending:
+                ready = pending.popleft().result()
+                parts[:] = [f for f in parts if not f.done()]
+                submit()
+                yield ready
+        finally:  # also when the consumer stops early: nothing may still write into the ring
+            for part in parts:
+                part.cancel()
+            wait_for(parts)
+            collector.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_shared_memory(size: int, folder: str = "/dev/shm") -> None:
+    """A clear error before a ring that does not fit (a container's default /dev/shm is 64 MiB):
+    writing beyond a tmpfs's space kills the process with SIGBUS instead."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:  # no such folder: not Linux; SharedMemory says what is wrong there
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if size > free:
+        raise VPRBenchError(
+            f"--loader processes needs {size / 2**20:.0f} MiB of shared memory for its batches, "
+            f"but {folder} has {free / 2**20:.0f} MiB free (in docker, raise --shm-size); use "
+            "--loader threads or a smaller --batch-size"
+        )
+
+
+_DECODERS: OrderedDict[tuple, ProcessDecoders] = OrderedDict()
+KEEP_DECODERS = 2  # pools kept running, the most recently used
+
+
+def decoders(processes: int, shape: tuple[int, ...], dtype: str) -> ProcessDecoders:
+    """The process pool for ``processes`` and a ring of ``shape`` and ``dtype``: one already running
+    for them if any (start-up, about a second, is paid once per process), else a new one, the
+    least recently used beyond ``KEEP_DECODERS`` closed."""
+    key = (processes, tuple(shape), np.dtype(dtype).str)
+    if key in _DECODERS:
+        _DECODERS.move_to_end(key)
+        return _DECODERS[key]
+    while len(_DECODERS) >= KEEP_DECODERS:
+        _DECODERS.popitem(last=False)[1].close()
+    _DECODERS[key] = ProcessDecoders(processes, shape, dtype)
+    return _DECODERS[key]
+
+
+@atexit.register
+def close_decoders() -> None:
+    while _DECODERS:
+        _DECODERS.popitem()[1].close()
+
+
+_RING: dict = {}  # in a decoder process: the shared memory and the ring array over it
+
+
+def _attach_ring(name: str, shape: tuple[int, ...], dtype: str) -> None:
+    memory = SharedMemory(name=name)
+    _RING.update(memory=memory, ring=np.ndarray(shape, np.dtype(dtype), buffer=memory.buf))
+
+
+def _decode_rows(slot: int, rows: list[tuple[int, str]], preprocess, normalise: bool) -> list[str]:
+    """In a decoder process: each (row, path) into row ``row`` of ring slot ``slot``; the errors."""
+    from vprbench.datasets.images import load_array
+
+    ring, errors = _RING["ring"], []
+    for row, path in rows:
+        ring[slot, row], error = load_array(Path(path), preprocess, normalise)
+        errors.append(error)
+    return errors
 
 
 def _pinned(x):

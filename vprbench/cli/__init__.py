@@ -20,6 +20,7 @@ from vprbench.choices import (
     DTYPE_NAMES,
     EXPORT_FORMATS,
     INTERPOLATION_NAMES,
+    LOADERS,
     NO_POSITIVE_POLICIES,
     NORMALISATIONS,
     SAMPLE_NAME,
@@ -90,7 +91,15 @@ def extraction_options(func):
             "--workers",
             type=int,
             default=None,
-            help="Image loader threads (default: from the machine).",
+            help="Image loader threads or processes (default: from the machine).",
+        ),
+        click.option(
+            "--loader",
+            type=click.Choice(LOADERS),
+            default="threads",
+            show_default=True,
+            help="PIL decoding in threads of this process, or in spawned processes writing into "
+            "shared memory (which leave the GIL to the thread that queues the GPU's work).",
         ),
         click.option(
             "--interpolation",
@@ -454,6 +463,7 @@ def _settings(
     batch_order="official",
     compile_model=False,
     decode="pil",
+    loader="threads",
 ):
     from vprbench.extract import ExtractSettings
     from vprbench.yamlfile import parse_overrides
@@ -473,6 +483,7 @@ def _settings(
         batch_order=batch_order,
         compile=compile_model,
         decode=decode,
+        loader=loader,
     )
 
 

@@ -42,14 +42,6 @@ class Preprocess:
         channel c, ((v / 255) - mean[c]) / std[c], computed in float32 in that order."""
         return _normalisation_table(tuple(self.mean), tuple(self.std))
 
-    def apply(self, image: Image.Image) -> np.ndarray:
-        """An RGB image as a float32 [3, H, W] array, bit for bit what torchvision's Resize
-        (antialiased), ToTensor and Normalize give (tests/test_loader.py): PIL resizes, then each
-        pixel value is looked up in :meth:`table`. Neither uses torch's intra-op thread pool, so
-        loader threads decode side by side without contending for it. The array is a view of
-        [H, W, 3] memory (channels last)."""
-        return normalise_pixels(self.pixels(image), self.table()).transpose(2, 0, 1)
-
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -116,17 +108,25 @@ class ImageList:
     def __getitem__(self, index: int) -> tuple:
         import torch
 
-        path = self.paths[index]
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")
-            pre = self.preprocess
-            pixels = pre.apply(rgb) if self.normalise else pre.pixels(rgb).transpose(2, 0, 1)
-            return index, torch.from_numpy(pixels), ""
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            h, w = self.preprocess.image_size
-            dtype = torch.float32 if self.normalise else torch.uint8
-            return index, torch.zeros(3, h, w, dtype=dtype), _unreadable(path, exc)
+        pixels, error = load_array(self.paths[index], self.preprocess, self.normalise)
+        return index, torch.from_numpy(pixels.transpose(2, 0, 1)), error
+
+
+def load_array(path: Path, preprocess: Preprocess, normalise: bool) -> tuple[np.ndarray, str]:
+    """One image as :class:`ImageList` makes it, in numpy alone (for loader processes, which import
+    no torch): ([H, W, 3] float32 normalised, or uint8 when not ``normalise``; "") or, for a file
+    that cannot be read, (zeros, its error). Normalised, it is bit for bit what torchvision's Resize
+    (antialiased), ToTensor and Normalize give (tests/test_loader.py): PIL resizes, then each pixel
+    value is looked up in :meth:`Preprocess.table`. Neither uses torch's intra-op thread pool, so
+    loader threads decode side by side without contending for it."""
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        pixels = preprocess.pixels(rgb)
+        return (normalise_pixels(pixels, preprocess.table()) if normalise else pixels), ""
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        h, w = preprocess.image_size
+        return np.zeros((h, w, 3), np.float32 if normalise else np.uint8), _unreadable(path, exc)
 
 
 def collate_images(items: list[tuple]) -> tuple:
