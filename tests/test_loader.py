@@ -228,3 +228,29 @@ def test_loader_processes_make_the_threads_batches_and_stop_cleanly(tmp_path):
 def test_loader_processes_say_when_shared_memory_is_too_small():
     with pytest.raises(VPRBenchError, match=r"needs \d+ MiB of shared memory .* /dev/shm has"):
         _check_shared_memory(2**60)
+
+
+def test_a_killed_loader_process_is_a_clear_error_and_the_next_pool_works(tmp_path):
+    import os
+    import signal
+
+    paths = jpeg_folder(tmp_path / "images", 4)
+    pre = Preprocess((20, 24), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    batches = [[i % 4] for i in range(400)]
+    shape = (PREFETCH, 1, 20, 24, 3)
+    try:
+        pool = decoders(2, shape, "uint8")
+        ready = pool.batches(paths, batches, pre, False)
+        next(ready)
+        os.kill(next(iter(pool.pool._processes)), signal.SIGKILL)  # as the OOM killer would
+        with pytest.raises(VPRBenchError, match="a loader process died while decoding"):
+            list(ready)
+        fresh = decoders(2, shape, "uint8")
+        assert fresh is not pool and not fresh.broken
+        expected = list(
+            ThreadedBatches(ImageList(paths, pre, False), batches[:4], 0, collate_images)
+        )
+        got = list(fresh.batches(paths, batches[:4], pre, False))
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(got, expected, strict=True))
+    finally:
+        close_decoders()

@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class ProcessDecoders:
 
     def __init__(self, processes: int, shape: tuple[int, ...], dtype: str) -> None:
         self.processes, self.shape, self.dtype = processes, tuple(shape), np.dtype(dtype)
+        self.broken = False  # a process died: the pool takes no more work
         size = int(np.prod(self.shape)) * self.dtype.itemsize
         _check_shared_memory(size)
         self._memory = SharedMemory(create=True, size=max(1, size))
@@ -167,6 +169,12 @@ class ProcessDecoders:
                 parts[:] = [f for f in parts if not f.done()]
                 submit()
                 yield ready
+        except BrokenProcessPool as exc:  # the pool is unusable: the next extraction starts another
+            self.broken = True
+            raise VPRBenchError(
+                "a loader process died while decoding images (killed, or out of memory?); "
+                "--loader threads decodes in this process instead"
+            ) from exc
         finally:  # also when the consumer stops early: nothing may still write into the ring
             for part in parts:
                 part.cancel()
@@ -197,8 +205,10 @@ KEEP_DECODERS = 2  # pools kept running, the most recently used
 def decoders(processes: int, shape: tuple[int, ...], dtype: str) -> ProcessDecoders:
     """The process pool for ``processes`` and a ring of ``shape`` and ``dtype``: one already running
     for them if any (start-up, about a second, is paid once per process), else a new one, the
-    least recently used beyond ``KEEP_DECODERS`` closed."""
+    least recently used beyond ``KEEP_DECODERS`` closed. A pool that lost a process is replaced."""
     key = (processes, tuple(shape), np.dtype(dtype).str)
+    if key in _DECODERS and _DECODERS[key].broken:
+        _DECODERS.pop(key).close()
     if key in _DECODERS:
         _DECODERS.move_to_end(key)
         return _DECODERS[key]
