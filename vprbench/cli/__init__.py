@@ -124,7 +124,7 @@ def extraction_options(func):
             type=click.Choice(DECODES),
             default="pil",
             show_default=True,
-            help="Decode and resize images with PIL in the loader threads, or with torchvision on "
+            help="Decode and resize images with PIL in the loader workers, or with torchvision on "
             "the --device (nvJPEG on CUDA; pixels differ slightly, so a separate cache entry).",
         ),
         click.option(
