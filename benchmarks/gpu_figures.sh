@@ -7,17 +7,18 @@
 # 2026-11-26: README.) Each step runs even if an earlier one failed.
 # Not yet measured on a GPU: the writer thread (device waits and shard writes off the main thread),
 # the final .h5 filled as batches are written, uint8 batches normalised on the device, and loader
-# processes. First, loader_gil.py shows on the host's CPUs how much 8 loader threads slow the
-# thread that queues the forward pass, against 8 loader processes (on 2 CPUs, one thread slowed it
-# 1.18x and one process not at all). If processes beat threads end to end, make them the default on
-# CUDA (extract.ExtractSettings.loader), and say so in README.
+# processes. First, loader_gil.py shows on the host's CPUs how much 15 loader threads (the CUDA
+# default) slow the thread that queues the forward pass, against 15 loader processes, and how many
+# images/s each feeds at most (on 2 CPUs, one thread slowed it 1.08x-1.18x, one process not at all).
+# If processes beat threads end to end, make them the default on CUDA (ExtractSettings.loader) and
+# say so in README.
 #   bash benchmarks/gpu_figures.sh 2>&1 | tee gpu_figures.txt
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 nproc
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-python benchmarks/loader_gil.py --workers 8 --images 256 --seconds 2 --repeats 3
+python benchmarks/loader_gil.py --workers 15 --images 512 --seconds 2 --repeats 3
 python benchmarks/extract_pipeline.py --device cuda --model d2vpr,cricavpr --batch 64 \
   --dtype fp32,bf16 --images 2048 --workers auto --decode pil,device --loader threads,processes \
   --repeats 2

@@ -14,7 +14,8 @@ The main thread runs it back to back for ``--seconds``:
   over and over (another thread takes the batches, as extraction's main thread would);
 - the same with ``--workers`` loader processes (the images written into shared memory);
 ``--repeats`` times, interleaved, and prints the median ms per forward pass of each, its slowdown
-against the forward pass alone, and the loader's images/s meanwhile. Keep ``--workers`` below the
+against the forward pass alone, and the loader's images/s meanwhile and alone (one pass over the
+images with nothing else running: what the host can feed a GPU at most). Keep ``--workers`` below the
 number of CPUs, so that the main thread has a core of its own and the difference is the GIL's, not
 the scheduler's.
 """
@@ -111,9 +112,14 @@ def main() -> None:
             "processes": lambda: pool.batches(paths, batches, pre, False),
         }
         runs: dict[str, list[tuple[float, float]]] = {"alone": [], "threads": [], "processes": []}
+        solo: dict[str, list[float]] = {"threads": [], "processes": []}
         for _ in range(args.repeats):
             runs["alone"].append((forward_ms(model, x, args.seconds), 0.0))
             for kind, make in loaders.items():
+                start = time.perf_counter()
+                for _ in make():
+                    pass
+                solo[kind].append(len(paths) / (time.perf_counter() - start))
                 with loading(make) as rate:
                     ms = forward_ms(model, x, args.seconds)
                     runs[kind].append((ms, rate()))
@@ -128,7 +134,8 @@ def main() -> None:
         ms = statistics.median(v for v, _ in runs[kind])
         rate = statistics.median(r for _, r in runs[kind])
         print(f"  beside loader {kind:>9}: {ms:7.1f} ms per forward pass ({ms / alone:.2f}x), "
-              f"loader {rate:6.1f} images/s")  # fmt: skip
+              f"loader alone {statistics.median(solo[kind]):6.1f} images/s, meanwhile "
+              f"{rate:6.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
