@@ -121,6 +121,13 @@ def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
     # the loader is not part of the request: a warm run with threads reuses it
     warm = extract(tiny_dataset, threads, tmp_path / "processes")
     assert not warm.computed and warm.descriptors.path == ours.descriptors.path
+    for change, message in (
+        ({"workers": 0}, r"--loader processes needs --workers 1 or more"),
+        ({"decode": "device"}, r"--loader processes decodes with PIL; --decode device"),
+        ({"loader": "fork"}, r"--loader must be one of \['threads', 'processes'\], got 'fork'"),
+    ):
+        with pytest.raises(VPRBenchError, match=message):
+            extract(tiny_dataset, ExtractSettings(**{**processes.__dict__, **change}), tmp_path)
 
 
 def test_a_first_batch_of_only_unreadable_images_is_assembled(tiny_dataset, tmp_path):

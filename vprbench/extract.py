@@ -225,6 +225,14 @@ def _validate(settings: ExtractSettings) -> None:
             raise VPRBenchError(f"{flag} must be one of {list(allowed)}, got {value!r}")
     if settings.workers is not None and settings.workers < 0:
         raise VPRBenchError(f"--workers must be >= 0, got {settings.workers}")
+    if settings.loader == "processes" and settings.workers == 0:
+        raise VPRBenchError(
+            "--loader processes needs --workers 1 or more (0 decodes in this thread)"
+        )
+    if settings.loader == "processes" and settings.decode == "device":
+        raise VPRBenchError(
+            "--loader processes decodes with PIL; --decode device decodes on the device instead"
+        )
     if settings.batch_size is not None and settings.batch_size < 1:
         raise VPRBenchError(f"--batch-size must be >= 1, got {settings.batch_size}")
     if settings.image_size is not None and min(settings.image_size) < 1:
@@ -574,6 +582,8 @@ def _extract_split(
         return []
     device = torch.device(settings.device)
     workers = default_workers(device) if settings.workers is None else settings.workers
+    if settings.loader == "processes":  # asked for by name: at least one, even on 2 CPUs
+        workers = max(1, workers)
     # Loader threads prepare batches ahead; on CUDA they land in pinned memory and are copied without
     # blocking.
     on_device = settings.decode == "device"
@@ -582,7 +592,7 @@ def _extract_split(
     normalise_in_loader = device.type == "cpu"
     table = preprocess.table()
     pin = device.type == "cuda" and not on_device
-    if settings.loader == "processes" and workers > 0 and not on_device:
+    if settings.loader == "processes":
         h, w = preprocess.image_size
         ring = (PREFETCH, max(len(b) for b in batches), h, w, 3)
         pool = decoders(workers, ring, "float32" if normalise_in_loader else "uint8")
