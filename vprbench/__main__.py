@@ -1,3 +1,4 @@
 from vprbench.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned loader process imports it
+    main()
