@@ -9,9 +9,10 @@
 # the final .h5 filled as batches are written, uint8 batches normalised on the device, and loader
 # processes. First, loader_gil.py shows on the host's CPUs how much 15 loader threads (the CUDA
 # default) slow the thread that queues the forward pass, against 15 loader processes, and how many
-# images/s each feeds at most (on 2 CPUs, one thread slowed it 1.08x-1.18x, one process not at all).
-# If processes beat threads end to end, make them the default on CUDA (ExtractSettings.loader) and
-# say so in README.
+# images/s each feeds at most (on 2 CPUs the threads' cost grew from 1.03-1.20x with 1 worker to
+# 1.81-1.87x with 4, paired against processes). Processes are the CUDA default on that evidence
+# alone: if threads beat them end to end here, make threads the default again
+# (extract.default_loader) and say so in README.
 #   bash benchmarks/gpu_figures.sh 2>&1 | tee gpu_figures.txt
 set -uo pipefail
 export PYTHONUNBUFFERED=1

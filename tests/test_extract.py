@@ -130,6 +130,34 @@ def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
             extract(tiny_dataset, ExtractSettings(**{**processes.__dict__, **change}), tmp_path)
 
 
+def test_loader_defaults_to_processes_on_cuda_and_to_threads_without_shared_memory(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    from vprbench import extract as extraction
+    from vprbench import loader
+
+    assert extraction.default_loader("cuda", "pil", 15) == "processes"
+    assert extraction.default_loader(torch.device("cuda:1"), "pil", 15) == "processes"
+    assert extraction.default_loader("cuda", "device", 15) == "threads"  # nvJPEG: nothing to decode
+    assert extraction.default_loader("cuda", "pil", 0) == "threads"  # --workers 0: in this thread
+    assert extraction.default_loader("cpu", "pil", 4) == "threads"
+    named = ExtractSettings(model="pixels", loader="processes")
+    assert extraction.resolve_loader(named, torch.device("cpu"))[1] >= 1  # even on 2 CPUs
+    reference = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "reference")
+
+    def no_room(size, folder="/dev/shm"):
+        raise loader.SharedMemoryTooSmall(f"{folder} has 0 MiB free")
+
+    loader.close_decoders()  # a running pool would not look at /dev/shm again
+    monkeypatch.setattr(loader, "_check_shared_memory", no_room)
+    monkeypatch.setattr(extraction, "default_loader", lambda *args: "processes")  # as on CUDA
+    with pytest.warns(UserWarning, match="0 MiB free: decoding in loader threads instead"):
+        fallback = extract(tiny_dataset, ExtractSettings(model="pixels", workers=1), tmp_path / "a")
+    assert fallback.descriptors.database.tobytes() == reference.descriptors.database.tobytes()
+    with pytest.raises(VPRBenchError, match="0 MiB free"):  # named, it is not replaced
+        extract(tiny_dataset, ExtractSettings(model="pixels", loader="processes"), tmp_path / "b")
+
+
 def test_a_first_batch_of_only_unreadable_images_is_assembled(tiny_dataset, tmp_path):
     before = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "before")
     # batch 0 (images 0-3) holds no readable image: its shard has no columns, the others do

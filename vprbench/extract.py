@@ -78,7 +78,8 @@ class ExtractSettings:
     device: str = "cpu"
     on_bad_image: str = "error"
     workers: int | None = None  # image loader threads or processes; None: default_workers(device)
-    loader: str = "threads"  # LOADERS: what the workers are (the same pixels either way)
+    # LOADERS: what the workers are (the same pixels either way); None: default_loader(device, ...)
+    loader: str | None = None
     interpolation: str | None = None  # None: the model card's
     normalisation: str | None = None  # a NORMALISATIONS name; None: the model card's mean and std
     batch_order: str = "official"  # BATCH_ORDERS; matters only for batch-dependent models
@@ -150,9 +151,9 @@ def available_cpus() -> int:
 
 
 def default_workers(device) -> int:
-    """Image loader threads (vprbench.loader) when the user names none. On a GPU the model waits for
-    decoding: one per CPU but one (kept for the main thread), up to 16. On the CPU the loader and the
-    model share the cores: with 2 or fewer, a loader thread takes a core from the forward pass
+    """Image loader workers, threads or processes (vprbench.loader), when the user names none. On a
+    GPU the model waits for decoding: one per CPU but one (kept for the main thread), up to 16. On
+    the CPU the loader and the model share the cores: with 2 or fewer, a loader thread takes a core from the forward pass
     (benchmarks/extract_pipeline.py on 2 cores, end to end / model-only with 0 and 1 thread: d2vpr
     0.96 and 0.84, effnet-lite0 0.74 and 0.77); with more, one per 8 CPUs overlaps decoding with the
     forward."""
@@ -537,6 +538,56 @@ def extract(
     return out
 
 
+def resolve_loader(settings: ExtractSettings, device) -> tuple[str, int]:
+    """(loader, workers) for ``settings`` on ``device``: what the user named, else processes on
+    CUDA with PIL decoding and threads elsewhere (``default_loader``), and ``default_workers``;
+    processes, when named, at least one."""
+    workers = default_workers(device) if settings.workers is None else settings.workers
+    loader = settings.loader or default_loader(device, settings.decode, workers)
+    if settings.loader == "processes":  # asked for by name: at least one, even on 2 CPUs
+        workers = max(1, workers)
+    return loader, workers
+
+
+def default_loader(device, decode: str, workers: int) -> str:
+    """Loader processes on CUDA (with PIL decoding and workers), else threads. The main thread
+    queues every operation of the forward pass there and needs the GIL between any two;
+    ``benchmarks/loader_gil.py`` on 2 CPUs (medians of interleaved runs): its time per forward pass
+    was 1.03-1.20x as long beside 1 loader thread as beside 1 loader process, 1.63x beside 2, and
+    1.81-1.87x beside 4. On the CPU device the forward pass's operations are long and the loaders
+    take the same time (extract_pipeline.py)."""
+    cuda = str(getattr(device, "type", device)).startswith("cuda")
+    return "processes" if cuda and decode == "pil" and workers > 0 else "threads"
+
+
+def _image_batches(settings, device, paths, batches, preprocess, normalise: bool):
+    """The batches of images of ``paths`` as the loader of ``settings`` (resolve_loader) makes them
+    on the host: in pinned memory on CUDA, for copies that do not block. A default of processes
+    that finds too little shared memory warns and uses threads; a named one fails."""
+    from vprbench.loader import PREFETCH, SharedMemoryTooSmall, ThreadedBatches, decoders
+
+    loader, workers = resolve_loader(settings, device)
+    on_device = settings.decode == "device"
+    pin = device.type == "cuda" and not on_device
+    if loader == "processes":
+        h, w = preprocess.image_size
+        ring = (PREFETCH, max(len(b) for b in batches), h, w, 3)
+        try:
+            pool = decoders(workers, ring, "float32" if normalise else "uint8")
+            return pool.batches(paths, batches, preprocess, normalise, pin)
+        except SharedMemoryTooSmall as exc:
+            if settings.loader == "processes":
+                raise
+            warnings.warn(f"{exc}: decoding in loader threads instead", stacklevel=3)
+    return ThreadedBatches(
+        EncodedImageList(paths) if on_device else ImageList(paths, preprocess, normalise),
+        batches,
+        workers,
+        collate_encoded if on_device else collate_images,
+        pin=pin,
+    )
+
+
 def _extract_split(
     model,
     dataset: FormattedDataset,
@@ -556,7 +607,7 @@ def _extract_split(
     import torch
     import torch.nn.functional as F
 
-    from vprbench.loader import PREFETCH, InOrderCalls, ThreadedBatches, decoders
+    from vprbench.loader import InOrderCalls
 
     paths = [dataset.image_path(p) for p in dataset.split(split)]
     n_batches = -(-len(paths) // batch_size)
@@ -581,32 +632,12 @@ def _extract_split(
     if not batches:
         return []
     device = torch.device(settings.device)
-    workers = default_workers(device) if settings.workers is None else settings.workers
-    if settings.loader == "processes":  # asked for by name: at least one, even on 2 CPUs
-        workers = max(1, workers)
-    # Loader threads prepare batches ahead; on CUDA they land in pinned memory and are copied without
-    # blocking.
     on_device = settings.decode == "device"
-    # On the CPU the loader threads normalise each image; elsewhere they ship uint8 pixels (a quarter
-    # of the bytes to stack, pin and copy) and the device normalises the batch, to the same bits.
+    # On the CPU the loader normalises each image; elsewhere it ships uint8 pixels (a quarter of the
+    # bytes to stack, pin and copy) and the device normalises the batch, to the same bits.
     normalise_in_loader = device.type == "cpu"
     table = preprocess.table()
-    pin = device.type == "cuda" and not on_device
-    if settings.loader == "processes":
-        h, w = preprocess.image_size
-        ring = (PREFETCH, max(len(b) for b in batches), h, w, 3)
-        pool = decoders(workers, ring, "float32" if normalise_in_loader else "uint8")
-        loader = pool.batches(paths, batches, preprocess, normalise_in_loader, pin)
-    else:
-        loader = ThreadedBatches(
-            EncodedImageList(paths)
-            if on_device
-            else ImageList(paths, preprocess, normalise_in_loader),
-            batches,
-            workers,
-            collate_encoded if on_device else collate_images,
-            pin=pin,
-        )
+    loader = _image_batches(settings, device, paths, batches, preprocess, normalise_in_loader)
     model.to(device)
     forward = _compiled(model) if settings.compile else model
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)

@@ -182,6 +182,10 @@ class ProcessDecoders:
             collector.shutdown(wait=True, cancel_futures=True)
 
 
+class SharedMemoryTooSmall(VPRBenchError):
+    """/dev/shm cannot hold a loader's ring of batches."""
+
+
 def _check_shared_memory(size: int, folder: str = "/dev/shm") -> None:
     """A clear error before a ring that does not fit (a container's default /dev/shm is 64 MiB):
     writing beyond a tmpfs's space kills the process with SIGBUS instead."""
@@ -191,7 +195,7 @@ def _check_shared_memory(size: int, folder: str = "/dev/shm") -> None:
         return
     free = stats.f_bavail * stats.f_frsize
     if size > free:
-        raise VPRBenchError(
+        raise SharedMemoryTooSmall(
             f"--loader processes needs {size / 2**20:.0f} MiB of shared memory for its batches, "
             f"but {folder} has {free / 2**20:.0f} MiB free (in docker, raise --shm-size); use "
             "--loader threads or a smaller --batch-size"

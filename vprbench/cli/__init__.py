@@ -96,10 +96,10 @@ def extraction_options(func):
         click.option(
             "--loader",
             type=click.Choice(LOADERS),
-            default="threads",
-            show_default=True,
+            default=None,
             help="PIL decoding in threads of this process, or in spawned processes writing into "
-            "shared memory (which leave the GIL to the thread that queues the GPU's work).",
+            "shared memory, which leave the GIL to the thread that queues the GPU's work "
+            "(default: processes on CUDA, threads on the CPU).",
         ),
         click.option(
             "--interpolation",
@@ -463,7 +463,7 @@ def _settings(
     batch_order="official",
     compile_model=False,
     decode="pil",
-    loader="threads",
+    loader=None,
 ):
     from vprbench.extract import ExtractSettings
     from vprbench.yamlfile import parse_overrides
