@@ -141,6 +141,14 @@ def test_loader_defaults_to_processes_on_cuda_and_to_threads_without_shared_memo
     assert extraction.default_loader("cuda", "device", 15) == "threads"  # nvJPEG: nothing to decode
     assert extraction.default_loader("cuda", "pil", 0) == "threads"  # --workers 0: in this thread
     assert extraction.default_loader("cpu", "pil", 4) == "threads"
+    # under torchrun each process on a node takes its share of the CPUs
+    monkeypatch.setattr(extraction, "available_cpus", lambda: 64)
+    assert extraction.default_workers("cuda") == 16 and extraction.default_workers("cpu") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert extraction.default_workers("cuda") == 7 and extraction.default_workers("cpu") == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert extraction.default_workers("cuda") == 1 and extraction.default_workers("cpu") == 0
+    monkeypatch.undo()
     named = ExtractSettings(model="pixels", loader="processes")
     assert extraction.resolve_loader(named, torch.device("cpu"))[1] >= 1  # even on 2 CPUs
     reference = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "reference")

@@ -151,13 +151,15 @@ def available_cpus() -> int:
 
 
 def default_workers(device) -> int:
-    """Image loader workers, threads or processes (vprbench.loader), when the user names none. On a
-    GPU the model waits for decoding: one per CPU but one (kept for the main thread), up to 16. On
-    the CPU the loader and the model share the cores: with 2 or fewer, a loader thread takes a core from the forward pass
-    (benchmarks/extract_pipeline.py on 2 cores, end to end / model-only with 0 and 1 thread: d2vpr
-    0.96 and 0.84, effnet-lite0 0.74 and 0.77); with more, one per 8 CPUs overlaps decoding with the
-    forward."""
-    cpus = available_cpus()
+    """Image loader workers, threads or processes (vprbench.loader), when the user names none, from
+    this process's share of the CPUs (under torchrun, the CPUs over the processes on this node,
+    LOCAL_WORLD_SIZE). On a GPU the model waits for decoding: one per CPU but one (kept for the main
+    thread), up to 16. On the CPU the loader and the model share the cores: with 2 or fewer, a
+    loader thread takes a core from the forward pass (benchmarks/extract_pipeline.py on 2 cores, end
+    to end / model-only with 0 and 1 thread: d2vpr 0.96 and 0.84, effnet-lite0 0.74 and 0.77); with
+    more, one per 8 CPUs overlaps decoding with the forward."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cpus = max(1, available_cpus() // max(1, local))
     if str(getattr(device, "type", device)).startswith("cuda"):
         return max(1, min(16, cpus - 1))
     return 0 if cpus <= 2 else max(1, cpus // 8)
