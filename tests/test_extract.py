@@ -98,6 +98,7 @@ def test_bad_image_error_names_the_file_and_skip_is_recorded(tiny_dataset):
 def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
     tiny_dataset, tmp_path
 ):
+    from vprbench import loader
     from vprbench.loader import close_decoders
 
     bad = tiny_dataset.image_path(tiny_dataset.database[3])
@@ -111,6 +112,11 @@ def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
         ours = extract(tiny_dataset, processes, tmp_path / "processes")
         assert ours.computed and ours.skipped["database"] == [str(bad) + ": cannot read image "
                                                               "(not a decodable image)"]  # fmt: skip
+        # one pool for both splits (12 and 6 images) at batch size 8: rings of 8 rows
+        wide = ExtractSettings(**{**processes.__dict__, "batch_size": 8})
+        loader.close_decoders()
+        extract(tiny_dataset, wide, tmp_path / "wide")
+        assert [key[1][1] for key in loader._DECODERS] == [8]
     finally:
         close_decoders()
     reference = extract(tiny_dataset, threads, tmp_path / "threads")

@@ -562,9 +562,10 @@ def default_loader(device, decode: str, workers: int) -> str:
     return "processes" if cuda and decode == "pil" and workers > 0 else "threads"
 
 
-def _image_batches(settings, device, paths, batches, preprocess, normalise: bool):
+def _image_batches(settings, device, paths, batches, batch_size, preprocess, normalise: bool):
     """The batches of images of ``paths`` as the loader of ``settings`` (resolve_loader) makes them
-    on the host: in pinned memory on CUDA, for copies that do not block. A default of processes
+    on the host: in pinned memory on CUDA, for copies that do not block. Loader processes get a ring
+    of ``batch_size`` rows per batch, so that one pool serves both splits and a resumed run. A default of processes
     that finds too little shared memory warns and uses threads; a named one fails."""
     from vprbench.loader import PREFETCH, SharedMemoryTooSmall, ThreadedBatches, decoders
 
@@ -573,7 +574,7 @@ def _image_batches(settings, device, paths, batches, preprocess, normalise: bool
     pin = device.type == "cuda" and not on_device
     if loader == "processes":
         h, w = preprocess.image_size
-        ring = (PREFETCH, max(len(b) for b in batches), h, w, 3)
+        ring = (PREFETCH, batch_size, h, w, 3)
         try:
             pool = decoders(workers, ring, "float32" if normalise else "uint8")
             return pool.batches(paths, batches, preprocess, normalise, pin)
@@ -639,7 +640,9 @@ def _extract_split(
     # bytes to stack, pin and copy) and the device normalises the batch, to the same bits.
     normalise_in_loader = device.type == "cpu"
     table = preprocess.table()
-    loader = _image_batches(settings, device, paths, batches, preprocess, normalise_in_loader)
+    loader = _image_batches(
+        settings, device, paths, batches, batch_size, preprocess, normalise_in_loader
+    )
     model.to(device)
     forward = _compiled(model) if settings.compile else model
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)

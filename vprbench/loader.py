@@ -1,11 +1,12 @@
 """Batches of images prepared by a pool of threads (or of processes), in order, a few batches ahead
 of the consumer.
 
-Threads by default: PIL decodes and resizes, and numpy normalises, with the GIL released (2 threads
-decode 1.8x as fast as 1 on 2 cores), so nothing is forked (slow for a process that holds a CUDA
-context) and no batch is copied between processes. But each image still takes the GIL about ten
-times, and so slows a main thread that needs it often: :class:`ProcessDecoders` (``--loader
-processes``) decodes in spawned processes into shared memory instead.
+Threads (the default on the CPU): PIL decodes and resizes, and numpy normalises, with the GIL
+released (2 threads decode 1.8x as fast as 1 on 2 cores), so nothing is forked and no batch is copied
+between processes. But each image still takes the GIL about ten times, and so slows a main thread
+that needs it often, as on CUDA, where it queues every operation of the forward pass:
+:class:`ProcessDecoders` (``--loader processes``, the default on CUDA) decodes in spawned processes
+into shared memory instead.
 
 The threads share out images, not batches: every thread works on the oldest batch first, so the
 first batch is ready after batch / threads images' time, not a whole batch's (a DataLoader worker
@@ -112,13 +113,19 @@ class ProcessDecoders:
         size = int(np.prod(self.shape)) * self.dtype.itemsize
         _check_shared_memory(size)
         self._memory = SharedMemory(create=True, size=max(1, size))
-        self.ring = np.ndarray(self.shape, self.dtype, buffer=self._memory.buf)
-        self.pool = ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_attach_ring,
-            initargs=(self._memory.name, self.shape, self.dtype.str),
-        )
+        try:
+            self.ring = np.ndarray(self.shape, self.dtype, buffer=self._memory.buf)
+            self.pool = ProcessPoolExecutor(
+                processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_attach_ring,
+                initargs=(self._memory.name, self.shape, self.dtype.str),
+            )
+        except BaseException:
+            self.ring = None
+            self._memory.close()
+            self._memory.unlink()
+            raise
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
