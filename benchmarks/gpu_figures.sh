@@ -12,7 +12,9 @@
 # images/s each feeds at most (on 2 CPUs the threads' cost grew from 1.03-1.20x with 1 worker to
 # 1.81-1.87x with 4, paired against processes). Processes are the CUDA default on that evidence
 # alone: if threads beat them end to end here, make threads the default again
-# (extract.default_loader) and say so in README.
+# (extract.default_loader) and say so in README. Both loaders run with the default number of
+# workers (15 on 16 CPUs) and with 8: DataLoader processes did worse with 15 than with 8 in the
+# first H100 run, when the main thread still wrote shards; if 8 wins now, lower default_workers.
 #   bash benchmarks/gpu_figures.sh 2>&1 | tee gpu_figures.txt
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -21,7 +23,7 @@ nproc
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 python benchmarks/loader_gil.py --workers 15 --images 512 --seconds 2 --repeats 3
 python benchmarks/extract_pipeline.py --device cuda --model d2vpr,cricavpr --batch 64 \
-  --dtype fp32,bf16 --images 2048 --workers auto --decode pil,device --loader threads,processes \
+  --dtype fp32,bf16 --images 1536 --workers auto,8 --decode pil,device --loader threads,processes \
   --repeats 2
 python benchmarks/search_memory.py --cuda --modes "chunked faiss,chunked torch cuda" \
   --database 100000 --queries 1000
