@@ -565,8 +565,9 @@ def default_loader(device, decode: str, workers: int) -> str:
 def _image_batches(settings, device, paths, batches, batch_size, preprocess, normalise: bool):
     """The batches of images of ``paths`` as the loader of ``settings`` (resolve_loader) makes them
     on the host: in pinned memory on CUDA, for copies that do not block. Loader processes get a ring
-    of ``batch_size`` rows per batch, so that one pool serves both splits and a resumed run. A default of processes
-    that finds too little shared memory warns and uses threads; a named one fails."""
+    of ``batch_size`` rows per batch, so that one pool serves both splits and a resumed run. A
+    default of processes that finds too little shared memory warns and uses threads; a named one
+    fails."""
     from vprbench.loader import PREFETCH, SharedMemoryTooSmall, ThreadedBatches, decoders
 
     loader, workers = resolve_loader(settings, device)
