@@ -4,20 +4,20 @@ processes (`--loader threads|processes`), measured in one run on any machine, no
     .venv/bin/python benchmarks/loader_gil.py [--images 128] [--batch 32] [--workers 1]
         [--model d2vpr] [--seconds 1] [--repeats 9]
 
-On CUDA the main thread queues every operation of a forward pass (about 1,500 for d2vpr) and needs
-the GIL between any two of them, while loader threads take and give back the same GIL about ten
-times per image. This benchmark reproduces that main thread on the CPU: ``--model``'s forward pass on
-a 1x3x28x28 input, on one torch thread, is nearly all per-operation overhead, like queuing kernels.
-The main thread runs it back to back for ``--seconds``:
+On CUDA the main thread queues every operation of a forward pass (about 1,500 for d2vpr) and
+needs the GIL between any two of them, while loader threads take and give back the same GIL about
+ten times per image. This benchmark reproduces that main thread on the CPU: ``--model``'s forward
+pass on a 1x3x28x28 input, on one torch thread, is nearly all per-operation overhead, like queuing
+kernels. The main thread runs it back to back for ``--seconds``:
 - alone;
 - while ``--workers`` loader threads decode ``--images`` 640x480 JPEGs into batches of ``--batch``
   over and over (another thread takes the batches, as extraction's main thread would);
 - the same with ``--workers`` loader processes (the images written into shared memory);
-``--repeats`` times, interleaved, and prints the median ms per forward pass of each, its slowdown
-against the forward pass alone, the median of each repeat's threads / processes ratio, and the loader's images/s meanwhile and alone (one pass over the
-images with nothing else running: what the host can feed a GPU at most). Keep ``--workers`` below the
-number of CPUs, so that the main thread has a core of its own and the difference is the GIL's, not
-the scheduler's.
+``--repeats`` times, interleaved. It prints the median ms per forward pass of each, its slowdown
+against the forward pass alone, the median of each repeat's threads / processes ratio, and the
+loader's images/s meanwhile and alone (one pass over the images with nothing else running: what
+the host can feed a GPU at most). Keep ``--workers`` below the number of CPUs, so that the main
+thread has a core of its own and the difference is the GIL's, not the scheduler's.
 """
 
 from __future__ import annotations

@@ -106,12 +106,12 @@ def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
     threads = ExtractSettings(model="pixels", on_bad_image="skip", batch_size=5, workers=2)
     processes = ExtractSettings(**{**threads.__dict__, "loader": "processes"})
     try:
+        strict = ExtractSettings(**{**processes.__dict__, "on_bad_image": "error"})
         with pytest.raises(VPRBenchError, match=r"0000003.png: cannot read image"):
-            extract(tiny_dataset, ExtractSettings(**{**processes.__dict__, "on_bad_image": "error"}),
-                    tmp_path / "failed")  # fmt: skip
+            extract(tiny_dataset, strict, tmp_path / "failed")
         ours = extract(tiny_dataset, processes, tmp_path / "processes")
-        assert ours.computed and ours.skipped["database"] == [str(bad) + ": cannot read image "
-                                                              "(not a decodable image)"]  # fmt: skip
+        reason = ": cannot read image (not a decodable image)"
+        assert ours.computed and ours.skipped["database"] == [str(bad) + reason]
         # one pool for both splits (12 and 6 images) at batch size 8: rings of 8 rows
         wide = ExtractSettings(**{**processes.__dict__, "batch_size": 8})
         loader.close_decoders()
