@@ -14,7 +14,10 @@ from vprbench.cli import _json_mode, cache_option, results_option, root_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model option.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option(
-    "--workers", type=int, default=None, help="Image loader threads (default: from the machine)."
+    "--workers",
+    type=int,
+    default=None,
+    help="Image loader threads or processes (default: from the machine).",
 )
 @click.option("--k", "ks", default="1,5", show_default=True)
 @click.option("--only", default=None, metavar="SETTING,...",
