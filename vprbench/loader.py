@@ -69,24 +69,31 @@ class ThreadedBatches:
         images = ThreadPoolExecutor(self.threads, thread_name_prefix="vprbench-loader")
         assembler = ThreadPoolExecutor(1, thread_name_prefix="vprbench-collate")
         todo = iter(self.batches)
-        pending: deque[Future] = deque()
 
-        def submit() -> None:
-            if (batch := next(todo, None)) is not None:
-                # images in batch order, so the pool's FIFO queue finishes the oldest batch first
-                parts = [images.submit(self.items.__getitem__, i) for i in batch]
-                pending.append(assembler.submit(lambda: self._finish([p.result() for p in parts])))
+        def submit() -> Future | None:
+            if (batch := next(todo, None)) is None:
+                return None
+            # images in batch order, so the pool's FIFO queue finishes the oldest batch first
+            parts = [images.submit(self.items.__getitem__, i) for i in batch]
+            return assembler.submit(lambda: self._finish([p.result() for p in parts]))
 
         try:
-            for _ in range(PREFETCH):
-                submit()
-            while pending:
-                ready = pending.popleft().result()
-                submit()
-                yield ready
+            yield from _in_order(submit)
         finally:  # also when the consumer stops early (an error, a bad image): drop the rest
             images.shutdown(wait=True, cancel_futures=True)
             assembler.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(submit: Callable[[], Future | None]) -> Iterator:
+    """The results of the futures that ``submit`` returns (None: no batch left), in order, with
+    ``PREFETCH`` in flight: batch k + PREFETCH is submitted only once batch k has been taken, which
+    is what lets :class:`ProcessDecoders` reuse batch k's slot of its ring."""
+    pending = deque(f for f in (submit() for _ in range(PREFETCH)) if f is not None)
+    while pending:
+        ready = pending.popleft().result()
+        if (nxt := submit()) is not None:
+            pending.append(nxt)
+        yield ready
 
 
 class ProcessDecoders:
@@ -143,8 +150,7 @@ class ProcessDecoders:
         import torch
 
         todo = iter(enumerate(batches))
-        pending: deque[Future] = deque()
-        parts: list[Future] = []
+        parts: list[Future] = []  # the processes' work not yet done, for an early stop
         collector = ThreadPoolExecutor(1, thread_name_prefix="vprbench-collate")
 
         def collect(slot: int, batch: list[int], mine: list[Future]) -> tuple:
@@ -154,28 +160,22 @@ class ProcessDecoders:
             copy.copy_(pixels)  # the slot is free again once this batch is taken
             return torch.tensor(batch), copy.permute(0, 3, 1, 2), errors
 
-        def submit() -> None:
+        def submit() -> Future | None:
             if (nxt := next(todo, None)) is None:
-                return
+                return None
             k, batch = nxt
-            slot = k % PREFETCH
+            slot = k % PREFETCH  # free: batch k - PREFETCH was taken (_in_order)
             rows = [(row, str(paths[i])) for row, i in enumerate(batch)]
             step = -(-len(rows) // self.processes)
             mine = [
                 self.pool.submit(_decode_rows, slot, rows[j : j + step], preprocess, normalise)
                 for j in range(0, len(rows), step)
             ]
-            parts.extend(mine)
-            pending.append(collector.submit(collect, slot, batch, mine))
+            parts[:] = [f for f in parts if not f.done()] + mine
+            return collector.submit(collect, slot, batch, mine)
 
         try:
-            for _ in range(PREFETCH):
-                submit()
-            while pending:
-                ready = pending.popleft().result()
-                parts[:] = [f for f in parts if not f.done()]
-                submit()
-                yield ready
+            yield from _in_order(submit)
         except BrokenProcessPool as exc:  # the pool is unusable: the next extraction starts another
             self.broken = True
             raise VPRBenchError(
