@@ -71,8 +71,8 @@ def test_stopping_early_prepares_no_more_than_the_prefetch():
 
 
 def torchvision_reference(pre):
-    """The usual torchvision evaluation transform of the official codes: Resize (antialiased),
-    ToTensor, Normalize."""
+    """torchvision's Resize (antialiased), ToTensor, Normalize: the same steps in vprbench's order
+    (the official D2-VPR/CricaVPR order is compared in the next test but one)."""
     from torchvision import transforms
     from torchvision.transforms import InterpolationMode
 
@@ -103,6 +103,29 @@ def test_numpy_preprocessing_equals_torchvision_bit_for_bit(tmp_path):
                 on_device = normalise_batch(batch, pre.table())
                 assert on_device.is_contiguous(memory_format=torch.channels_last)
                 assert torch.equal(on_device[1], expected), (name, size)
+
+
+def test_uint8_resizing_stays_within_a_grey_level_of_the_official_float_resize(tmp_path):
+    """The official D2-VPR/CricaVPR evaluation (datasets_ws.py: base_transform, then
+    transforms.functional.resize on the normalised tensor) against vprbench's resize of the uint8
+    pixels before normalising: within one grey level everywhere, half of one on average."""
+    from torchvision import transforms
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(tmp_path / "a.jpg", quality=90)
+    base_transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    grey_level = 1 / 255 / min(IMAGENET_STD)  # one uint8 step, normalised
+    for size in ((224, 224), (322, 322)):
+        pre = Preprocess(size, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+        ours = ImageList([tmp_path / "a.jpg"], pre)[0][1]
+        with Image.open(tmp_path / "a.jpg") as im:
+            official = TF.resize(base_transform(im.convert("RGB")), list(size), antialias=True)
+        diff = (ours - official).abs()
+        assert 0 < diff.max() <= grey_level and diff.mean() <= grey_level / 2, size
 
 
 def test_a_failing_item_reaches_the_consumer():
