@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs vprbench and its dependencies into $VENV (default .venv).
 #
-# pyproject.toml declares plain ranges (torch>=2.1, torchvision>=0.16) for users anywhere. On the
+# pyproject.toml declares plain ranges (torch>=2.6, torchvision>=0.21) for users anywhere. On the
 # project's x86_64 machines, PyPI's torchvision does not import beside the CPU-only torch wheel on
 # local disk, so we first pin the pair that is known to work there (it installs from local disk).
 # Set VPRBENCH_TORCH_PIN=0 to skip the pin and let pip resolve the ranges.

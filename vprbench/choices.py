@@ -7,7 +7,7 @@ from __future__ import annotations
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DTYPE_NAMES = ("fp32", "bf16")  # extract._autocast_dtype: autocast dtypes
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # extract._autocast_dtype: autocast dtypes (fp16: CUDA)
 BAD_IMAGE_POLICIES = ("error", "skip")  # extract
 INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")  # datasets.images.INTERPOLATIONS
 # Pixel normalisations other than the model card's: (mean, std) after scaling to [0, 1] (extract).
@@ -25,6 +25,7 @@ DECODES = ("pil", "device")
 # What decodes with PIL (--decode pil): threads of the extracting process, or spawned processes that
 # write into shared memory (vprbench.loader.ProcessDecoders). The pixels are the same.
 LOADERS = ("threads", "processes")
+RESIZE_STAGES = ("pil", "uint8", "unit", "normalised")  # datasets.resize: where the resize happens
 SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")  # search
 NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate

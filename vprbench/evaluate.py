@@ -170,6 +170,8 @@ def evaluate(
         "settings": {
             "preprocess": extracted.preprocess.as_dict(),
             "dtype": cached.key["dtype"],
+            # the card's official pipeline and what this run does otherwise (vprbench.official)
+            "official": extracted.official or None,
             "batch_size": extracted.batch_size,
             "batch_size_source": extracted.batch_size_source,
             "batch_order": extracted.batch_order or None,

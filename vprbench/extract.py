@@ -39,6 +39,7 @@ from vprbench.choices import (
     DTYPE_NAMES,
     LOADERS,
     NORMALISATIONS,
+    RESIZE_STAGES,
 )
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.datasets.images import (
@@ -71,7 +72,10 @@ class ExtractSettings:
     model: str
     weights: str | None = None
     overrides: dict[str, Any] | None = None
-    image_size: tuple[int, int] | None = None  # None: the model card's
+    # (H, W); "native": no resize (images at their own size); None: the model card's
+    image_size: tuple[int, int] | str | None = None
+    resize: str | None = None  # RESIZE_STAGES: where the resize happens; None: the card's
+    antialias: bool | None = None  # of a tensor resize; None: the card's
     # None: the official size of (model convention, protocol) for batch-dependent models, else 32
     batch_size: int | None = None
     dtype: str = "fp32"
@@ -123,6 +127,9 @@ class ExtractResult:
     module: Any = None  # the built model (a VPRModel), None when served from a request record
     # Where a computed extraction's wall time went, in seconds (see STAGES); empty when cached.
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The card's official pipeline next to this run: {"dtype", "preprocess", "differences"}
+    # (vprbench.official); empty for a result read from an older request record
+    official: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # The stages of a computed extraction that ExtractResult.timings measures (wall time). The main
@@ -209,7 +216,7 @@ def _device_type(device: str) -> str:
 def _autocast_dtype(name: str):
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _validate(settings: ExtractSettings) -> None:
@@ -238,8 +245,21 @@ def _validate(settings: ExtractSettings) -> None:
         )
     if settings.batch_size is not None and settings.batch_size < 1:
         raise VPRBenchError(f"--batch-size must be >= 1, got {settings.batch_size}")
-    if settings.image_size is not None and min(settings.image_size) < 1:
-        raise VPRBenchError(f"--image-size must be positive, got {settings.image_size}")
+    if settings.image_size not in (None, "native") and (
+        isinstance(settings.image_size, str) or min(settings.image_size) < 1
+    ):
+        raise VPRBenchError(
+            f"--image-size must be two positive integers or 'native', got {settings.image_size!r}"
+        )
+    if settings.resize is not None and settings.resize not in RESIZE_STAGES:
+        raise VPRBenchError(
+            f"--resize must be one of {list(RESIZE_STAGES)}, got {settings.resize!r}"
+        )
+    if settings.dtype == "fp16" and not settings.device.startswith("cuda"):
+        raise VPRBenchError(
+            "--dtype fp16 is autocast on CUDA (as the official fp16 evaluations ran); on the CPU "
+            "use fp32 or bf16"
+        )
     if settings.device.startswith("cuda"):
         import torch
 
@@ -281,7 +301,7 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
     request |= {
         "vprbench": __version__,
         "weights": weights,
-        "image_size": list(settings.image_size) if settings.image_size else None,
+        "image_size": _size_entry(settings.image_size),
         "overrides": settings.overrides or {},
         "dataset": dataset.name,
         "images": images,
@@ -291,6 +311,10 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
         "registry": file_identity(default_registry_path()),
     }
     return json.loads(json.dumps(request, default=str))
+
+
+def _size_entry(size) -> list | str | None:
+    return list(size) if size not in (None, "native") else size
 
 
 def _request_path(cache_dir: Path, request: dict) -> Path:
@@ -312,9 +336,8 @@ def _from_request(request: dict, cache_dir: Path) -> ExtractResult | None:
     cached = DescriptorCache(cache_dir).load(saved["key"])
     if cached is None:
         return None
-    return ExtractResult(cached, ModelSummary(**saved["model"]), Preprocess(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in saved["preprocess"].items()}),
-        saved["batch_size"], False, 0.0, {}, saved["batch_size_source"], saved["batch_order"])  # fmt: skip
+    return ExtractResult(cached, ModelSummary(**saved["model"]),
+        Preprocess.from_dict(saved["preprocess"]), saved["batch_size"], False, 0.0, {}, saved["batch_size_source"], saved["batch_order"], official=saved.get("official", {}))  # fmt: skip
 
 
 def _save_request(cache_dir: Path, request: dict, result: ExtractResult, files: list) -> None:
@@ -327,6 +350,7 @@ def _save_request(cache_dir: Path, request: dict, result: ExtractResult, files: 
         "batch_size": result.batch_size,
         "batch_size_source": result.batch_size_source,
         "batch_order": result.batch_order,
+        "official": result.official,
     }
     path = _request_path(cache_dir, request)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,15 +390,32 @@ def batch_order_digest(dataset: FormattedDataset, batch_order: str = "official")
 
 
 def resolve_preprocess(card, settings: ExtractSettings) -> Preprocess:
-    """The model card's preprocessing with the user's image size, interpolation and normalisation."""
+    """The model card's official preprocessing (size or native resolution, interpolation, resize
+    stage and antialias, normalisation) with what the user chose instead."""
+    from vprbench.datasets.resize import check_stage
+
     mean, std = (
         NORMALISATIONS[settings.normalisation] if settings.normalisation else (card.mean, card.std)
     )
+    if settings.image_size == "native":
+        size = None
+    elif settings.image_size is not None:
+        size = tuple(settings.image_size)
+    else:
+        size = None if card.native_resolution else tuple(card.image_size)
+    resize = settings.resize or card.resize
+    if settings.antialias is not None:
+        antialias = settings.antialias
+    else:  # PIL always antialiases; a stage chosen instead of the card's keeps the card's setting
+        antialias = True if resize == "pil" else card.antialias
+    check_stage(resize, settings.interpolation or card.interpolation, antialias)
     return Preprocess(
-        image_size=tuple(settings.image_size or card.image_size),
+        image_size=size,
         interpolation=settings.interpolation or card.interpolation,
         mean=tuple(mean),
         std=tuple(std),
+        resize=resize,
+        antialias=bool(antialias),
     )
 
 
@@ -478,6 +519,11 @@ def extract(
     preprocess = resolve_preprocess(card, settings)
     if preprocess.interpolation not in INTERPOLATIONS:
         raise VPRBenchError(f"model card '{card.name}': unknown interpolation")
+    if preprocess.image_size is None and model.batch_dependent:
+        raise VPRBenchError(
+            f"model '{card.name}' is batch-dependent (its descriptors depend on which images share "
+            "a batch), and native resolution batches images by size: pass --image-size H W"
+        )
     batch_size, batch_source = resolve_batch_size(settings, dataset, model)
     order = dataset.manifest.get("batch_order", {}).get("note", "listed order")
     if settings.batch_order == "shuffled":
@@ -486,9 +532,18 @@ def extract(
     cache = DescriptorCache(cache_dir)
     key = cache_key(model, dataset, preprocess, settings, batch_size, images)
 
+    from vprbench.official import differences, official_preprocess
+
+    official = {
+        "dtype": card.dtype,
+        "preprocess": official_preprocess(card).as_dict(),
+        "differences": differences(card, preprocess, settings.dtype,
+                                   dataset.manifest.get("protocol"), model.weights_info.release),
+    }  # fmt: skip
+
     def result(cached, shard_batch, computed, seconds, skipped):
         out = ExtractResult(cached, ModelSummary.of(model), preprocess, shard_batch, computed,
-                            seconds, skipped, batch_source, order, model)  # fmt: skip
+                            seconds, skipped, batch_source, order, model, official=official)  # fmt: skip
         if request is not None:
             _save_request(cache_dir, request, out, files)
         return out
@@ -540,26 +595,32 @@ def extract(
     return out
 
 
-def resolve_loader(settings: ExtractSettings, device) -> tuple[str, int]:
+def resolve_loader(settings: ExtractSettings, device, native: bool = False) -> tuple[str, int]:
     """(loader, workers) for ``settings`` on ``device``: what the user named, else processes on
     CUDA with PIL decoding and threads elsewhere (``default_loader``), and ``default_workers``;
-    processes, when named, at least one."""
+    processes, when named, at least one. ``native``: images at their own sizes."""
     workers = default_workers(device) if settings.workers is None else settings.workers
-    loader = settings.loader or default_loader(device, settings.decode, workers)
+    if native and settings.loader == "processes":
+        raise VPRBenchError(
+            "--loader processes decodes into batches of one image size; native resolution "
+            "needs --loader threads"
+        )
+    loader = settings.loader or default_loader(device, settings.decode, workers, native)
     if settings.loader == "processes":  # asked for by name: at least one, even on 2 CPUs
         workers = max(1, workers)
     return loader, workers
 
 
-def default_loader(device, decode: str, workers: int) -> str:
+def default_loader(device, decode: str, workers: int, native: bool = False) -> str:
     """Loader processes on CUDA (with PIL decoding and workers), else threads. The main thread
     queues every operation of the forward pass there and needs the GIL between any two;
     ``benchmarks/loader_gil.py`` on 2 CPUs (medians of interleaved runs): its time per forward pass
     was 1.03-1.20x as long beside 1 loader thread as beside 1 loader process, 1.63x beside 2, and
     1.81-1.87x beside 4. On the CPU device the forward pass's operations are long and the loaders
-    take the same time (extract_pipeline.py)."""
+    take the same time (extract_pipeline.py). Native resolution (images of many sizes) needs
+    threads: the processes' shared ring holds batches of one size."""
     cuda = str(getattr(device, "type", device)).startswith("cuda")
-    return "processes" if cuda and decode == "pil" and workers > 0 else "threads"
+    return "processes" if cuda and decode == "pil" and workers > 0 and not native else "threads"
 
 
 def _image_batches(settings, device, paths, batches, batch_size, preprocess, normalise: bool):
@@ -570,7 +631,8 @@ def _image_batches(settings, device, paths, batches, batch_size, preprocess, nor
     fails."""
     from vprbench.loader import PREFETCH, SharedMemoryTooSmall, ThreadedBatches, decoders
 
-    loader, workers = resolve_loader(settings, device)
+    native = preprocess.image_size is None
+    loader, workers = resolve_loader(settings, device, native)
     on_device = settings.decode == "device"
     pin = device.type == "cuda" and not on_device
     if loader == "processes":
@@ -587,7 +649,7 @@ def _image_batches(settings, device, paths, batches, batch_size, preprocess, nor
         EncodedImageList(paths) if on_device else ImageList(paths, preprocess, normalise),
         batches,
         workers,
-        collate_encoded if on_device else collate_images,
+        collate_encoded if on_device or native else collate_images,
         pin=pin,
     )
 
@@ -609,7 +671,6 @@ def _extract_split(
     ``part`` (rank, world size): this process computes the batches whose number % world == rank.
     ``assembly``: the final file, which each batch also goes into once its shard is written."""
     import torch
-    import torch.nn.functional as F
 
     from vprbench.loader import InOrderCalls
 
@@ -638,8 +699,9 @@ def _extract_split(
     device = torch.device(settings.device)
     on_device = settings.decode == "device"
     # On the CPU the loader normalises each image; elsewhere it ships uint8 pixels (a quarter of the
-    # bytes to stack, pin and copy) and the device normalises the batch, to the same bits.
-    normalise_in_loader = device.type == "cpu"
+    # bytes to stack, pin and copy) and the device normalises the batch, to the same bits, unless the
+    # official pipeline resizes float values (normalised first): then the loader does it all.
+    normalise_in_loader = device.type == "cpu" or preprocess.float_resize
     table = preprocess.table()
     loader = _image_batches(
         settings, device, paths, batches, batch_size, preprocess, normalise_in_loader
@@ -696,9 +758,11 @@ def _extract_split(
             if valid.any():
                 # Unreadable images stay out of the forward pass: in a batch-dependent model they
                 # would change their batch-mates' descriptors.
-                batch = (
-                    images[torch.from_numpy(valid).to(images.device)] if not valid.all() else images
-                )
+                if isinstance(images, list):  # native resolution: images of several sizes
+                    batch = [im for im, ok in zip(images, valid, strict=True) if ok]
+                else:
+                    keep = torch.from_numpy(valid).to(images.device)
+                    batch = images[keep] if not valid.all() else images
                 with (
                     torch.inference_mode(),
                     torch.autocast(
@@ -707,11 +771,37 @@ def _extract_split(
                         enabled=settings.dtype != "fp32",
                     ),
                 ):
-                    x = batch.to(device, non_blocking=True)
-                    if x.dtype == torch.uint8:
-                        x = normalise_batch(x, table)
-                    out = F.normalize(forward(x).float(), dim=1)
+                    out = _forward(forward, batch, device, table)
             tic = spent("forward_queue", tic)
             writer.put(b, indices, errors, valid, out)
             tic = spent("writer_wait", tic)
     return skipped
+
+
+def _forward(forward, batch, device, table):
+    """L2-normalised descriptors [B, D] of a batch: a [B, 3, H, W] tensor, or (native resolution) a
+    list of [3, H, W] tensors, forwarded in groups of one size and put back in batch order."""
+    import torch
+    import torch.nn.functional as F
+
+    def run(x):
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = normalise_batch(x, table)
+        return F.normalize(forward(x).float(), dim=1)
+
+    if not isinstance(batch, list):
+        return run(batch)
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(batch):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    out = None
+    for rows in groups.values():
+        stacked = torch.stack([batch[i] for i in rows]).contiguous(
+            memory_format=torch.channels_last
+        )
+        desc = run(stacked)
+        if out is None:
+            out = desc.new_empty((len(batch), desc.shape[1]))
+        out[torch.tensor(rows, device=desc.device)] = desc
+    return out

@@ -29,9 +29,10 @@ RULE_UNITS = {
 #   cricavpr  Lu-Feng/CricaVPR parser.py:32 (--infer_batch_size 16); paper: "8 images for Pitts30K and
 #             16 images for others" (CricaVPR issue #7)
 #   d2vpr     tony19980810/D2VPR parser.py:19 (--infer_batch_size 64); per dataset in eval_encoder.py:46-69
-#   supervlad Lu-Feng/SuperVLAD parser.py:13 (--infer_batch_size 16); test.py:24-45 batches the
+#   supervlad Lu-Feng/SuperVLAD README.md:37, its only test command (in every revision):
+#             --infer_batch_size=8 (parser.py:13's default is 16); test.py:24-45 batches the
 #             database, then the queries, in dataset order
-BATCH_CONVENTIONS = {"cricavpr": 16, "d2vpr": 64, "supervlad": 16}
+BATCH_CONVENTIONS = {"cricavpr": 16, "d2vpr": 64, "supervlad": 8}
 # Which images share an inference batch (matters only for batch-dependent models). The official scripts
 # of both conventions read VDD folders with sorted(glob(...)) (D2VPR datasets_ws.py), so batches follow
 # the sort of VDD file names:

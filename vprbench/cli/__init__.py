@@ -23,6 +23,7 @@ from vprbench.choices import (
     LOADERS,
     NO_POSITIVE_POLICIES,
     NORMALISATIONS,
+    RESIZE_STAGES,
     SAMPLE_NAME,
     SEARCHES,
 )
@@ -77,7 +78,34 @@ def extraction_options(func):
         click.option(
             "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Model option override."
         ),
-        click.option("--image-size", nargs=2, type=int, default=None, metavar="H W"),
+        click.option(
+            "--image-size",
+            nargs=2,
+            type=int,
+            default=None,
+            metavar="H W",
+            help="Resize every image to H x W (default: the model card's).",
+        ),
+        click.option(
+            "--native-resolution",
+            is_flag=True,
+            help="No resize: every image at its own size, batched by size (models whose "
+            "descriptors do not depend on the batch).",
+        ),
+        click.option(
+            "--resize",
+            "resize_stage",
+            type=click.Choice(RESIZE_STAGES),
+            default=None,
+            help="Where the resize happens: pil (the decoded image), uint8 (torchvision on the "
+            "uint8 tensor), unit (the [0, 1] tensor), normalised (the normalised tensor) "
+            "(default: the model card's official pipeline; `vprbench models info`).",
+        ),
+        click.option(
+            "--antialias/--no-antialias",
+            default=None,
+            help="Antialias a tensor resize (default: the card's; torchvision < 0.17 did not).",
+        ),
         click.option("--batch-size", type=int, default=None),
         click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
@@ -434,10 +462,14 @@ def models_list() -> None:
 @models.command("info")
 @click.argument("name")
 def models_info(name: str) -> None:
-    """The model card of NAME, as JSON."""
+    """The model card of NAME, as JSON, with its whole official evaluation pipeline
+    (official_pipeline: input size or native resolution, where the resize happens, interpolation,
+    antialias, precision, inference batch sizes, the released file for each benchmark, sources)."""
     from vprbench.models import get_card
+    from vprbench.official import pipeline
 
-    console.print_json(json.dumps(get_card(name).as_dict()))
+    card = get_card(name)
+    console.print_json(json.dumps({**card.as_dict(), "official_pipeline": pipeline(card)}))
 
 
 # --- extract / evaluate -----------------------------------------------------------------------------
@@ -464,15 +496,22 @@ def _settings(
     compile_model=False,
     decode="pil",
     loader=None,
+    native_resolution=False,
+    resize_stage=None,
+    antialias=None,
 ):
     from vprbench.extract import ExtractSettings
     from vprbench.yamlfile import parse_overrides
 
+    if native_resolution and image_size:
+        raise click.UsageError("--native-resolution and --image-size exclude each other")
     return ExtractSettings(
         model=model_name,
         weights=weights,
         overrides=parse_overrides(overrides),
-        image_size=tuple(image_size) if image_size else None,
+        image_size="native" if native_resolution else tuple(image_size) if image_size else None,
+        resize=resize_stage,
+        antialias=antialias,
         batch_size=batch_size,
         dtype=dtype,
         device=device,
@@ -514,6 +553,9 @@ def _describe_extract(result) -> None:
             f"{result.batch_order}",
             soft_wrap=True,
         )
+    console.print(f"preprocessing: {result.preprocess.describe()}", soft_wrap=True)
+    for difference in (result.official or {}).get("differences", []):
+        err_console.print(f"[yellow]not the official pipeline:[/] {difference}", soft_wrap=True)
     skipped = int((~d.database_valid).sum() + (~d.queries_valid).sum())
     if skipped:
         err_console.print(f"[yellow]{skipped} unreadable image(s) skipped (--on-bad-image skip)[/]")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vprbench.choices import INTERPOLATION_NAMES
+from vprbench.datasets.resize import FLOAT_STAGES, resize_float, resize_uint8
 
 INTERPOLATIONS = INTERPOLATION_NAMES  # torchvision's InterpolationMode of the same name
 # PIL's filter of each: what torchvision's Resize applies to a PIL image
@@ -25,17 +26,54 @@ _PIL_FILTERS = {
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize to (H, W) with ``interpolation`` (antialiased), scale to [0, 1], normalise."""
+    """Resize to (H, W) with ``interpolation`` at stage ``resize`` (vprbench.datasets.resize: PIL on
+    the decoded image, torchvision on the uint8 tensor, on the [0, 1] tensor, or on the normalised
+    tensor) with or without ``antialias``; scale to [0, 1]; normalise. ``image_size`` None: native
+    resolution, no resize at all."""
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, int] | None
     interpolation: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    resize: str = "pil"
+    antialias: bool = True
+
+    @property
+    def float_resize(self) -> bool:
+        """Whether the resize works on float values, so the loader must normalise (not the device)."""
+        return self.resize in FLOAT_STAGES
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """An RGB image resized by PIL (what torchvision's Resize does to a PIL image): uint8 [H, W, 3]."""
+        if self.image_size is None or image.size == tuple(reversed(self.image_size)):
+            return np.array(image)  # PIL's resize to the same size is a copy
         h, w = self.image_size
         return np.array(image.resize((w, h), _PIL_FILTERS[self.interpolation]))  # writable
+
+    def array(self, image: Image.Image, normalise: bool) -> np.ndarray:
+        """An RGB image through this preprocessing: float32 [H, W, 3] normalised, or (``normalise``
+        False, stages pil and uint8 only) the resized uint8 pixels for the device to normalise."""
+        if self.resize == "pil":
+            pixels = self.pixels(image)
+        else:
+            pixels = np.array(image)
+            if self.resize == "uint8" and self.image_size is not None:
+                pixels = resize_uint8(pixels, self.image_size, self.interpolation, self.antialias)
+        if self.resize in ("pil", "uint8"):
+            return normalise_pixels(pixels, self.table()) if normalise else pixels
+        if self.resize == "normalised":  # ToTensor, Normalize, then resize
+            values = normalise_pixels(pixels, self.table())
+            return self._resized(values)
+        # ToTensor, resize the [0, 1] values, then Normalize: float32 in that order
+        values = self._resized(pixels.astype(np.float32) / np.float32(255))
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return (values - mean) / std
+
+    def _resized(self, values: np.ndarray) -> np.ndarray:
+        if self.image_size is None:
+            return values
+        return resize_float(values, self.image_size, self.interpolation, self.antialias)
 
     def table(self) -> np.ndarray:
         """float32 [3 * 256]: entry c * 256 + v is what ToTensor and Normalize make of value v in
@@ -44,6 +82,29 @@ class Preprocess:
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Preprocess:
+        """The inverse of :meth:`as_dict` (a record written before ``resize`` existed: PIL)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+    def describe(self) -> str:
+        """One line for a person: size, interpolation, where the resize happens, antialias."""
+        if self.image_size is None:
+            return "native resolution (no resize)"
+        h, w = self.image_size
+        where = RESIZE_WHERE[self.resize]
+        aa = "antialiased" if self.antialias else "not antialiased"
+        return f"{h}x{w}, {self.interpolation}, {where}, {aa}"
+
+
+# Where each stage resizes, for a person (vprbench.datasets.resize)
+RESIZE_WHERE = {
+    "pil": "PIL on the decoded image",
+    "uint8": "torchvision on the uint8 tensor",
+    "unit": "on the [0, 1] tensor before Normalize",
+    "normalised": "on the normalised tensor",
+}
 
 
 _CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.uint16)
@@ -113,25 +174,20 @@ class ImageList:
 
 
 def load_array(path: Path, preprocess: Preprocess, normalise: bool) -> tuple[np.ndarray, str]:
-    """One image as :class:`ImageList` makes it, in numpy alone (for loader processes, which import
-    no torch): ([H, W, 3] float32 normalised, or uint8 when not ``normalise``; "") or, for a file
-    that cannot be read, (zeros, its error). Normalised, it is bit for bit what torchvision's Resize
-    (antialiased), ToTensor and Normalize give (tests/test_loader.py): PIL resizes, then each pixel
-    value is looked up in :meth:`Preprocess.table`. Neither uses torch's intra-op thread pool, so
-    loader threads decode side by side without contending for it.
-
-    The official D²-VPR and CricaVPR evaluation normalises first and resizes the float tensor
-    (``base_transform`` then ``transforms.functional.resize``: tony19980810/D2VPR and
-    Lu-Feng/CricaVPR ``datasets_ws.py``, lines 17-19 and 105-109 in D2VPR). Resizing the uint8
-    pixels instead differs from it by at most one grey level per value (tested at 224x224 and
-    322x322 on a JPEG: mean 0.005, max 0.017 after normalisation, one grey level being 0.0175)."""
+    """One image as :class:`ImageList` makes it: ([H, W, 3] float32 normalised, or uint8 when not
+    ``normalise``; "") or, for a file that cannot be read, (zeros, its error), through
+    :meth:`Preprocess.array`. At stage "pil" it is bit for bit what torchvision's Resize on the PIL
+    image, ToTensor and Normalize give (tests/test_loader.py); at the float stages, what
+    ``transforms.functional.resize`` of the tensor gives, within float rounding (tests/test_resize.py).
+    Only stage "uint8" uses torch (torchvision's uint8 kernel); the others are numpy and PIL, so loader
+    threads decode side by side without contending for torch's intra-op thread pool, and loader
+    processes import no torch."""
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
-        pixels = preprocess.pixels(rgb)
-        return (normalise_pixels(pixels, preprocess.table()) if normalise else pixels), ""
+        return preprocess.array(rgb, normalise), ""
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        h, w = preprocess.image_size
+        h, w = preprocess.image_size or (1, 1)  # native: a placeholder, never forwarded
         return np.zeros((h, w, 3), np.float32 if normalise else np.uint8), _unreadable(path, exc)
 
 
@@ -195,14 +251,14 @@ def collate_encoded(items: list[tuple]) -> tuple:
 def decode_on_device(encoded: list, errors: list, preprocess: Preprocess, paths: list, device):
     """Decode (JPEGs with torchvision: nvJPEG on CUDA) and resize a batch on ``device``.
 
-    The steps are those of :meth:`Preprocess.pixels` on a uint8 tensor: an antialiased resize
-    rounded back to uint8 (as PIL's is). Returns the uint8 [n, 3, H, W] batch, channels last as
-    :func:`collate_images` makes it (zeros where unreadable), for :func:`normalise_batch`, and the
-    errors, with those found here."""
+    Stages pil and uint8: an antialiased (pil; uint8 as the card says) resize of the uint8 tensor,
+    rounded back to uint8 (as PIL's is), for :func:`normalise_batch`. Stages unit and normalised:
+    the values are normalised first (normalised) or scaled to [0, 1] (unit) on the device and the
+    float tensor resized there, so the batch comes back normalised float32. Returns the [n, 3, H, W]
+    batch, channels last as :func:`collate_images` makes it (zeros where unreadable), or, at native
+    resolution, a list of [3, H, W] tensors; and the errors, with those found here."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
 
     errors = list(errors)
     jpegs = [i for i, t in enumerate(encoded) if not errors[i] and t.dim() == 1]
@@ -228,17 +284,48 @@ def decode_on_device(encoded: list, errors: list, preprocess: Preprocess, paths:
                     pixels[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device)
                 except RuntimeError as exc:
                     errors[i] = _unreadable(paths[i], exc)
+    floats = preprocess.float_resize
+    dtype = torch.float32 if floats else torch.uint8
+    images = {
+        i: _resize_on_device(image.to(device, non_blocking=True), preprocess)
+        for i, image in sorted(pixels.items())
+        if not errors[i]
+    }
+    if preprocess.image_size is None:
+        placeholder = torch.zeros(3, 1, 1, dtype=dtype, device=device)
+        return [images.get(i, placeholder) for i in range(len(encoded))], errors
     h, w = preprocess.image_size
-    out = torch.zeros(len(encoded), h, w, 3, dtype=torch.uint8, device=device)
+    out = torch.zeros(len(encoded), h, w, 3, dtype=dtype, device=device)
+    for i, image in images.items():
+        out[i] = image.permute(1, 2, 0)
+    return out.permute(0, 3, 1, 2), errors
+
+
+def _resize_on_device(image, preprocess: Preprocess):
+    """One uint8 [3, H, W] image on its device through ``preprocess``'s resize stage."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
     # PIL's nearest samples the source pixel nearest each output pixel's centre, as tensors'
     # "nearest-exact" does (torch's "nearest" floors the scaled index instead); rounding still
     # picks another pixel for some outputs (about 9% at 640x480 -> 224x224), as the key records.
-    mode = InterpolationMode(
-        "nearest-exact" if preprocess.interpolation == "nearest" else preprocess.interpolation
-    )
-    for i, image in sorted(pixels.items()):
-        if errors[i]:
-            continue
-        image = TF.resize(image.to(device, non_blocking=True), [h, w], mode, antialias=True)
-        out[i] = image.permute(1, 2, 0)
-    return out.permute(0, 3, 1, 2), errors
+    name = preprocess.interpolation
+    if preprocess.resize == "pil" and name == "nearest":
+        name = "nearest-exact"
+    mode = InterpolationMode(name)
+    antialias = True if preprocess.resize == "pil" else preprocess.antialias
+    size = preprocess.image_size
+
+    def resized(x):
+        return x if size is None else TF.resize(x, list(size), mode, antialias=antialias)
+
+    if not preprocess.float_resize:
+        return resized(image)
+    table = preprocess.table()
+    if preprocess.resize == "normalised":
+        values = normalise_batch(image[None], table)[0]
+        return resized(values.contiguous())
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=image.device)[:, None, None]
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=image.device)[:, None, None]
+    return (resized(image.float() / 255) - mean) / std

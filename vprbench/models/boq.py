@@ -114,13 +114,21 @@ def _card(backbone: str, trunk: str, side: int, dim: int) -> ModelCard:
         image_size=(side, side),
         descriptor_dim=dim,
         interpolation="bicubic",
+        resize="uint8",
+        antialias=True,
+        dtype="fp16",
+        pipeline_source="amaralibey/Bag-of-Queries src/dataloaders/pittsburgh.py:73 and "
+        "mapillary_sls.py:63 (torchvision.io.decode_image, a uint8 tensor) through "
+        "src/dataloaders/datamodule.py:51-55 (v2.Resize(size, interpolation=3): bicubic, "
+        "antialiased, then ToDtype and Normalize); train.py:165 precision='16-mixed'; "
+        "environment.yaml pins torchvision==0.20.1",
         weights=WeightSource(
             url=f"{_RELEASE}{backbone}_{dim}.pth", note="hubconf.py MODEL_URLS; no published sha256"
         ),  # fmt: skip
         reference="Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries (CVPR 2024)",
         licence="MIT",
-        protocol=f"{side}x{side}, bicubic (src/dataloaders/datamodule.py val_transform; the "
-        "README's sizes); no PCA",
+        protocol=f"{side}x{side}, bicubic on the uint8 tensor (the validation path; the README's "
+        "sizes), fp16; no PCA",
     )
 
 

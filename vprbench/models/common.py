@@ -32,20 +32,40 @@ def load_weights(
         model.weights_info = WeightsInfo(source=None, sha256=None, random_init=True)
         return model
     sha256 = None
-    if spec == "official":
+    release = None
+    if spec.startswith("official:"):
+        release = card.release(spec.split(":", 1)[1])
+        if release.url is None:
+            raise VPRBenchError(
+                f"model '{card.name}': release '{release.name}' ({release.file}) has no direct "
+                f"download URL{f' ({release.note})' if release.note else ''}; download it and pass "
+                "--weights FILE"
+            )
+        spec, sha256 = release.url, release.sha256
+    elif spec == "official":
         if official_url is not None:
             spec = official_url
         elif card.weights is not None and card.weights.url is not None:
             spec, sha256 = card.weights.url, card.weights.sha256
         else:
-            raise VPRBenchError(f"model '{card.name}' has no official weights URL; pass a file")
+            hint = (
+                f" (releases: {', '.join(f'official:{r.name}' for r in card.releases)})"
+                if card.releases
+                else ""
+            )
+            raise VPRBenchError(
+                f"model '{card.name}' has no official weights URL{hint}; pass a file"
+            )
     path = resolve_weights(spec, cache_dir, sha256)
+    if release is None:  # a file of a release is known by its official name
+        release = next((r for r in card.releases if r.file == _basename(spec)), None)
     state, meta = read_checkpoint(path, with_meta=True)
     kind = model.load_checkpoint(state, str(path))
     model.checkpoint_meta = meta  # a `vprbench train` checkpoint names its model and options
     model.weights_info = WeightsInfo(
-        source=str(spec), sha256=sha256_file(path), random_init=False, kind=kind
-    )
+        source=str(spec), sha256=sha256_file(path), random_init=False, kind=kind,
+        release=release.name if release else None,
+    )  # fmt: skip
     if kind != "full":
         warnings.warn(
             f"model '{card.name}': only the backbone was initialised from {path.name}; the rest is "
@@ -54,6 +74,13 @@ def load_weights(
             stacklevel=3,
         )
     return model
+
+
+def _basename(spec: str) -> str:
+    """The file name of a path or URL."""
+    from urllib.parse import urlparse
+
+    return Path(urlparse(spec).path if "://" in spec else spec).name
 
 
 def register_with_weights(card: ModelCard, make) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from vprbench.errors import VPRBenchError
 from vprbench.models.aggregators import TDDA, GlobalGeM, RegionalGeM
 from vprbench.models.common import register_with_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource
+from vprbench.models.registry import ModelCard, Release, VPRModel, WeightSource
 from vprbench.models.vit import DINOv2ViT, image_grid, init_adapters
 from vprbench.models.weights import strict_load
 
@@ -208,28 +208,74 @@ CRICAVPR_WEIGHTS = WeightSource(
     url="https://github.com/Lu-Feng/CricaVPR/releases/download/v1.0/CricaVPR.pth",
     note="No checksum is published with the release; vprbench records the file's sha256 in every run.",
 )
+# Both evaluations normalise, then resize the float tensor with transforms.functional.resize and no
+# antialias argument, which means antialias=False for tensors before torchvision 0.17 and True from it.
+D2VPR_PIPELINE = (
+    "tony19980810/D2VPR datasets_ws.py:17-20 (base_transform: ToTensor, Normalize) then :60 and "
+    ":105-109 (transforms.functional.resize of the normalised tensor, no antialias argument); "
+    "requirements.txt:7 pins torchvision==0.18.0, where that default is antialias=True"
+)
+CRICAVPR_PIPELINE = (
+    "Lu-Feng/CricaVPR datasets_ws.py:18-21 (base_transform: ToTensor, Normalize) then :105-109 "
+    "(transforms.functional.resize of the normalised tensor, no antialias argument); "
+    "requirements.txt:3 pins torchvision==0.15.0, where that default is antialias=False for tensors"
+)
+D2VPR_RELEASES = {
+    "d2vpr": (
+        Release("finetune_no_encoder", "finetune_no_encoder.pth",
+                ("pitts30k-test", "msls-val", "sped", "pitts250k-test", "amstertime",
+                 "nordland-pnv"),
+                note="Google Drive link in the D2VPR README (model without cross-image encoder)"),
+    ),
+    "d2vpr-encoder": (
+        Release("distillation", "distillation.pth",
+                ("pitts30k-test", "sped", "amstertime", "pitts250k-test"),
+                note="Google Drive link in the D2VPR README (stage 1, cross-image encoder)"),
+        Release("finetune", "finetune.pth", ("msls-val", "nordland-pnv"),
+                note="Google Drive link in the D2VPR README (stage 2, cross-image encoder)"),
+    ),
+}  # fmt: skip
 D2VPR_CARD = ModelCard(
     name="d2vpr",
     description="D²-VPR student: DINOv2 ViT-S/14 + adapters, DRM, TDDA; no cross-image encoder.",
     image_size=(224, 224),
     descriptor_dim=14 * DIM,
+    resize="normalised",
+    antialias=True,
+    pipeline_source=D2VPR_PIPELINE,
     weights=D2VPR_WEIGHTS,
+    releases=D2VPR_RELEASES["d2vpr"],
     batch_convention="d2vpr",
     options={"adapters": True, "drm": True, "aggregator": "tdda", "tdda_guidance": True,
              "cross_image_encoder": False, "drm_levels": list(DRM_LEVELS)},
     reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
+    protocol="224x224, the normalised tensor resized with antialiasing (torchvision 0.18); "
+    "per-dataset inference batch sizes of eval_encoder.py:46-69 for the encoder variant; no PCA",
 )  # fmt: skip
 CRICAVPR_CARD = ModelCard(
     name="cricavpr",
     description="CricaVPR: DINOv2 ViT-B/14 + adapters, regional GeM, cross-image encoder (batch-dependent).",
     image_size=(224, 224),
     descriptor_dim=14 * DIM,
+    resize="normalised",
+    antialias=False,
+    pipeline_source=CRICAVPR_PIPELINE,
     batch_dependent=True,
     batch_convention="cricavpr",
     weights=CRICAVPR_WEIGHTS,
+    releases=(
+        Release("cricavpr", "CricaVPR.pth", ("pitts30k-test", "pitts250k-test", "msls-val"),
+                url=CRICAVPR_WEIGHTS.url, note="GitHub release v1.0 (also --weights official)"),
+    ),
     options={"adapters": True, "aggregator": "regional-gem", "tdda_guidance": True,
              "cross_image_encoder": True},
     reference="Lu et al., CricaVPR (CVPR 2024)",
+    protocol="224x224, the normalised tensor resized without antialiasing (torchvision 0.15); "
+    "inference batches of 8 on Pitts30k and 16 elsewhere (paper; Lu-Feng/CricaVPR#2, #7), database "
+    "then queries in VDD order; the 10,752-d descriptor, or PCA to 4,096 fitted on up to 16,384 "
+    "random images of pitts30k/images/train (README.md:46, util.py:53-66: sklearn PCA in shuffled "
+    "batches of 16). vprbench cannot fit on that train split (no pitts30k-train protocol): its "
+    "--pca-fit takes a registered protocol, and the record says which was used",
 )  # fmt: skip
 
 
@@ -237,8 +283,9 @@ def _with_encoder(card: ModelCard, name: str, encoder: bool, description: str) -
     """The same model with the cross-image encoder switched, registered under its own name."""
     options = {**card.options, "cross_image_encoder": encoder}
     return replace(
-        card, name=name, description=description, options=options, batch_dependent=encoder
-    )
+        card, name=name, description=description, options=options, batch_dependent=encoder,
+        releases=D2VPR_RELEASES.get(name, ()) if card is D2VPR_CARD else card.releases * encoder,
+    )  # fmt: skip
 
 
 CARDS = {

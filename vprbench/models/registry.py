@@ -31,6 +31,20 @@ class WeightSource:
 
 
 @dataclass(frozen=True)
+class Release:
+    """One released weights file of a model and the benchmarks its paper reports with it: files of
+    the same shapes (SelaVPR msls / pitts30k) cannot be told apart by loading, only by name.
+    ``--weights official:NAME`` picks it (its ``url``, where it has a direct one)."""
+
+    name: str
+    file: str  # the official file name
+    benchmarks: tuple[str, ...]  # vprbench protocols the paper reports with this file
+    url: str | None = None
+    sha256: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What a user needs to know to run and cite a model, and what goes into its cache key."""
 
@@ -39,12 +53,23 @@ class ModelCard:
     image_size: tuple[int, int]  # (H, W) at inference
     descriptor_dim: int  # with the default options
     interpolation: str = "bilinear"
+    # Where the official evaluation resizes (RESIZE_STAGES: pil, uint8, unit, normalised) and with
+    # or without antialiasing (a tensor resize under torchvision < 0.17 is not antialiased)
+    resize: str = "pil"
+    antialias: bool = True
+    # The official evaluation does not resize at all (images at their own size; image_size is then
+    # only the size to profile at)
+    native_resolution: bool = False
+    dtype: str = "fp32"  # the precision the published numbers were computed in (DTYPE_NAMES)
+    # The official file and lines each of the above comes from, and the torchvision it pinned
+    pipeline_source: str = ""
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     batch_dependent: bool = False
     # Whose official inference batch sizes a batch-dependent variant follows (protocols.BATCH_CONVENTIONS)
     batch_convention: str | None = None
     weights: WeightSource | None = None
+    releases: tuple[Release, ...] = ()  # which released file goes with which benchmark
     options: dict[str, Any] = field(default_factory=dict)  # constructor switches and their defaults
     reference: str = ""
     licence: str = ""  # of the official code and weights, where the repository states one
@@ -56,6 +81,21 @@ class ModelCard:
         """JSON-ready view of the card."""
         return dataclasses.asdict(self)
 
+    def release(self, name: str) -> Release:
+        """The release called ``name``; the error lists this card's releases."""
+        for release in self.releases:
+            if release.name == name:
+                return release
+        names = ", ".join(r.name for r in self.releases) or "none"
+        raise VPRBenchError(f"model '{self.name}' has no release '{name}'; its releases: {names}")
+
+    def release_for(self, protocol: str) -> Release | None:
+        """The release the paper reports ``protocol`` with, if the card names one."""
+        for release in self.releases:
+            if protocol in release.benchmarks:
+                return release
+        return None
+
 
 @dataclass
 class WeightsInfo:
@@ -65,6 +105,7 @@ class WeightsInfo:
     sha256: str | None
     random_init: bool
     kind: str = "full"  # "full" model, or "backbone-init" (pre-training weights, backbone only)
+    release: str | None = None  # the card's release it is (official:NAME, or by its file name)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -121,16 +121,18 @@ PLACES_CARDS = {
         (32, 64, 128, 256, 512, 1024, 2048),
         _release("CosPlace", "cosplace"),
         "Berton et al., Rethinking Visual Geo-localization for Large-Scale Applications (CVPR 2022)",
-        "test images at full resolution (datasets/test_dataset.py: --resize_test_imgs is off by "
-        "default, and then resizes the shorter side to 512): --image-size 480 640 on Pitts30k and "
-        "MSLS; no PCA",
+        "test images at native resolution (datasets/test_dataset.py:41-43: --resize_test_imgs is "
+        "off by default, and then resizes the shorter side to 512), queries at batch 1 (test.py:36); "
+        "no PCA. MSLS: msls-val-full, VDD's val with every non-panorama query (the author evaluates "
+        "on VDD folders: amaralibey/MixVPR#5, gmberton/VPR-datasets-downloader#18, #21)",
     ),
     "eigenplaces": (
         (128, 256, 512, 1024, 2048),
         _release("EigenPlaces", "eigenplaces"),
         "Berton et al., EigenPlaces (ICCV 2023)",
-        "test images at full resolution, never resized (datasets/test_dataset.py): --image-size "
-        "480 640 on Pitts30k and MSLS; no PCA",
+        "test images at native resolution, never resized (datasets/test_dataset.py:51-59: "
+        "ToTensor and Normalize only), queries at batch 1 (test.py:34-39); no PCA. MSLS: "
+        "msls-val-full, as CosPlace",
     ),
 }
 
@@ -141,8 +143,12 @@ def _register_places(
     card = ModelCard(
         name=name,
         description=f"{dict(cosplace='CosPlace', eigenplaces='EigenPlaces')[name]}: ResNet-50, GeM, fully connected to dim (--set dim=512).",
-        image_size=(512, 512),
+        image_size=(480, 640),  # only the size to profile at: Pitts30k's native size
         descriptor_dim=2048,
+        native_resolution=True,
+        pipeline_source=f"gmberton/{dict(cosplace='CosPlace', eigenplaces='EigenPlaces')[name]} "
+        "datasets/test_dataset.py (ToTensor, Normalize, no resize) and test.py (database at "
+        "--infer_batch_size, queries at 1)",
         weights=WeightSource(
             url=url.format(dim=2048),
             note=f"official: {url} for the chosen dim; no published sha256",
@@ -170,14 +176,19 @@ MIXVPR_CARD = ModelCard(
     description="MixVPR: ResNet-50 to layer3, 4 feature mixers, 1024 channels x 4 rows (4,096-d).",
     image_size=(320, 320),
     descriptor_dim=4096,
-    interpolation="bicubic",  # demo.py load_image
+    interpolation="bilinear",
+    dtype="fp16",
+    pipeline_source="amaralibey/MixVPR dataloaders/GSVCitiesDataloader.py:82-85 (valid_transform: "
+    "T.Resize(image_size, interpolation=BILINEAR) on the PIL image, ToTensor, Normalize), given "
+    "to every validation set at :111-117; main.py:235-238 (320x320) and :309 (precision=16). "
+    "demo.py's bicubic load_image computes no recall",
     weights=WeightSource(
         note="resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt from the Google Drive link in the "
         "MixVPR README (a bare state dict); pass it as a file"
     ),
     reference="Ali-bey et al., MixVPR (WACV 2023)",
     licence="MIT",
-    protocol="320x320, bicubic (demo.py); no PCA",
+    protocol="320x320 PIL bilinear (the validation path of the published recalls), fp16; no PCA",
 )
 
 

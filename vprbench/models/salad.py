@@ -81,6 +81,9 @@ SALAD_CARD = ModelCard(
     description="SALAD: DINOv2-B/14 + optimal-transport aggregation (64 x 128 + 256 = 8,448-d).",
     image_size=(322, 322),
     descriptor_dim=8448,
+    dtype="fp16",
+    pipeline_source="serizba/salad eval.py:20-32 (T.Resize on the PIL image, bilinear, then "
+    "ToTensor, Normalize); eval.py:63 runs the model under torch.autocast(float16)",
     weights=WeightSource(
         url="https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt",
         note="the release's dino_salad.ckpt (a state dict with backbone.model.* and aggregator.*)",
@@ -88,7 +91,7 @@ SALAD_CARD = ModelCard(
     reference="Izquierdo & Civera, Optimal Transport Aggregation for Visual Place Recognition "
     "(CVPR 2024)",
     licence="GPL-3.0",
-    protocol="322x322 (eval.py); no PCA",
+    protocol="322x322 PIL bilinear (eval.py), fp16 autocast; no PCA",
 )
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from vprbench.errors import VPRBenchError
 from vprbench.models.common import register_with_weights
 from vprbench.models.pooling import GeM
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource
+from vprbench.models.registry import ModelCard, Release, VPRModel, WeightSource
 from vprbench.models.resnet_vpr import L2Norm
 from vprbench.models.vit import DINOv2ViT, image_grid
 
@@ -69,10 +69,30 @@ SELAVPR_CARD = ModelCard(
     "357,428,609 parameters, of which 2,654,592 in the unused local branch.",
     image_size=(224, 224),
     descriptor_dim=1024,
+    resize="normalised",
+    antialias=False,
+    pipeline_source="Lu-Feng/SelaVPR datasets_ws.py:20-23 (base_transform: ToTensor, Normalize) "
+    "then :108-112 (transforms.functional.resize of the normalised tensor, no antialias "
+    "argument); requirements.txt:3 pins torchvision==0.15.0 (antialias=False for tensors)",
     weights=WeightSource(
         note="SelaVPR_msls.pth or SelaVPR_pitts30k.pth from the Google Drive links in the SelaVPR "
         "README; pass it as a file"
     ),
+    releases=(
+        Release(
+            "msls",
+            "SelaVPR_msls.pth",
+            ("msls-val", "nordland-pnv"),
+            note="README: fine-tuned on MSLS, reported on MSLS-val, Nordland-test, St Lucia",
+        ),
+        Release(
+            "pitts30k",
+            "SelaVPR_pitts30k.pth",
+            ("pitts30k-test", "pitts250k-test"),
+            note="README: further fine-tuned on Pitts30k, reported on Tokyo24/7, Pitts30k, "
+            "Pitts250k",
+        ),
+    ),  # fmt: skip
     reference="Lu et al., Towards Seamless Adaptation of Pre-trained Models for Visual Place "
     "Recognition (ICLR 2024)",
     licence="MIT",

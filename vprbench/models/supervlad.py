@@ -72,6 +72,12 @@ SUPERVLAD_CARD = ModelCard(
     "batch-dependent; --set cross_image_encoder=false without it).",
     image_size=(322, 322),
     descriptor_dim=CLUSTERS * DIM,
+    resize="normalised",
+    antialias=False,
+    pipeline_source="Lu-Feng/SuperVLAD datasets_ws.py:105-109 (base_transform, then "
+    "transforms.functional.resize of the normalised tensor, no antialias argument); "
+    "requirements.txt:3 pins torchvision==0.15.0 (antialias=False for tensors); README.md:37 "
+    "evaluates with --infer_batch_size=8",
     batch_dependent=True,
     batch_convention="supervlad",
     weights=WeightSource(
@@ -81,8 +87,9 @@ SUPERVLAD_CARD = ModelCard(
     options={"cross_image_encoder": True},
     reference="Lu et al., SuperVLAD (NeurIPS 2024)",
     licence="MIT",
-    protocol="322x322 (parser.py --resize), 16 images per inference batch (--infer_batch_size), "
-    "database then queries (test.py); no PCA",
+    protocol="322x322 (parser.py:67 --resize), the normalised tensor resized without "
+    "antialiasing; 8 images per inference batch (README.md:37, the only test command in every "
+    "revision; parser.py:13's default is 16), database then queries (test.py:24-45); no PCA",
 )
 
 

@@ -118,13 +118,35 @@ def resolve_weights(spec: str, cache_dir: Path | None, sha256: str | None = None
 def _numpy_safe_globals() -> list:
     """The numpy objects that official training scripts save beside the weights (``recalls`` arrays,
     ``best_r5`` scalars: D2VPR/CricaVPR util.save_checkpoint): array reconstruction, dtypes, scalars.
-    None of them can run code when unpickled."""
+    None of them can run code when unpickled.
+
+    A pickle names an object by the module path of the numpy that saved it: ``numpy.core.multiarray``
+    under numpy 1.x (CricaVPR.pth, SelaVPR_*.pth, pytorch-NetVlad's checkpoint: numpy 1.20 era) and
+    ``numpy._core.multiarray`` under numpy 2 (D2VPR pins numpy 2.0.1). Both spellings of exactly
+    ``_reconstruct`` and ``scalar`` are allowed whichever numpy runs here, as (object, name) pairs."""
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
-    found = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
+    found: list = [np.ndarray, np.dtype]
+    for name in ("_reconstruct", "scalar"):
+        obj = getattr(core.multiarray, name)
+        found += [(obj, f"{module}.{name}") for module in _NUMPY_MULTIARRAY]
     found += [type(np.dtype(t)) for t in "?bhilqBHILQefdgFDG"]  # numpy >= 1.25: dtype classes
     return found
+
+
+# The module a numpy 1.x and a numpy 2 pickle name multiarray's objects by.
+_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+
+
+def _require_safe_globals() -> None:
+    """``torch.serialization.safe_globals`` with (object, name) pairs exists from torch 2.6, the
+    floor pyproject.toml declares: an older torch is said to be one, never blamed on the file."""
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise VPRBenchError(
+            f"reading checkpoints needs torch >= 2.6 (torch.serialization.safe_globals); this is "
+            f"torch {torch.__version__}: pip install 'torch>=2.6'"
+        )
 
 
 def _why_unreadable(exc: Exception) -> str:
@@ -147,6 +169,7 @@ def read_checkpoint(path: str | Path, with_meta: bool = False):
     Loaded with ``weights_only=True`` (no arbitrary code), allowing the numpy values that released
     checkpoints carry beside the weights; only the state dict is kept. ``with_meta``: also return the
     ``vprbench`` block of a checkpoint written by `vprbench train` (model name and options), or None."""
+    _require_safe_globals()
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
