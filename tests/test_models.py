@@ -236,3 +236,56 @@ def test_checkpoint_with_arbitrary_objects_is_still_refused(tmp_path):
     torch.save({"model_state_dict": {"w": torch.ones(1)}, "extra": Payload()}, tmp_path / "x.pth")
     with pytest.raises(VPRBenchError, match="not a readable PyTorch checkpoint"):
         read_checkpoint(tmp_path / "x.pth")
+
+
+def _as_numpy1_pickle(path, out):
+    """``path`` (a torch.save of numpy values under numpy 2) as numpy 1.x writes it: its pickle names
+    ``numpy.core.multiarray`` where numpy 2 writes ``numpy._core.multiarray`` (protocol 2 names globals
+    as text lines, so the rename keeps the pickle valid)."""
+    import zipfile
+
+    new, old = b"numpy._core.multiarray", b"numpy.core.multiarray"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename.endswith("data.pkl"):
+                    assert new in data
+                    data = data.replace(new, old)
+                dst.writestr(info, data)
+    else:  # the legacy format: a sequence of pickles, then the tensors' bytes
+        data = path.read_bytes()
+        assert new in data
+        out.write_bytes(data.replace(new, old))
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_checkpoint_pickled_under_numpy1_loads(tmp_path, zipped):
+    # CricaVPR.pth, SelaVPR_*.pth and pytorch-NetVlad's checkpoint were saved under numpy 1.x
+    checkpoint = {
+        "model_state_dict": {"module.w": torch.arange(3.0)},
+        "recalls": np.array([94.9, 97.3]),
+        "best_r5": np.float64(97.3),
+    }
+    torch.save(checkpoint, tmp_path / "numpy2.pth", _use_new_zipfile_serialization=zipped)
+    _as_numpy1_pickle(tmp_path / "numpy2.pth", tmp_path / "CricaVPR.pth")
+    raw = (tmp_path / "CricaVPR.pth").read_bytes()
+    assert b"numpy.core.multiarray" in raw and b"numpy._core" not in raw  # stored uncompressed
+    state = read_checkpoint(tmp_path / "CricaVPR.pth")
+    assert torch.equal(state["w"], torch.arange(3.0))
+    state = read_checkpoint(tmp_path / "numpy2.pth")  # and numpy 2's spelling still loads
+    assert torch.equal(state["w"], torch.arange(3.0))
+
+
+def test_numpy1_spelling_allows_only_those_objects(tmp_path):
+    """Another numpy.core object (one that is not an array or scalar constructor) stays refused."""
+    torch.save({"w": torch.ones(1), "f": np.add}, tmp_path / "ufunc.pth")
+    with pytest.raises(VPRBenchError, match="not a readable PyTorch checkpoint: it holds numpy"):
+        read_checkpoint(tmp_path / "ufunc.pth")
+
+
+def test_old_torch_is_named_not_blamed_on_the_file(tmp_path, monkeypatch):
+    torch.save({"w": torch.ones(1)}, tmp_path / "plain.pth")
+    monkeypatch.delattr(torch.serialization, "safe_globals")  # as on torch 2.4
+    with pytest.raises(VPRBenchError, match=r"needs torch >= 2.6 .* this is torch"):
+        read_checkpoint(tmp_path / "plain.pth")
