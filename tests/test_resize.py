@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import decode_image
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
-from torchvision.transforms import v2
 
 from vprbench.datasets.images import load_array
 from vprbench.datasets.resize import resize_float, taps
