@@ -49,10 +49,15 @@ def test_audit_on_the_embedded_sample(capsys, monkeypatch, isolated_dirs):
     base = json.loads(Path(record["baseline"]["record"]).read_text())
     assert base["settings"]["preprocess"]["image_size"] == [32, 32]
     rows = {r["setting"]: r for r in record["rows"]}
-    assert list(rows) == ["image-size", "interpolation", "normalisation", "dtype", "pca", "search"]
+    assert list(rows) == [
+        "image-size", "interpolation", "resize", "normalisation", "dtype", "pca", "search"]  # fmt: skip
     expected = {
         "image-size": lambda v: v["settings"]["preprocess"]["image_size"] == [48, 48],
         "interpolation": lambda v: v["settings"]["preprocess"]["interpolation"] == "bicubic",
+        "resize": lambda v: (
+            (v["settings"]["preprocess"]["resize"], v["settings"]["preprocess"]["antialias"])
+            == ("normalised", False)
+        ),
         "normalisation": lambda v: v["settings"]["preprocess"]["mean"] == [0.485, 0.456, 0.406],
         "dtype": lambda v: v["settings"]["dtype"] == "bf16",
         "pca": lambda v: v["settings"]["pca"]["dim"] == 256 and v["model"]["descriptor_dim"] == 256,

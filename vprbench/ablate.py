@@ -126,7 +126,8 @@ def run_variant(variant: Variant, results_dir: Path, cache_dir: Path | None, say
         from vprbench.profile import ProfileSettings, profile_model
 
         record = profile_model(variant.model, variant.options,
-                               ProfileSettings(image_size=variant.image_size, warmup=1, repeats=3),
+                               ProfileSettings(image_size=None if variant.image_size == "native"
+                                               else variant.image_size, warmup=1, repeats=3),
                                results_dir)  # fmt: skip
         outcome.profile = record["path"]
         say(f"  profile: {record['flops']['gflops_per_image']:.2f} GFLOPs, "

@@ -5,7 +5,8 @@ exact test: vprbench/metrics.py). Every run goes through the one extract -> eval
 descriptors are cached and the variants' run records can be compared again later.
 
 Rows (``SETTINGS``): inference batch size and batch composition (batch-dependent models only), image
-size, interpolation, normalisation, fp32 vs bf16, PCA, exact vs approximate search, the no-positive
+size, interpolation, where the resize happens (PIL against Lu-Feng's unantialiased resize of the
+normalised tensor), normalisation, fp32 vs bf16, PCA, exact vs approximate search, the no-positive
 policy.
 """
 
@@ -24,6 +25,7 @@ from vprbench.atomic import write_text
 from vprbench.cache import key_digest
 from vprbench.compare import query_outcomes
 from vprbench.datasets import manage
+from vprbench.datasets.images import RESIZE_WHERE
 from vprbench.errors import VPRBenchError
 from vprbench.evaluate import evaluate
 from vprbench.extract import NORMALISATIONS, SHUFFLE_SEED, ExtractResult, ExtractSettings, extract
@@ -36,6 +38,7 @@ SETTINGS = (
     "batch-order",
     "image-size",
     "interpolation",
+    "resize",
     "normalisation",
     "dtype",
     "pca",
@@ -64,6 +67,10 @@ def alternative_size(size: tuple[int, int]) -> tuple[int, int]:
         return int(1.5 * s / 14 + 0.5) * 14 if s % 14 == 0 else int(1.5 * s + 0.5)
 
     return side(size[0]), side(size[1])
+
+
+def _stage_label(resize: str, antialias: bool) -> str:
+    return f"{RESIZE_WHERE[resize]}, {'antialiased' if antialias else 'not antialiased'}"
 
 
 def _normalisation_name(mean, std) -> str:
@@ -107,14 +114,28 @@ def plan(
     else:
         reason = "the model is not batch-dependent: its descriptors do not depend on batches"
         skipped += [{"setting": s, "reason": reason} for s in ("batch-size", "batch-order")]
-    size = tuple(pre.image_size)
-    other = tuple(image_size) if image_size else alternative_size(size)
-    variants.append(Variant("image-size", "x".join(map(str, size)), "x".join(map(str, other)),
-                            replace(base, image_size=other)))  # fmt: skip
-    interp = "bicubic" if pre.interpolation != "bicubic" else "bilinear"
-    variants.append(
-        Variant("interpolation", pre.interpolation, interp, replace(base, interpolation=interp))
-    )
+    if pre.image_size is None and not image_size:
+        skipped.append({"setting": "image-size", "reason": "native resolution: images at their own "
+                        "sizes (pass --image-size H W to compare with one size)"})  # fmt: skip
+    else:
+        size = tuple(pre.image_size) if pre.image_size else None
+        other = tuple(image_size) if image_size else alternative_size(size)
+        shown = "x".join(map(str, size)) if size else "native"
+        variants.append(Variant("image-size", shown, "x".join(map(str, other)),
+                                replace(base, image_size=other)))  # fmt: skip
+    if pre.image_size is None:
+        reason = "native resolution: nothing is resized"
+        skipped += [{"setting": s, "reason": reason} for s in ("interpolation", "resize")]
+    else:
+        interp = "bicubic" if pre.interpolation != "bicubic" else "bilinear"
+        variants.append(
+            Variant("interpolation", pre.interpolation, interp, replace(base, interpolation=interp))
+        )
+        # the official pipelines split into these two (vprbench/datasets/resize.py)
+        stage, antialias = ("normalised", False) if pre.resize == "pil" else ("pil", True)
+        variants.append(Variant("resize", _stage_label(pre.resize, pre.antialias),
+                                _stage_label(stage, antialias),
+                                replace(base, resize=stage, antialias=antialias)))  # fmt: skip
     current = _normalisation_name(pre.mean, pre.std)
     norm = "half" if current == "imagenet" else "imagenet"
     variants.append(Variant("normalisation", current, norm, replace(base, normalisation=norm)))
@@ -192,9 +213,12 @@ def run_audit(
         or base.batch_order != "official"
         or base.interpolation
         or (base.normalisation)
+        or base.resize
+        or base.antialias is not None
     ):
         raise VPRBenchError("an audit's baseline is the protocol's own settings: leave batch size, "
-                            "batch order, interpolation and normalisation at their defaults")  # fmt: skip
+                            "batch order, interpolation, resize, antialias and normalisation at "
+                            "their defaults")  # fmt: skip
     if pca_dim < 1:
         raise VPRBenchError(f"--pca-dim must be positive, got {pca_dim}")
     from vprbench.protocols import load_registry

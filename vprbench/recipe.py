@@ -59,7 +59,7 @@ SETTINGS = {
     "options": ((dict,), "a mapping of model switches"),
     "weights": ((str, type(None)), "a weights file, URL, official, or null"),
     "protocols": ((list,), "a list of dataset names"),
-    "image_size": ((list, type(None)), "[height, width] or null"),
+    "image_size": ((list, str, type(None)), "[height, width], native or null"),
     "batch_size": ((int, type(None)), "a positive integer or null"),
     "dtype": ((str,), "fp32 or bf16"),
     "device": ((str,), "cpu or cuda"),
@@ -116,7 +116,7 @@ class Variant:
     options: dict
     weights: str | None
     protocols: tuple[str, ...]
-    image_size: tuple[int, int] | None
+    image_size: tuple[int, int] | str | None  # "native": no resize
     batch_size: int | None
     dtype: str
     device: str
@@ -312,7 +312,8 @@ def expand(recipe: Recipe, overrides: dict | None = None) -> list[Variant]:
             size = settings["image_size"]
             out.append(Variant(recipe.name, variant["name"], seed, settings["model"], options,
                                settings["weights"], tuple(settings["protocols"]),
-                               tuple(size) if size else None, settings["batch_size"],
+                               tuple(size) if isinstance(size, list) else size,
+                               settings["batch_size"],
                                settings["dtype"], settings["device"], settings["profile"],
                                settings["train"], i))  # fmt: skip
     return out
@@ -335,7 +336,14 @@ def _check_combination(
     if not settings["protocols"]:
         fail("no protocols to evaluate on (protocols: [...])")
     size = settings["image_size"]
-    if size is not None and (len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)):
+    if isinstance(size, str):
+        if size != "native":
+            fail(f"image_size must be [height, width] in pixels or native, got {size!r}")
+        if settings["train"] is not None:
+            fail("image_size: native cannot train (training batches need one size)")
+    elif size is not None and (
+        len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)
+    ):
         fail(f"image_size must be [height, width] in pixels, got {size!r}")
     if settings["dtype"] not in ("fp32", "bf16"):
         fail(f"dtype must be fp32 or bf16, got {settings['dtype']!r}")

@@ -103,7 +103,7 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
             "seed": tags.get("seed", 0),
             "model": r["model"]["name"],
             "protocol": r["protocol"]["name"],
-            "image_size": f"{size[0]}x{size[1]}",
+            "image_size": f"{size[0]}x{size[1]}" if size else "native",
             "batch_size": settings["batch_size"] if r["model"]["batch_dependent"] else None,
             "pca": (settings.get("pca") or {}).get("dim"),
             "policy": settings["no_positive_policy"],

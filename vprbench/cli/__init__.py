@@ -449,7 +449,7 @@ def models_list() -> None:
         )
         table.add_row(
             name,
-            f"{c.image_size[0]}x{c.image_size[1]}",
+            "native" if c.native_resolution else f"{c.image_size[0]}x{c.image_size[1]}",
             str(c.descriptor_dim),
             "yes" if c.batch_dependent else "no",
             weights,
