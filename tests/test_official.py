@@ -93,8 +93,9 @@ def test_resize_stage_and_antialias_are_in_the_cache_key(tiny_dataset):
     sharp = ExtractSettings(model="pixels", resize="normalised", antialias=False)
     unaliased = extract(tiny_dataset, sharp, cache_root())
     keys = [r.descriptors.key["preprocess"] for r in (base, stage, unaliased)]
-    assert [(k["resize"], k["antialias"]) for k in keys] == [
-        ("pil", True), ("normalised", True), ("normalised", False)]  # fmt: skip
+    assert "resize" not in keys[0]  # PIL: the key of descriptors cached before stages existed
+    assert [(k["resize"], k["antialias"]) for k in keys[1:]] == [
+        ("normalised", True), ("normalised", False)]  # fmt: skip
     assert len({r.descriptors.path for r in (base, stage, unaliased)}) == 3
     # 24x32 -> 32x32 upscales: antialias changes nothing there for bilinear, but the stage does
     assert not np.array_equal(base.descriptors.database, stage.descriptors.database)
@@ -207,3 +208,36 @@ def test_models_info_shows_the_official_pipeline(capsys, monkeypatch):
     assert pipeline(get_card("eigenplaces"))["input"] == "native resolution"
     releases = pipeline(get_card("netvlad-pca"))["releases"]
     assert [r["weights"] for r in releases] == ["official:mapillary", "official:pitts"]
+
+
+def test_device_decoding_follows_the_stage_and_native_resolution(tmp_path):
+    """--decode device: the float stages are normalised (or scaled) on the device, then resized
+    there, as the loader does in numpy; native resolution keeps each image's own size."""
+    from vprbench.datasets.images import (
+        EncodedImageList,
+        Preprocess,
+        collate_encoded,
+        decode_on_device,
+        load_array,
+    )
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (h, w) in enumerate(((120, 160), (90, 70))):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for stage, antialias in (("normalised", False), ("unit", True)):
+        pre = Preprocess((50, 60), "bilinear", mean, std, resize=stage, antialias=antialias)
+        _, encoded, errors = collate_encoded([EncodedImageList(paths)[i] for i in range(2)])
+        out, errors = decode_on_device(encoded, errors, pre, paths, torch.device("cpu"))
+        assert out.dtype == torch.float32 and out.shape == (2, 3, 50, 60)
+        for i, path in enumerate(paths):
+            expected = load_array(path, pre, normalise=True)[0]
+            np.testing.assert_allclose(out[i].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    native = Preprocess(None, "bilinear", mean, std)
+    _, encoded, errors = collate_encoded([EncodedImageList(paths)[i] for i in range(2)])
+    out, _ = decode_on_device(encoded, errors, native, paths, torch.device("cpu"))
+    assert [tuple(t.shape) for t in out] == [(3, 120, 160), (3, 90, 70)]
+    assert out[0].dtype == torch.uint8

@@ -436,7 +436,7 @@ def cache_key(
         "options": model.options,
         "weights_sha256": info.sha256,
         "random_init": info.random_init,
-        "preprocess": preprocess.as_dict(),
+        "preprocess": preprocess.key(),
         "dtype": settings.dtype,
         "batch_size": batch_size if model.batch_dependent else None,
         "batch_order": batch_order_digest(dataset, settings.batch_order)

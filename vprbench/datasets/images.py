@@ -83,6 +83,14 @@ class Preprocess:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def key(self) -> dict:
+        """What the cache key holds: :meth:`as_dict`, less the stage and antialias of a PIL resize
+        (always antialiased), so descriptors cached before stages existed, all PIL, stay valid."""
+        out = self.as_dict()
+        if self.resize == "pil":
+            del out["resize"], out["antialias"]
+        return out
+
     @classmethod
     def from_dict(cls, saved: dict) -> Preprocess:
         """The inverse of :meth:`as_dict` (a record written before ``resize`` existed: PIL)."""
