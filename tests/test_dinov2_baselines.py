@@ -142,7 +142,7 @@ def test_supervlad_encoder_mixes_the_images_of_a_batch():
     torch.testing.assert_close(swapped, together[[2, 1, 0]], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(plain_together[:1], plain_alone, rtol=1e-4, atol=1e-5)
     protocol = load_registry().get("pitts30k-test")
-    assert protocol.official_batch_size("supervlad") == (16, "supervlad default for pitts30k-test")
+    assert protocol.official_batch_size("supervlad") == (8, "supervlad default for pitts30k-test")
 
 
 def test_selavpr_block_adapters_follow_the_official_formula():

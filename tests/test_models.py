@@ -286,6 +286,10 @@ def test_numpy1_spelling_allows_only_those_objects(tmp_path):
 
 def test_old_torch_is_named_not_blamed_on_the_file(tmp_path, monkeypatch):
     torch.save({"w": torch.ones(1)}, tmp_path / "plain.pth")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu124")  # safe_globals without pairs
+    with pytest.raises(VPRBenchError, match=r"needs torch >= 2.6 .* this is torch 2.5.1"):
+        read_checkpoint(tmp_path / "plain.pth")
+    monkeypatch.setattr(torch, "__version__", "2.4.0")
     monkeypatch.delattr(torch.serialization, "safe_globals")  # as on torch 2.4
-    with pytest.raises(VPRBenchError, match=r"needs torch >= 2.6 .* this is torch"):
+    with pytest.raises(VPRBenchError, match=r"needs torch >= 2.6 .* this is torch 2.4.0"):
         read_checkpoint(tmp_path / "plain.pth")

@@ -241,3 +241,37 @@ def test_device_decoding_follows_the_stage_and_native_resolution(tmp_path):
     out, _ = decode_on_device(encoded, errors, native, paths, torch.device("cpu"))
     assert [tuple(t.shape) for t in out] == [(3, 120, 160), (3, 90, 70)]
     assert out[0].dtype == torch.uint8
+
+
+def test_official_pca_alternative_stages_and_batch_sizes_in_differences():
+    from vprbench.official import pca_difference
+
+    assert get_card("d2vpr").pca_dim == 4096 and get_card("d2vpr-encoder").pca_dim == 4096
+    assert pca_difference(4096, None) == ["no PCA (official: PCA-4096)"]
+    assert pca_difference(None, 256) == ["PCA-256 (official: no PCA)"]
+    assert pca_difference(4096, 4096) == []
+    boq = get_card("boq-dinov2")  # its README snippet resizes the [0, 1] tensor: also official
+    unit = resolve_preprocess(boq, ExtractSettings(model="boq-dinov2", resize="unit"))
+    assert differences(boq, unit, "fp16", None, None) == []
+    pil = resolve_preprocess(boq, ExtractSettings(model="boq-dinov2", resize="pil"))
+    assert differences(boq, pil, "fp16", None, None) == ["resize stage pil (official: uint8)"]
+    supervlad = get_card("supervlad")
+    pre = resolve_preprocess(supervlad, ExtractSettings(model="supervlad"))
+    assert differences(supervlad, pre, "fp32", None, None, (16, 8)) == [
+        "inference batch size 16 (official: 8)"
+    ]
+
+
+def test_patch_netvlad_file_saved_under_its_download_name_is_recognised():
+    pitts = get_card("netvlad-pca").release("pitts")
+    assert pitts.named("pittsburgh_WPCA4096.pth.tar") and pitts.named("pitts_WPCA4096.pth.tar")
+    assert not pitts.named("mapillary_WPCA4096.pth.tar")
+
+
+def test_batch_dependent_record_names_a_batch_size_other_than_the_official(
+    tiny_dataset, batchmean_model
+):
+    result = extract(tiny_dataset, ExtractSettings(model=batchmean_model, batch_size=5),
+                     cache_root())  # fmt: skip
+    official = BATCH_CONVENTIONS["d2vpr"]  # 'tiny' is no registered protocol: the default
+    assert result.official["differences"] == [f"inference batch size 5 (official: {official})"]

@@ -9,6 +9,7 @@ from vprbench.protocols import default_registry_path, get_protocol, load_registr
 # else parser.py's 64), and the batch order.
 EXPECTED = {
     "pitts30k-test": (10000, 6816, "utm-radius", 25, "m", 8, 8, "listed"),
+    "pitts30k-val": (10000, 7608, "utm-radius", 25, "m", 8, 8, "listed"),
     "msls-val": (18871, 740, "utm-radius", 25, "m", 16, 128, "vdd-utm"),
     "msls-val-full": (18871, None, "utm-radius", 25, "m", 16, 64, "vdd-utm"),
     "msls-challenge": (36565, 1135, "utm-radius", 25, "m", 16, 64, "vdd-utm"),
@@ -23,6 +24,7 @@ EXPECTED = {
 FORMATTERS = {
     "pitts30k-test": ("netvlad-mat", ("pitts30k_test.mat",)),
     "pitts250k-test": ("netvlad-mat", ("pitts250k_test.mat",)),
+    "pitts30k-val": ("netvlad-mat", ("pitts30k_val.mat",)),
     "msls-val": ("msls", ("train_val",)),
     "msls-val-full": ("msls-full", ("train_val",)),
     "msls-challenge": ("msls-test", ("test",)),
@@ -63,7 +65,7 @@ def test_registry_holds_the_seeded_protocols():
 
 def test_unknown_protocol_lists_valid_names():
     with pytest.raises(
-        VPRBenchError, match="unknown protocol 'pitts'; valid names: pitts30k-test, msls-val"
+        VPRBenchError, match="unknown protocol 'pitts'; valid names: pitts30k-test, pitts30k-val, msls-val"
     ):
         get_protocol("pitts")
 

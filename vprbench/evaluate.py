@@ -171,7 +171,7 @@ def evaluate(
             "preprocess": extracted.preprocess.as_dict(),
             "dtype": cached.key["dtype"],
             # the card's official pipeline and what this run does otherwise (vprbench.official)
-            "official": extracted.official or None,
+            "official": _official(extracted.official, pca),
             "batch_size": extracted.batch_size,
             "batch_size_source": extracted.batch_size_source,
             "batch_order": extracted.batch_order or None,
@@ -262,6 +262,17 @@ def recall_intervals(ranks: np.ndarray, dataset: FormattedDataset, ks, policy: s
     """95% bootstrap interval of each R@k over the evaluated queries: {"k": [low, high]}."""
     keep = evaluated_queries(dataset, policy)
     return {str(k): list(bootstrap_interval(hits_at_k(ranks, k)[keep])) for k in ks}
+
+
+def _official(official: dict, pca: PCA | None) -> dict | None:
+    """The extraction's comparison with the card's official pipeline, with the PCA added (applied
+    here, after extraction)."""
+    if not official:
+        return None
+    from vprbench.official import pca_difference
+
+    extra = pca_difference(official.get("pca_dim"), pca.dim if pca else None)
+    return {**official, "differences": official["differences"] + extra}
 
 
 def pca_record(pca: PCA) -> dict:

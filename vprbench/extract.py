@@ -534,11 +534,17 @@ def extract(
 
     from vprbench.official import differences, official_preprocess
 
+    official_batch = None
+    if model.batch_dependent and card.batch_convention:
+        official_batch = resolve_batch_size(dataclasses.replace(settings, batch_size=None),
+                                            dataset, model)[0]  # fmt: skip
     official = {
         "dtype": card.dtype,
+        "pca_dim": card.pca_dim,
         "preprocess": official_preprocess(card).as_dict(),
         "differences": differences(card, preprocess, settings.dtype,
-                                   dataset.manifest.get("protocol"), model.weights_info.release),
+                                   dataset.manifest.get("protocol"), model.weights_info.release,
+                                   (batch_size, official_batch) if official_batch else None),
     }  # fmt: skip
 
     def result(cached, shard_batch, computed, seconds, skipped):

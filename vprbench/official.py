@@ -19,10 +19,13 @@ def official_preprocess(card):
 
 
 def differences(
-    card, preprocess, dtype: str, protocol: str | None, release: str | None
-) -> list[str]:
+    card, preprocess, dtype: str, protocol: str | None, release: str | None,
+    batch: tuple[int, int] | None = None,
+) -> list[str]:  # fmt: skip
     """What differs between a run and the card's official pipeline, one phrase each: the setting,
-    what ran, and '(official: ...)'. Empty when the run follows the card."""
+    what ran, and '(official: ...)'. Empty when the run follows the card. ``batch``: (inference
+    batch size used, official size) for a batch-dependent model. PCA is applied after extraction:
+    :func:`pca_difference`."""
     official = official_preprocess(card)
     out = []
     if preprocess.image_size != official.image_size:
@@ -31,12 +34,16 @@ def differences(
     for field, label in (("resize", "resize stage"), ("interpolation", "interpolation"),
                          ("antialias", "antialias")):  # fmt: skip
         ran, should = getattr(preprocess, field), getattr(official, field)
+        if field in ("resize", "antialias") and preprocess.resize in card.resize_alternatives:
+            continue
         if resized and ran != should:
             out.append(f"{label} {ran} (official: {should})")
     if (preprocess.mean, preprocess.std) != (official.mean, official.std):
         out.append("normalisation differs from the card's mean/std")
     if dtype != card.dtype:
         out.append(f"dtype {dtype} (official: {card.dtype})")
+    if batch is not None and batch[0] != batch[1]:
+        out.append(f"inference batch size {batch[0]} (official: {batch[1]})")
     expected = card.release_for(protocol) if protocol else None
     if expected is not None and release is not None and release != expected.name:
         ran = card.release(release)
@@ -45,6 +52,15 @@ def differences(
             f"--weights official:{expected.name})"
         )
     return out
+
+
+def pca_difference(official_pca: int | None, pca_dim: int | None) -> list[str]:
+    """The PCA of a run against the card's official one (``official_pca``: its dimension or None)."""
+    if official_pca == pca_dim:
+        return []
+    ran = f"PCA-{pca_dim}" if pca_dim else "no PCA"
+    should = f"PCA-{official_pca}" if official_pca else "no PCA"
+    return [f"{ran} (official: {should})"]
 
 
 def _size(size) -> str:
@@ -67,6 +83,7 @@ def pipeline(card, registry=None) -> dict[str, Any]:
         "mean": list(pre.mean),
         "std": list(pre.std),
         "dtype": card.dtype,
+        "pca_dim": card.pca_dim,
         "batch_dependent": card.batch_dependent,
         "inference_batch_size": None,
         "releases": [

@@ -328,6 +328,10 @@ def _resize_on_device(image, preprocess: Preprocess):
     def resized(x):
         return x if size is None else TF.resize(x, list(size), mode, antialias=antialias)
 
+    if preprocess.resize == "uint8" and size is not None:  # the loader's kernel (resize_uint8)
+        from torchvision.transforms.v2 import functional as F2
+
+        return F2.resize(image, list(size), mode, antialias=antialias)
     if not preprocess.float_resize:
         return resized(image)
     table = preprocess.table()

@@ -116,19 +116,24 @@ def _card(backbone: str, trunk: str, side: int, dim: int) -> ModelCard:
         interpolation="bicubic",
         resize="uint8",
         antialias=True,
+        # README.md:42-51's snippet: ToTensor, bicubic antialiased resize of the [0, 1] tensor
+        resize_alternatives=("unit",),
         dtype="fp16",
         pipeline_source="amaralibey/Bag-of-Queries src/dataloaders/pittsburgh.py:73 and "
         "mapillary_sls.py:63 (torchvision.io.decode_image, a uint8 tensor) through "
         "src/dataloaders/datamodule.py:51-55 (v2.Resize(size, interpolation=3): bicubic, "
         "antialiased, then ToDtype and Normalize); train.py:165 precision='16-mixed'; "
-        "environment.yaml pins torchvision==0.20.1",
+        "environment.yaml:9 pins torchvision==0.20.1. This validation code (commit 661e576, "
+        "2024-12) postdates the README's table (5ecf256, 2024-07), whose own transform "
+        "(README.md:42-51) resizes the [0, 1] tensor: stage unit, accepted as official too",
         weights=WeightSource(
             url=f"{_RELEASE}{backbone}_{dim}.pth", note="hubconf.py MODEL_URLS; no published sha256"
         ),  # fmt: skip
         reference="Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries (CVPR 2024)",
         licence="MIT",
         protocol=f"{side}x{side}, bicubic on the uint8 tensor (the validation path; the README's "
-        "sizes), fp16; no PCA",
+        "sizes; the README snippet's [0, 1]-tensor resize is --resize unit), fp16 (train.py's "
+        "validation precision; the table's own precision is not stated); no PCA",
     )
 
 

@@ -58,7 +58,7 @@ def load_weights(
             )
     path = resolve_weights(spec, cache_dir, sha256)
     if release is None:  # a file of a release is known by its official name
-        release = next((r for r in card.releases if r.file == _basename(spec)), None)
+        release = next((r for r in card.releases if r.named(_basename(spec))), None)
     state, meta = read_checkpoint(path, with_meta=True)
     kind = model.load_checkpoint(state, str(path))
     model.checkpoint_meta = meta  # a `vprbench train` checkpoint names its model and options

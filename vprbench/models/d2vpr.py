@@ -225,14 +225,16 @@ D2VPR_RELEASES = {
         Release("finetune_no_encoder", "finetune_no_encoder.pth",
                 ("pitts30k-test", "msls-val", "sped", "pitts250k-test", "amstertime",
                  "nordland-pnv"),
-                note="Google Drive link in the D2VPR README (model without cross-image encoder)"),
+                note="Google Drive link in the D2VPR README; the name eval_no_encoder.py:44 loads"),
     ),
     "d2vpr-encoder": (
         Release("distillation", "distillation.pth",
                 ("pitts30k-test", "sped", "amstertime", "pitts250k-test"),
-                note="Google Drive link in the D2VPR README (stage 1, cross-image encoder)"),
+                note="Google Drive link in the D2VPR README; eval_encoder.py:49-69 loads it for "
+                "these benchmarks"),
         Release("finetune", "finetune.pth", ("msls-val", "nordland-pnv"),
-                note="Google Drive link in the D2VPR README (stage 2, cross-image encoder)"),
+                note="Google Drive link in the D2VPR README; eval_encoder.py:49-69 loads it for "
+                "these benchmarks"),
     ),
 }  # fmt: skip
 D2VPR_CARD = ModelCard(
@@ -242,6 +244,7 @@ D2VPR_CARD = ModelCard(
     descriptor_dim=14 * DIM,
     resize="normalised",
     antialias=True,
+    pca_dim=4096,
     pipeline_source=D2VPR_PIPELINE,
     weights=D2VPR_WEIGHTS,
     releases=D2VPR_RELEASES["d2vpr"],
@@ -250,7 +253,11 @@ D2VPR_CARD = ModelCard(
              "cross_image_encoder": False, "drm_levels": list(DRM_LEVELS)},
     reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
     protocol="224x224, the normalised tensor resized with antialiasing (torchvision 0.18); "
-    "per-dataset inference batch sizes of eval_encoder.py:46-69 for the encoder variant; no PCA",
+    "per-dataset inference batch sizes of eval_encoder.py:46-69 for the encoder variant; PCA to "
+    "4,096 (eval_no_encoder.py:45, eval_encoder.py:71 set args.pca_dim=4096), fitted by "
+    "util.py:59-75 on up to 16,384 shuffled images of pitts30k/images (parser.py:47: all three "
+    "splits): --pca 4096 --pca-fit pitts30k-test is the nearest vprbench fit, and the record says "
+    "how it differs",
 )  # fmt: skip
 CRICAVPR_CARD = ModelCard(
     name="cricavpr",

@@ -65,8 +65,8 @@ NETVLAD_CARD = ModelCard(
     image_size=(480, 640),  # only the size to profile at: Pittsburgh's native size
     descriptor_dim=32_768,
     native_resolution=True,
-    pipeline_source="Nanne/pytorch-NetVlad pittsburgh.py input_transform (ToTensor, Normalize; "
-    "no resize)",
+    pipeline_source="Nanne/pytorch-NetVlad pittsburgh.py:22-27 input_transform (ToTensor, "
+    "Normalize; no resize), main.py:353-366",
     weights=WeightSource(
         note="the Pittsburgh checkpoint of Nanne/pytorch-NetVlad (a dict with state_dict, epoch, "
         "recalls, best_score, optimizer; its README links it); pass it as a file"
@@ -95,14 +95,18 @@ NETVLAD_PCA_CARD = ModelCard(
             "mapillary_WPCA4096.pth.tar",
             ("msls-val", "msls-challenge", "nordland-pnv"),
             url=_PNV_URL + "mapillary_WPCA4096.pth.tar",
-            note="trained on MSLS; configs/performance.ini:18's default resumepath",
+            note="trained on MSLS; configs/performance.ini:18's default resumepath. The README "
+            "does not say which file goes with which benchmark: this split (Pitts-trained for "
+            "Pitts, Mapillary-trained elsewhere) follows the paper",
         ),
         Release(
             "pitts",
             "pitts_WPCA4096.pth.tar",
             ("pitts30k-test",),
             url=_PNV_URL + "pitts_WPCA4096.pth.tar",
-            note="trained on Pitts30k (download_models.py saves it as pittsburgh_WPCA4096)",
+            note="trained on Pitts30k; the README's wget and download_models.py:40 save it as "
+            "pittsburgh_WPCA4096.pth.tar",
+            aliases=("pittsburgh_WPCA4096.pth.tar",),
         ),
     ),  # fmt: skip
     reference="Hausler et al., Patch-NetVLAD (CVPR 2021)",

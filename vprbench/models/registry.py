@@ -42,6 +42,11 @@ class Release:
     url: str | None = None
     sha256: str | None = None
     note: str = ""
+    aliases: tuple[str, ...] = ()  # other names the official scripts save the file under
+
+    def named(self, filename: str) -> bool:
+        """Whether a file of this name is this release."""
+        return filename == self.file or filename in self.aliases
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class ModelCard:
     # only the size to profile at)
     native_resolution: bool = False
     dtype: str = "fp32"  # the precision the published numbers were computed in (DTYPE_NAMES)
+    # The PCA dimension the official evaluation reduces descriptors to (None: no PCA)
+    pca_dim: int | None = None
+    # Other resize stages an official script of the model uses (not reported as a difference)
+    resize_alternatives: tuple[str, ...] = ()
     # The official file and lines each of the above comes from, and the torchvision it pinned
     pipeline_source: str = ""
     mean: tuple[float, ...] = IMAGENET_MEAN

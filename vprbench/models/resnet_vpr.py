@@ -121,8 +121,9 @@ PLACES_CARDS = {
         (32, 64, 128, 256, 512, 1024, 2048),
         _release("CosPlace", "cosplace"),
         "Berton et al., Rethinking Visual Geo-localization for Large-Scale Applications (CVPR 2022)",
-        "test images at native resolution (datasets/test_dataset.py:41-43: --resize_test_imgs is "
-        "off by default, and then resizes the shorter side to 512), queries at batch 1 (test.py:36); "
+        "test images at native resolution (datasets/test_dataset.py:40-48: --resize_test_imgs, "
+        "parser.py:38, is off by default and eval.py:40-41 does not pass it; it would resize the "
+        "shorter side to 512), queries at batch 1 (test.py:35-36); "
         "no PCA. MSLS: msls-val-full, VDD's val with every non-panorama query (the author evaluates "
         "on VDD folders: amaralibey/MixVPR#5, gmberton/VPR-datasets-downloader#18, #21)",
     ),
@@ -130,8 +131,9 @@ PLACES_CARDS = {
         (128, 256, 512, 1024, 2048),
         _release("EigenPlaces", "eigenplaces"),
         "Berton et al., EigenPlaces (ICCV 2023)",
-        "test images at native resolution, never resized (datasets/test_dataset.py:51-59: "
-        "ToTensor and Normalize only), queries at batch 1 (test.py:34-39); no PCA. MSLS: "
+        "test images at native resolution, never resized (datasets/test_dataset.py:51-54: "
+        "ToTensor and Normalize only), queries at batch 1 (test.py:17,33-36 as eval.py:46 calls "
+        "it); no PCA. MSLS: "
         "msls-val-full, as CosPlace",
     ),
 }
@@ -148,7 +150,7 @@ def _register_places(
         native_resolution=True,
         pipeline_source=f"gmberton/{dict(cosplace='CosPlace', eigenplaces='EigenPlaces')[name]} "
         "datasets/test_dataset.py (ToTensor, Normalize, no resize) and test.py (database at "
-        "--infer_batch_size, queries at 1)",
+        "--infer_batch_size, queries at 1); file and lines in the card's protocol",
         weights=WeightSource(
             url=url.format(dim=2048),
             note=f"official: {url} for the chosen dim; no published sha256",

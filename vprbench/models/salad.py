@@ -83,7 +83,8 @@ SALAD_CARD = ModelCard(
     descriptor_dim=8448,
     dtype="fp16",
     pipeline_source="serizba/salad eval.py:20-32 (T.Resize on the PIL image, bilinear, then "
-    "ToTensor, Normalize); eval.py:63 runs the model under torch.autocast(float16)",
+    "ToTensor, Normalize) with README.md:50's --image_size 322 322 (eval.py:110's default None "
+    "does not resize); eval.py:63 runs the model under torch.autocast(float16)",
     weights=WeightSource(
         url="https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt",
         note="the release's dino_salad.ckpt (a state dict with backbone.model.* and aggregator.*)",

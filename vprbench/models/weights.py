@@ -142,7 +142,8 @@ _NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 def _require_safe_globals() -> None:
     """``torch.serialization.safe_globals`` with (object, name) pairs exists from torch 2.6, the
     floor pyproject.toml declares: an older torch is said to be one, never blamed on the file."""
-    if not hasattr(torch.serialization, "safe_globals"):
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if version < (2, 6) or not hasattr(torch.serialization, "safe_globals"):
         raise VPRBenchError(
             f"reading checkpoints needs torch >= 2.6 (torch.serialization.safe_globals); this is "
             f"torch {torch.__version__}: pip install 'torch>=2.6'"
