@@ -649,6 +649,10 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
+    shown = set((result.official or {}).get("differences", []))  # printed with the extraction
+    for difference in (record["settings"]["official"] or {}).get("differences", []):
+        if difference not in shown:
+            err_console.print(f"[yellow]not the official pipeline:[/] {difference}", soft_wrap=True)
     if record["results"]["ground_truth"]:
         print_table(recall_table([record]))
     else:
