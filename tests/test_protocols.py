@@ -65,7 +65,8 @@ def test_registry_holds_the_seeded_protocols():
 
 def test_unknown_protocol_lists_valid_names():
     with pytest.raises(
-        VPRBenchError, match="unknown protocol 'pitts'; valid names: pitts30k-test, pitts30k-val, msls-val"
+        VPRBenchError,
+        match="unknown protocol 'pitts'; valid names: pitts30k-test, pitts30k-val, msls-val",
     ):
         get_protocol("pitts")
 
