@@ -297,3 +297,32 @@ def test_report_shows_the_bootstrap_intervals_with_ci():
         "  ", " "
     )
     assert "[10.0" not in to_latex(df)
+
+
+def test_report_keeps_the_newest_record_by_its_created_time_not_the_file_time(tmp_path):
+    """A copy or checkout sets file times in copy order: the record's own 'created' decides."""
+    import json
+    import os
+
+    from vprbench.report import load_records
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    base = {"protocol": {"name": "sped"}, "results": {}, "settings": {},
+            "ablation": {"recipe": "r", "variant": "v", "seed": 0}}  # fmt: skip
+    newer = {**base, "run_id": "a", "created": "2025-06-02T10:00:00.000001+00:00"}
+    older = {**base, "run_id": "b", "created": "2025-01-01T10:00:00+0000"}  # the old format
+    (runs / "a.json").write_text(json.dumps(newer))
+    (runs / "b.json").write_text(json.dumps(older))
+    os.utime(runs / "a.json", (1_000_000, 1_000_000))  # the newer record has the older file time
+    (kept,) = load_records(tmp_path)
+    assert kept["run_id"] == "a"
+    # within one second, microseconds decide
+    (runs / "b.json").write_text(
+        json.dumps({**older, "created": "2025-06-02T10:00:00.000002+00:00"})
+    )
+    (kept,) = load_records(tmp_path)
+    assert kept["run_id"] == "b"
+    (runs / "b.json").write_text(json.dumps({**older, "created": "yesterday"}))
+    with pytest.raises(VPRBenchError, match=r"b.json: 'created' must be an ISO 8601 time"):
+        load_records(tmp_path)

@@ -133,3 +133,27 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
     ):
         write_report(isolated_dirs["results"], out, ["csv"], recipe="sig", figures=False,
                      baseline="nope")  # fmt: skip
+
+
+def test_compare_refuses_a_k_beyond_the_saved_neighbours(capsys, monkeypatch):
+    """nordland-sample has 600 database images, every query a positive: R@600 is 100%, which the
+    saved top-100 cannot tell; compare refuses instead of capping at R@100."""
+    from tests.test_cli import run
+
+    args = ["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--json"]
+    code, out, err = run([*args, "--k", "1,5"], capsys, monkeypatch)
+    assert code == 0, err
+    a = json.loads(out)["run_id"]
+    code, out, err = run([*args, "--k", "1,5", "--normalisation", "half"], capsys, monkeypatch)
+    b = json.loads(out)["run_id"]
+    code, out, err = run(["compare", a, b, "--k", "1,100"], capsys, monkeypatch)
+    assert code == 0, err
+    code, out, err = run(["compare", a, b, "--k", "1,600"], capsys, monkeypatch)
+    assert code == 1 and "R@600 needs each query's top 600" in err and "saved its top 100" in err
+    code, out, err = run([*args, "--k", "1,600"], capsys, monkeypatch)
+    wide = json.loads(out)
+    assert wide["results"]["recall"]["600"] == 1.0
+    code, out, err = run([*args, "--k", "1,600", "--normalisation", "half"], capsys, monkeypatch)
+    code, out, err = run(["compare", wide["run_id"], json.loads(out)["run_id"], "--k", "600"],
+                         capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err

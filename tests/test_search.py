@@ -119,3 +119,41 @@ def test_evaluate_records_what_approximate_search_loses(capsys, monkeypatch):
         assert approx["results"]["search_loss"][k] == pytest.approx(loss)
     assert "ivf-flat search lost against exact search (points): R@1" in err
     assert "search_loss" not in exact["results"] and exact["settings"]["search"]["exact"]
+
+
+def test_hnsw_runs_and_records_the_efsearch_faiss_uses(capsys, monkeypatch):
+    """faiss searches HNSW with max(efSearch, k) candidates: evaluate searches for the largest k it
+    reports (not the saved top-100), and records that efSearch, which is the one that ran."""
+    import json
+
+    import faiss
+    import h5py
+
+    from tests.test_cli import run
+
+    args = ["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--search", "hnsw",
+            "--json"]  # fmt: skip
+    code, out, err = run([*args, "--k", "1,5"], capsys, monkeypatch)
+    assert code == 0, err
+    record = json.loads(out)
+    params = record["settings"]["search"]
+    assert params["params"]["efSearch"] == 16 and params["neighbours_saved"] == 5
+    with np.load(record["files"]["predictions"]) as z:
+        indices = z["indices"]
+    assert indices.shape == (600, 5)
+    # the same search, built independently: M 32, efConstruction 40, one thread, efSearch 16, k 5
+    with h5py.File(record["files"]["descriptors"]) as f:
+        database, queries = f["database"][...], f["queries"][...]
+    index = faiss.IndexHNSWFlat(database.shape[1], 32)
+    index.hnsw.efConstruction = 40
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.add(np.ascontiguousarray(database, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    index.hnsw.efSearch = 16
+    _, expected = index.search(np.ascontiguousarray(queries, dtype=np.float32), 5)
+    np.testing.assert_array_equal(indices, expected)
+    code, out, err = run([*args, "--k", "1,5,20"], capsys, monkeypatch)
+    assert json.loads(out)["settings"]["search"]["params"]["efSearch"] == 20

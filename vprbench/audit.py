@@ -93,8 +93,10 @@ def plan(
     image_size: tuple[int, int] | None,
     pca_dim: int,
     has_unmatched_queries: bool,
+    largest_k: int = 1,
 ) -> tuple[list[Variant], list[dict]]:
-    """The variants of this model and baseline, and the settings left out with the reason."""
+    """The variants of this model and baseline, and the settings left out with the reason.
+    ``largest_k``: the largest k audited, which sets the efSearch HNSW runs at (search.HNSW)."""
     pre = result.preprocess
     variants, skipped = [], []
     if result.model.batch_dependent:
@@ -149,7 +151,7 @@ def plan(
         variants.append(Variant("pca", f"none ({dim}-d)", f"PCA to {pca_dim}",
                                 evaluate={"pca_dim": pca_dim}))  # fmt: skip
     variants.append(Variant("search", "exact (IndexFlatL2)",
-                            f"HNSW (M={HNSW['M']}, efSearch={HNSW['efSearch']})",
+                            f"HNSW (M={HNSW['M']}, efSearch={max(HNSW['efSearch'], largest_k)})",
                             evaluate={"search": "hnsw"}))  # fmt: skip
     if has_unmatched_queries:
         variants.append(Variant("policy", "miss (queries without positives count)", "exclude",
@@ -233,7 +235,7 @@ def run_audit(
     if not base_record["results"]["ground_truth"]:
         raise VPRBenchError(f"dataset '{dataset.name}' has no ground truth: nothing to audit")
     unmatched = base_record["results"]["num_queries_without_positives"] > 0
-    variants, skipped = plan(base, baseline, image_size, pca_dim, unmatched)
+    variants, skipped = plan(base, baseline, image_size, pca_dim, unmatched, max(ks))
     if only:
         skipped = [s for s in skipped if s["setting"] in only]
         variants = [v for v in variants if v.setting in only]

@@ -46,9 +46,20 @@ def query_outcomes(record: dict) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def saved_width(record: dict) -> int:
+    """How many neighbours per query the run's predictions file holds: the largest k it can tell."""
+    path = Path(record["files"]["predictions"])
+    try:
+        with np.load(path) as z:
+            return int(z["indices"].shape[1])
+    except (OSError, ValueError, KeyError) as exc:
+        raise VPRBenchError(f"{path}: cannot read the run's predictions ({exc})") from None
+
+
 def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
     """A minus B at each k, on the queries both evaluate. Refuses runs that are not on the same
-    queries and ground truth, or that count queries without positives differently."""
+    queries and ground truth, that count queries without positives differently, or a k beyond the
+    neighbours a run saved (a hit past them is unknown, not a miss)."""
     for field, what in (
         ("name", "protocol"),
         ("gt_digest", "ground truth"),
@@ -64,6 +75,14 @@ def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
         raise VPRBenchError(
             "the runs count queries without positives differently (--no-positive-policy)"
         )
+    for record, label in ((a, "A"), (b, "B")):
+        width = saved_width(record)
+        if max(ks) > width:
+            raise VPRBenchError(
+                f"R@{max(ks)} needs each query's top {max(ks)}, but run {label} "
+                f"({record['run_id']}) saved its top {width}: evaluate it again with --k "
+                f"including {max(ks)}"
+            )
     (ra, ea), (rb, eb) = query_outcomes(a), query_outcomes(b)
     if not np.array_equal(ea, eb):
         raise VPRBenchError("the runs evaluate different queries: not a paired comparison")

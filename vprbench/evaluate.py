@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,9 @@ def evaluate(
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     cached = extracted.descriptors
     n_valid_db = int(cached.database_valid.sum())
-    top_k = min(max(SAVED_TOP_K, max(ks)), len(cached.database))
+    # exact search saves the top-100 (compare reads R@k from it later); an approximate index is
+    # searched for the largest k reported, which is what its parameters describe (search.HNSW)
+    top_k = min(max(SAVED_TOP_K if search == "exact" else 1, max(ks)), len(cached.database))
     if max(ks) > n_valid_db:
         raise ValueError(f"k={max(ks)} exceeds the {n_valid_db} database images")
     database, queries = cached.database, cached.queries
@@ -149,7 +151,8 @@ def evaluate(
             files["msls_predictions"] = str(msls_path)
     record = {
         "run_id": run_id,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # microseconds: the report keeps the newest of records written within one second
+        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="microseconds"),
         "vprbench_version": __version__,
         "model": {
             "name": model.name,
@@ -185,7 +188,10 @@ def evaluate(
                 if search == "exact"
                 else "faiss",
                 **(
-                    {"params": approximate_params(search, n_valid_db, database.shape[1])}
+                    {
+                        "params": approximate_params(search, n_valid_db, database.shape[1], top_k),
+                        "neighbours_saved": top_k,
+                    }
                     if search != "exact"
                     else {}
                 ),

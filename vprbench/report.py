@@ -35,7 +35,6 @@ def load_records(
         tags = record.get("ablation") or {}
         if recipe is None or tags.get("recipe") == recipe:
             record["_path"] = path
-            record["_mtime"] = Path(path).stat().st_mtime_ns
             records.append(record)
     records = _latest(records)
     if not records:
@@ -46,14 +45,32 @@ def load_records(
 
 
 def _latest(records: list[dict]) -> list[dict]:
-    """One record per (recipe, variant, seed, protocol): the newest. An ablation run again with other
-    settings leaves its older records on disk; a report shows the current ones."""
+    """One record per (recipe, variant, seed, protocol): the newest by the record's own ``created``
+    (a copy, rsync or checkout changes file times, not that), ties broken by run id. An ablation run
+    again with other settings leaves its older records on disk; a report shows the current ones."""
     newest: dict = {}
     for r in records:
         key = _key_of(r)
-        if key not in newest or r["_mtime"] > newest[key]["_mtime"]:
+        if key not in newest or _age(r) > _age(newest[key]):
             newest[key] = r
     return [r for r in records if newest.get(_key_of(r)) is r]
+
+
+def _age(record: dict) -> tuple:
+    """(creation time as a UTC timestamp, run id): the order of :func:`_latest`."""
+    from datetime import datetime
+
+    created = str(record.get("created") or "")
+    try:
+        when = datetime.fromisoformat(created).timestamp()
+    except ValueError:
+        try:  # "%z" as written before sub-second times ("+0000", which 3.10 cannot parse)
+            when = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError as exc:
+            raise VPRBenchError(
+                f"{record.get('_path')}: 'created' must be an ISO 8601 time, got {created!r}"
+            ) from exc
+    return when, str(record.get("run_id"))
 
 
 def _key_of(r: dict) -> tuple:
