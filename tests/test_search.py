@@ -157,3 +157,20 @@ def test_hnsw_runs_and_records_the_efsearch_faiss_uses(capsys, monkeypatch):
     np.testing.assert_array_equal(indices, expected)
     code, out, err = run([*args, "--k", "1,5,20"], capsys, monkeypatch)
     assert json.loads(out)["settings"]["search"]["params"]["efSearch"] == 20
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_exact_ties_keep_the_lowest_database_index_on_every_backend(backend):
+    """Three copies of each database descriptor: faiss returns the lowest-indexed copies first, and
+    the torch path (CUDA, large CPU searches) must too, across chunks as well."""
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((40, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    database = np.concatenate([base, base, base])  # row r, r + 40 and r + 80 are the same
+    queries = base[:10] + 0.01 * rng.standard_normal((10, 16)).astype(np.float32)
+    for chunk_rows in (None, 7):
+        indices, _ = exact_search(database, queries, 5, backend=backend, chunk_rows=chunk_rows)
+        assert indices[:, :3].tolist() == [[q, q + 40, q + 80] for q in range(10)]
+        second = indices[:, 3]
+        assert (second < 40).all()  # the next neighbour's lowest copy comes first
+        assert (indices[:, 4] == second + 40).all()

@@ -122,6 +122,12 @@ def evaluate(
         "no_positive_policy": no_positive_policy,
         "tags": tags,
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
+        # another device's float rounding can reorder near-ties: a CUDA run keeps its own record
+        **(
+            {"search_device": str(device).split(":")[0]}
+            if not str(device).startswith("cpu")
+            else {}
+        ),
     }
     run_id = f"{model.name}__{dataset.name}__{key_digest(run_key)}"
     runs = Path(results_dir) / "runs"

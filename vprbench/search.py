@@ -5,7 +5,9 @@ cosine similarity).
   with a running top-k, so memory beyond the descriptors themselves stays at one chunk (a 100,000 x
   10,752 database is 4.3 GB; a faiss index of it all would copy it). Each chunk goes through a torch
   matmul and top-k on the device (CUDA, or the CPU for large searches: default_backend), or faiss
-  IndexFlatL2 (small searches on the CPU). Both give the same neighbours (tests/test_search.py).
+  IndexFlatL2 (small searches on the CPU). Both order exact ties by database index, lowest first, as
+  faiss does; other neighbours can differ where distances differ by float rounding (the matmul's
+  order of additions), which is why a run on another device keeps its own record.
 - ``hnsw``, ``ivf-flat``, ``ivf-pq``: approximate faiss indexes, opt-in. ``evaluate`` records their
   parameters and the recall they lose against exact search.
 """
@@ -71,10 +73,30 @@ def _torch_chunks(database, queries, k, keep, chunk_rows, device):
         rows = keep[start : start + chunk_rows]
         x = torch.from_numpy(_as_float32(database[rows])).to(dev, non_blocking=True)
         dist = (q_norm + (x * x).sum(1)[None, :] - 2.0 * q @ x.T).clamp_min_(0)
-        d, local = torch.topk(dist, min(k, len(rows)), dim=1, largest=False, sorted=True)
+        d, local = _lowest_index_topk(dist, min(k, len(rows)))
         local = local.cpu().numpy()
         best_d, best_i = _merge(best_d, best_i, d.cpu().numpy(), rows[local], k)
     return best_d, best_i
+
+
+def _lowest_index_topk(dist, k: int):
+    """The k smallest of each row of ``dist`` [Nq, N], exact ties in ascending column order, as faiss'
+    flat index orders them (``torch.topk`` orders ties arbitrarily, differently on CUDA and CPU). A
+    row whose k-th value ties with values topk left out is sorted whole (stable); that needs exactly
+    equal distances (duplicate images or descriptors), so it is rare."""
+    import torch
+
+    d, local = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+    kth = d[:, -1:]
+    ambiguous = torch.nonzero((dist == kth).sum(1) > (d == kth).sum(1)).flatten()
+    if len(ambiguous):
+        full_d, full_i = torch.sort(dist[ambiguous], dim=1, stable=True)
+        d[ambiguous], local[ambiguous] = full_d[:, :k], full_i[:, :k]
+    # within the k kept: by distance, then by column
+    by_column = torch.argsort(local, dim=1)
+    d, local = torch.gather(d, 1, by_column), torch.gather(local, 1, by_column)
+    order = torch.sort(d, dim=1, stable=True).indices
+    return torch.gather(d, 1, order), torch.gather(local, 1, order)
 
 
 # Above this many multiply-adds, exact search on the CPU goes through torch: its matmul ran 3.9x faster
