@@ -174,3 +174,24 @@ def test_exact_ties_keep_the_lowest_database_index_on_every_backend(backend):
         second = indices[:, 3]
         assert (second < 40).all()  # the next neighbour's lowest copy comes first
         assert (indices[:, 4] == second + 40).all()
+
+
+def test_torch_search_in_blocks_of_queries_equals_one_flat_index(monkeypatch):
+    """The torch path splits the queries into blocks whose distances fit DISTANCE_BYTES: blocks of
+    3 queries against chunks of 50 rows give faiss' neighbours and distances."""
+    import faiss
+
+    from vprbench import search
+
+    rng = np.random.default_rng(5)
+    database = rng.standard_normal((230, 24)).astype(np.float32)
+    database /= np.linalg.norm(database, axis=1, keepdims=True)
+    queries = rng.standard_normal((20, 24)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    monkeypatch.setattr(search, "DISTANCE_BYTES", 4 * 50 * 3)
+    indices, distances = exact_search(database, queries, 10, backend="torch", chunk_rows=50)
+    index = faiss.IndexFlatL2(24)
+    index.add(database)
+    expected_d, expected_i = index.search(queries, 10)
+    np.testing.assert_array_equal(indices, expected_i)
+    np.testing.assert_allclose(distances, expected_d, atol=1e-5)

@@ -2,7 +2,8 @@
 cosine similarity).
 
 - ``exact`` (the default, and every official evaluation): the database is searched in chunks of rows
-  with a running top-k, so memory beyond the descriptors themselves stays at one chunk (a 100,000 x
+  with a running top-k (the torch path also in blocks of queries), so memory beyond the descriptors
+  themselves stays at one chunk and one block of distances (a 100,000 x
   10,752 database is 4.3 GB; a faiss index of it all would copy it). Each chunk goes through a torch
   matmul and top-k on the device (CUDA, or the CPU for large searches: default_backend), or faiss
   IndexFlatL2 (small searches on the CPU). Both order exact ties by database index, lowest first, as
@@ -32,6 +33,7 @@ HNSW = {"M": 32, "efConstruction": 40, "efSearch": 16}
 # 64 sub-quantisers (a divisor of the dimension). k-means is seeded (faiss' default 1234).
 IVF = {"lists_per_sqrt_n": 4, "nprobe": 16, "pq_bits": 8, "pq_max_subquantizers": 64}
 CHUNK_BYTES = 1 << 30  # database rows per chunk of exact search: about 1 GiB of float32
+DISTANCE_BYTES = 1 << 28  # queries per block of the torch path: 256 MiB of distances to one chunk
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
@@ -62,21 +64,31 @@ def _flat_chunks(database, queries, k, keep, chunk_rows):
 
 
 def _torch_chunks(database, queries, k, keep, chunk_rows, device):
-    """Exact top-k by ||q||^2 + ||x||^2 - 2 q.x in float32 on ``device``, one chunk at a time."""
+    """Exact top-k by ||q||^2 + ||x||^2 - 2 q.x in float32 on ``device``, one chunk of database rows
+    at a time, for blocks of queries whose distances to a chunk fit DISTANCE_BYTES: the memory beyond
+    the descriptors is one chunk and one block of distances, whatever the number of queries (was
+    three query x chunk matrices: 8.5 GiB for Nordland**'s 27,592 queries)."""
     import torch
 
     dev = torch.device(device)
-    q = torch.from_numpy(queries).to(dev)
-    q_norm = (q * q).sum(1, keepdim=True)
-    best_d = best_i = None
-    for start in range(0, len(keep), chunk_rows):
-        rows = keep[start : start + chunk_rows]
-        x = torch.from_numpy(_as_float32(database[rows])).to(dev, non_blocking=True)
-        dist = (q_norm + (x * x).sum(1)[None, :] - 2.0 * q @ x.T).clamp_min_(0)
-        d, local = _lowest_index_topk(dist, min(k, len(rows)))
-        local = local.cpu().numpy()
-        best_d, best_i = _merge(best_d, best_i, d.cpu().numpy(), rows[local], k)
-    return best_d, best_i
+    out_d, out_i = [], []
+    block = max(1, DISTANCE_BYTES // (4 * min(chunk_rows, max(1, len(keep)))))
+    for q_start in range(0, len(queries), block):
+        q = torch.from_numpy(queries[q_start : q_start + block]).to(dev)
+        q_norm = (q * q).sum(1, keepdim=True)
+        best_d = best_i = None
+        for start in range(0, len(keep), chunk_rows):
+            rows = keep[start : start + chunk_rows]
+            x = torch.from_numpy(_as_float32(database[rows])).to(dev, non_blocking=True)
+            dist = q_norm + (x * x).sum(1)[None, :]  # the one block of distances, filled in place
+            dist.addmm_(q, x.T, alpha=-2.0).clamp_min_(0)
+            d, local = _lowest_index_topk(dist, min(k, len(rows)))
+            del dist
+            local = local.cpu().numpy()
+            best_d, best_i = _merge(best_d, best_i, d.cpu().numpy(), rows[local], k)
+        out_d.append(best_d)
+        out_i.append(best_i)
+    return np.concatenate(out_d), np.concatenate(out_i)
 
 
 def _lowest_index_topk(dist, k: int):
