@@ -326,3 +326,32 @@ def test_report_keeps_the_newest_record_by_its_created_time_not_the_file_time(tm
     (runs / "b.json").write_text(json.dumps({**older, "created": "yesterday"}))
     with pytest.raises(VPRBenchError, match=r"b.json: 'created' must be an ISO 8601 time"):
         load_records(tmp_path)
+
+
+def test_a_report_row_is_one_configuration(capsys, monkeypatch, isolated_dirs):
+    """Three `evaluate` runs of one model (exact, PCA 8, HNSW) are three rows, each with its own
+    record's R@1, labelled by what differs; they were averaged into one row named after the model."""
+    import json
+
+    from tests.test_cli import run
+    from vprbench.report import frame, load_records, recall_table, to_csv
+
+    args = ["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--k", "1,5", "--json"]
+    recalls = {}
+    for extra in ([], ["--pca", "8", "--pca-fit", "nordland-sample"], ["--search", "hnsw"]):
+        code, out, err = run([*args, *extra], capsys, monkeypatch)
+        assert code == 0, err
+        record = json.loads(out)
+        recalls[record["run_id"]] = 100 * record["results"]["recall"]["1"]
+    df = frame(load_records(isolated_dirs["results"]))
+    table = recall_table(df)
+    assert set(table.index) == {
+        "pixels (pca none, search exact, dim 3072)",
+        "pixels (pca 8, search exact, dim 8)",
+        "pixels (pca none, search hnsw, dim 3072)",
+    }
+    for _, row in df.iterrows():
+        assert table.loc[row["variant"], ("nordland-sample", "R@1")] == recalls[row["run_id"]]
+    assert len(set(recalls.values())) > 1  # the runs really differ: no row may average them
+    csv = to_csv(df).splitlines()[0].split(",")
+    assert {"run_id", "search", "per_city", "dim"} <= set(csv)

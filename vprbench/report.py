@@ -129,6 +129,13 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
             "gflops": profile["flops"]["gflops_per_image"] if profile else np.nan,
             "latency_ms": profile["latency"]["image_ms_median"] if profile else np.nan,
             "train_steps": steps,
+            "run_id": r.get("run_id"),
+            "search": settings.get("search", {}).get("kind", "exact"),
+            "per_city": bool(settings.get("per_city")),
+            "dim": r["model"].get("descriptor_dim"),
+            "dtype": settings.get("dtype"),
+            "weights": (r["model"]["weights"].get("sha256") or "")[:12] or None,
+            "config": _configuration(r),
             "record": r["_path"],
         }  # fmt: skip
         for k in KS:
@@ -140,8 +147,61 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
             )
         rows.append(row)
     df = pd.DataFrame(rows)
+    df["variant"] = _row_labels(df)
     # recipe order (then seed); records of plain `evaluate` runs keep their file order
     return df.sort_values(["order", "seed"], kind="stable").reset_index(drop=True)
+
+
+# The settings a row label names when two configurations share a variant name, in this order.
+_LABELLED = ("recipe", "model", "weights", "image_size", "dtype", "pca", "search", "per_city",
+             "batch_size", "policy", "dim")  # fmt: skip
+
+
+def _configuration(record: dict) -> str:
+    """Digest of everything in a run record that changes its numbers but the seed: model, options,
+    weights, preprocessing, dtype, batch size and order, PCA, search, per-city, policy, recipe and
+    variant. Two records with the same digest are seeds of one configuration (one table row)."""
+    from vprbench.cache import key_digest
+
+    tags = dict(record.get("ablation") or {})
+    settings = dict(record["settings"])
+    model = record["model"]
+    return key_digest({
+        "recipe": tags.get("recipe"), "variant": tags.get("variant"),
+        "model": model["name"], "options": model["options"],
+        "weights": model["weights"].get("sha256"), "random_init": model["weights"]["random_init"],
+        "descriptor_dim": model.get("descriptor_dim"),
+        **{k: settings.get(k) for k in ("preprocess", "dtype", "batch_size", "batch_order",
+                                        "no_positive_policy", "per_city")},
+        "search": {k: v for k, v in (settings.get("search") or {}).items() if k != "backend"},
+        "pca": {k: v for k, v in (settings.get("pca") or {}).items() if k != "file"} or None,
+    })  # fmt: skip
+
+
+def _row_labels(df: pd.DataFrame) -> pd.Series:
+    """The variant name, and where several configurations share it, the settings that tell them
+    apart: 'pixels (pca 8)', 'distill + finetune (recipe distill)'. Configurations that differ
+    only in settings no column shows are numbered."""
+    labels = df["variant"].astype(str).copy()
+    for name, group in df.groupby("variant", sort=False):
+        configs = list(dict.fromkeys(group["config"]))
+        if len(configs) < 2:
+            continue
+        first = group.drop_duplicates("config").set_index("config")
+        differing = [c for c in _LABELLED if first[c].map(_shown).nunique() > 1]
+        for n, config in enumerate(configs, 1):
+            shown = ", ".join(f"{c.replace('_', ' ')} {_shown(first.loc[config, c])}"
+                              for c in differing)  # fmt: skip
+            labels[group.index[group["config"] == config]] = f"{name} ({shown or f'config {n}'})"
+    return labels
+
+
+def _shown(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def recall_table(df: pd.DataFrame) -> pd.DataFrame:
