@@ -355,3 +355,17 @@ def test_a_report_row_is_one_configuration(capsys, monkeypatch, isolated_dirs):
     assert len(set(recalls.values())) > 1  # the runs really differ: no row may average them
     csv = to_csv(df).splitlines()[0].split(",")
     assert {"run_id", "search", "per_city", "dim"} <= set(csv)
+
+
+def test_bold_goes_to_every_printed_best_value():
+    """90.36 and 90.44 both print as 90.4: both are bold (only the unrounded larger one was)."""
+    from vprbench.report import to_latex
+
+    rows = [{"recipe": "x", "variant": v, "seed": 0, "order": i, "model": "m", "protocol": "sped",
+             "image_size": "224x224", "batch_size": None, "pca": None, "policy": "miss",
+             "random_init": False, "params_m": 1.0, "gflops": 1.0, "latency_ms": 1.0,
+             "train_steps": 0, "record": "r", "R@1": r1, "R@5": 95.0, "R@10": 96.0}
+            for i, (v, r1) in enumerate((("A", 90.36), ("B", 90.44), ("C", 80.0)))]  # fmt: skip
+    tex = to_latex(pd.DataFrame(rows))
+    assert "A & \\bfseries 90.4" in tex and "B & \\bfseries 90.4" in tex
+    assert "C & 80.0" in tex

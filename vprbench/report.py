@@ -348,11 +348,13 @@ def to_latex(df: pd.DataFrame, label: str = "tab:ablation", ci: bool = False) ->
     """The recall table as LaTeX through pandas' Styler: booktabs rules, the best value of each column
     in bold, variant and protocol names escaped; random-init rows marked *."""
     table = recall_table(df)
-    best = table.max()
+    # bold on the printed (rounded) values, so that equal printed values are bold alike
+    printed = table.map(lambda v: v if pd.isna(v) else float(f"{v:.1f}"))  # as _cells prints
+    best = printed.max()
     random_rows = set(df.loc[df["random_init"], "variant"])
 
     def bold(column: pd.Series) -> list[str]:
-        values = table[column.name]
+        values = printed[column.name]
         return ["font-weight: bold;" if v == best[column.name] else "" for v in values]
 
     cells = _cells(table, latex=True, ci=ci)
