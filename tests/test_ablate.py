@@ -369,3 +369,26 @@ def test_bold_goes_to_every_printed_best_value():
     tex = to_latex(pd.DataFrame(rows))
     assert "A & \\bfseries 90.4" in tex and "B & \\bfseries 90.4" in tex
     assert "C & 80.0" in tex
+
+
+def test_mixed_input_sizes_are_marked_and_never_share_a_front():
+    from vprbench.report import caption, fronts_by_size, to_markdown
+
+    rows = [{"recipe": "x", "variant": v, "seed": 0, "order": i, "model": "m", "protocol": "sped",
+             "image_size": size, "batch_size": None, "pca": None, "policy": "miss",
+             "random_init": False, "params_m": 1.0, "gflops": g, "latency_ms": 1.0,
+             "train_steps": 0, "record": "r", "R@1": r1, "R@5": 95.0, "R@10": 96.0}
+            for i, (v, size, g, r1) in enumerate((("A", "224x224", 4.0, 80.0),
+                                                  ("B", "168x168", 1.0, 70.0),
+                                                  ("C", "224x224", 6.0, 85.0),
+                                                  ("D", "224x224", 5.0, 60.0)))]  # fmt: skip
+    df = pd.DataFrame(rows)
+    text = to_markdown(df)
+    assert "| A [224x224]" in text and "| B [168x168]" in text
+    assert "Input each row's in brackets" in caption(df, latex=False)
+    fronts = fronts_by_size(df, "gflops")
+    # B (cheapest) would dominate nothing at 224x224: A and C form that size's front, B its own
+    assert {s: list(df["variant"].iloc[f]) for s, f in fronts.items()} == {
+        "224x224": ["A", "C"], "168x168": ["B"]}  # fmt: skip
+    single = df[df["image_size"] == "224x224"]
+    assert "[224x224]" not in to_markdown(single) and "Input 224x224" in caption(single)

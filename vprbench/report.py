@@ -259,7 +259,9 @@ def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
                         for v in df[column].dropna()})  # fmt: skip
         return esc(", ".join(found)) if found else "none"
 
-    text = (f"Recall@k (\\%) on {values('protocol')}. Input {values('image_size')}; "
+    inputs = ("each row's in brackets" if df["image_size"].nunique() > 1
+              else values("image_size"))  # fmt: skip
+    text = (f"Recall@k (\\%) on {values('protocol')}. Input {inputs}; "
             f"PCA {values('pca')}; inference batch of batch-dependent models {values('batch_size')}; "
             f"queries without positives: {values('policy')}.")  # fmt: skip
     seeds = df.groupby("variant")["seed"].nunique()
@@ -358,18 +360,30 @@ def to_latex(df: pd.DataFrame, label: str = "tab:ablation", ci: bool = False) ->
         return ["font-weight: bold;" if v == best[column.name] else "" for v in values]
 
     cells = _cells(table, latex=True, ci=ci)
-    cells.index = [f"{v}*" if v in random_rows else v for v in cells.index]
+    cells.index = _row_names(df, cells.index, random_rows)
     styler = cells.style.apply(bold, axis=0)
     styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     return styler.to_latex(hrules=True, caption=caption(df, ci), label=label, convert_css=True,
                            multicol_align="c", position_float="centering")  # fmt: skip
 
 
+def _row_names(df: pd.DataFrame, index, random_rows: set) -> list[str]:
+    """Row names as printed: * for random initialisation, and where the rows' input sizes differ,
+    each row's size in brackets (a table never mixes sizes unmarked)."""
+    sizes = df.groupby("variant", sort=False)["image_size"].agg(
+        lambda v: "/".join(dict.fromkeys(v))
+    )
+    mixed = df["image_size"].nunique() > 1
+    return [
+        f"{v}{'*' if v in random_rows else ''}{f' [{sizes[v]}]' if mixed else ''}" for v in index
+    ]
+
+
 def to_markdown(df: pd.DataFrame, ci: bool = False) -> str:
     """The recall table as Markdown, the same numbers as the LaTeX one."""
     random_rows = set(df.loc[df["random_init"], "variant"])
     table = _cells(recall_table(df), latex=False, ci=ci)
-    table.index = [f"{v}*" if v in random_rows else v for v in table.index]
+    table.index = _row_names(df, table.index, random_rows)
     table.columns = [f"{p} {m}" for p, m in table.columns]
     text = caption(df, ci, latex=False).replace("\\%", "%").replace("$\\pm$", "±")
     text = text.replace("$^\\dagger$", "†").replace("$p \\geq 0.05$", "p ≥ 0.05")
@@ -452,12 +466,25 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
+def fronts_by_size(points: pd.DataFrame, column: str) -> dict[str, np.ndarray]:
+    """{input size: row positions of ``points`` on its Pareto front of R@1 against ``column``}: one
+    front per input size, never across sizes (a cheaper point at a smaller input is another setting,
+    not the same method winning)."""
+    x, y = points[column].to_numpy(), points["R@1"].to_numpy()
+    size_of = points["image_size"].to_numpy()
+    out = {}
+    for size in dict.fromkeys(size_of):
+        same = np.flatnonzero(size_of == size)
+        out[size] = same[pareto_front(x[same], y[same])]
+    return out
+
+
 def efficiency(df: pd.DataFrame, out: Path) -> list[Path]:
     """R@1 against GFLOPs and against parameters, per protocol, with the Pareto front marked."""
     plt = _pyplot()
     paths = []
     mean = (
-        df.groupby(["protocol", "variant"], sort=False)[["R@1", "gflops", "params_m"]]
+        df.groupby(["protocol", "variant", "image_size"], sort=False)[["R@1", "gflops", "params_m"]]
         .mean()
         .reset_index()
     )
@@ -469,13 +496,17 @@ def efficiency(df: pd.DataFrame, out: Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(5, 3.5))
             x, y = pts[column].to_numpy(), pts["R@1"].to_numpy()
             ax.scatter(x, y)
-            for xi, yi, name in zip(x, y, pts["variant"], strict=True):
-                ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            front = pareto_front(x, y)
-            ax.plot(
-                x[front], y[front], "--o", color="tab:red", mfc="none", ms=10, label="Pareto front"
+            sizes = list(dict.fromkeys(pts["image_size"]))
+            for xi, yi, name, size in zip(x, y, pts["variant"], pts["image_size"], strict=True):
+                shown = f"{name} [{size}]" if len(sizes) > 1 else name
+                ax.annotate(shown, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for n, (size, front) in enumerate(fronts_by_size(pts, column).items()):
+                name = "Pareto front" + (f" ({size})" if len(sizes) > 1 else "")
+                ax.plot(x[front], y[front], "--o", color=f"C{3 + n}", mfc="none", ms=10, label=name)
+            title = (
+                protocol if len(sizes) == 1 else f"{protocol} (inputs differ: {', '.join(sizes)})"
             )
-            _label(ax, label, "R@1 (%)", protocol)
+            _label(ax, label, "R@1 (%)", title)
             paths += _save(fig, out, f"r1_vs_{column}_{protocol}")
     return paths
 
