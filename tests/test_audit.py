@@ -35,7 +35,8 @@ def _check_row(row: dict, base: dict, positives) -> dict:
         assert (c["only_audited"], c["only_baseline"]) == (only_a, only_b)
         n = only_a + only_b
         assert c["p_value"] == pytest.approx(1.0 if n == 0 else binomtest(only_a, n).pvalue)
-        assert c["significant"] == (c["p_value"] < 0.05)
+        assert c["p_holm"] >= c["p_value"]  # Holm (checked against a hand computation below)
+        assert c["significant"] == (c["p_holm"] < 0.05)
         assert c["low"] <= c["difference"] <= c["high"]
     return variant
 
@@ -63,6 +64,13 @@ def test_audit_on_the_embedded_sample(capsys, monkeypatch, isolated_dirs):
         "pca": lambda v: v["settings"]["pca"]["dim"] == 256 and v["model"]["descriptor_dim"] == 256,
         "search": lambda v: not v["settings"]["search"]["exact"],
     }
+    from vprbench.metrics import holm
+
+    tested = [c for row in record["rows"] for c in row["comparisons"]]
+    assert [c["p_holm"] for c in tested] == holm([c["p_value"] for c in tested])
+    assert record["statistics"]["multiple_comparisons"].startswith(
+        f"Holm-Bonferroni over the {len(tested)} tests"
+    )
     for name, row in rows.items():
         variant = _check_row(row, base, positives)
         assert expected[name](variant), name
@@ -72,7 +80,16 @@ def test_audit_on_the_embedded_sample(capsys, monkeypatch, isolated_dirs):
     assert "not batch-dependent" in skipped["batch-size"]
     assert "every query has a positive" in skipped["policy"]
     # the human-readable table went to stderr, whole; the record is on disk
-    for header in ("setting", "baseline", "audited", "R@1", "ΔR@1 [95%]", "p (R@1)", "p (R@5)"):
+    for header in (
+        "setting",
+        "baseline",
+        "audited",
+        "R@1",
+        "ΔR@1 [95%]",
+        "p Holm (R@1)",
+        "p Holm (R@5)",
+        "multiple comparisons: Holm-Bonferroni",
+    ):
         assert header in err
     assert "…" not in err and "not audited: policy" in err
     path = isolated_dirs["results"] / "audits" / f"{record['audit_id']}.json"

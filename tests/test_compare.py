@@ -110,8 +110,10 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
                  figures=False, baseline="base")  # fmt: skip
     csv = pd.read_csv(out / "sig.csv").set_index("variant")
     md = (out / "sig.md").read_text()
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in md.splitlines()
+    # the rows' input sizes differ ('tiny'), so each name carries its size: 'bicubic [32x32]'
+    rows = {line.split("|")[1].strip().split(" [")[0]: line.split("|")[2:-1] for line in md.splitlines()
             if line.startswith("|") and "---" not in line}  # fmt: skip
+    assert "| tiny [" in md
     daggers = 0
     for name in ("bicubic", "imagenet", "tiny"):
         for col, k in enumerate((1, 5, 10)):
@@ -157,3 +159,13 @@ def test_compare_refuses_a_k_beyond_the_saved_neighbours(capsys, monkeypatch):
     code, out, err = run(["compare", wide["run_id"], json.loads(out)["run_id"], "--k", "600"],
                          capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
+
+
+def test_holm_adjusted_p_values_worked_out_by_hand():
+    from vprbench.metrics import holm
+
+    # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1: 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.5
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # capped at 1 only when above it
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []

@@ -162,6 +162,28 @@ def plan(
     return variants, skipped
 
 
+# How the audit's p-values are corrected for testing many settings at once (its rows x k).
+CORRECTIONS = {
+    "holm": "Holm-Bonferroni over the {n} tests of this audit (every row at every k): p_holm",
+    "none": "none: each of the {n} tests at its own 5% (expect false alarms among many rows)",
+}
+
+
+def _correct(rows: list[dict], correction: str) -> int:
+    """Adds ``p_holm`` to every tested comparison of ``rows`` and bases ``significant`` on it
+    (``correction`` "holm"); returns the number of tests in the family."""
+    from vprbench.metrics import holm
+
+    tested = [c for row in rows for c in row["comparisons"] if c["p_value"] is not None]
+    adjusted = (
+        holm([c["p_value"] for c in tested]) if correction == "holm" else [None] * len(tested)
+    )
+    for c, p in zip(tested, adjusted, strict=True):
+        c["p_holm"] = p
+        c["significant"] = (p if p is not None else c["p_value"]) < 0.05
+    return len(tested)
+
+
 def _comparisons(variant_record: dict, base_record: dict, ks: list[int]) -> tuple[list[dict], str]:
     """Audited minus baseline at each k, and the test that was made."""
     (rv, ev), (rb, eb) = query_outcomes(variant_record), query_outcomes(base_record)
@@ -202,9 +224,13 @@ def run_audit(
     only: list[str] | None = None,
     progress=None,
     log: Callable[[str], None] = lambda _: None,
+    correction: str = "holm",
 ) -> tuple[dict, Path]:
     """Audit ``base.model`` on ``dataset_name``; returns (audit record, its path). The variants'
-    run records go to ``results_dir/audits/runs``, the audit record to ``results_dir/audits``."""
+    run records go to ``results_dir/audits/runs``, the audit record to ``results_dir/audits``.
+    ``correction``: "holm" (Holm-Bonferroni over every test of the audit, rows x k) or "none"."""
+    if correction not in CORRECTIONS:
+        raise VPRBenchError(f"--correction must be one of {list(CORRECTIONS)}, got {correction!r}")
     for name in only or ():
         if name not in SETTINGS:
             raise VPRBenchError(
@@ -267,6 +293,7 @@ def run_audit(
         rows.append({"setting": v.setting, "baseline": v.baseline, "audited": v.audited,
                      "run_id": record["run_id"], "record": str(path), "test": test,
                      "comparisons": comparisons})  # fmt: skip
+    family = _correct(rows, correction)
     audit_key = {
         "baseline": base_record["run_id"],
         "ks": list(ks),
@@ -301,7 +328,8 @@ def run_audit(
             "resamples": BOOTSTRAP_RESAMPLES,
             "seed": BOOTSTRAP_SEED,
             "test": "two-sided exact McNemar test on the queries exactly one of the two finds",
-            "significant": "p < 0.05",
+            "multiple_comparisons": CORRECTIONS[correction].format(n=family),
+            "significant": "Holm-adjusted p < 0.05" if correction == "holm" else "p < 0.05",
         },
     }
     path = runs_dir / f"{audit_id}.json"

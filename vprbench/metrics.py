@@ -132,6 +132,19 @@ class PairedComparison:
         return self.p_value < 0.05
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm(-Bonferroni) adjusted p-values, in the order given: the i-th smallest of m is multiplied
+    by m - i + 1, then made non-decreasing in that order and capped at 1. Rejecting where the adjusted
+    p < alpha keeps the family-wise error rate at alpha for any dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar test: the discordant queries split as Binomial(n, 1/2) under the null."""
     from scipy.stats import binomtest

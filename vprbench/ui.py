@@ -153,6 +153,7 @@ def audit_table(record: dict) -> Table:
     R@k, its change from the baseline with the 95% interval (* when significant) and McNemar's p."""
     ks = record["ks"]
     base = record["baseline"]
+    holm = record["statistics"].get("multiple_comparisons", "").startswith("Holm")
     summary = ", ".join(f"R@{k} {_recall_cell(base, str(k))}" for k in ks)
     table = Table(
         title=f"Audit of {record['model']['name']} on {record['protocol']['name']} "
@@ -163,7 +164,7 @@ def audit_table(record: dict) -> Table:
     for k in ks:
         table.add_column(f"R@{k}", justify="right")
         table.add_column(f"ΔR@{k} [95%]", justify="right")
-        table.add_column(f"p (R@{k})", justify="right")
+        table.add_column(f"p{' Holm' if holm else ''} (R@{k})", justify="right")
     for row in record["rows"]:
         cells = [row["setting"], row["baseline"], row["audited"]]
         for c in row["comparisons"]:
@@ -175,7 +176,7 @@ def audit_table(record: dict) -> Table:
             cells += [
                 f"{100 * c['recall']:.2f}",
                 f"{delta} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]{mark}",
-                f"{c['p_value']:.3g}",
+                f"{c['p_holm'] if holm else c['p_value']:.3g}",
             ]
         table.add_row(*cells)
     return whole(table)

@@ -28,12 +28,14 @@ from vprbench.cli import _json_mode, cache_option, results_option, root_option
 @click.option("--pca-dim", type=int, default=4096, show_default=True)
 @click.option("--pca-fit", default=None,
               help="Dataset the PCA is fitted on (default: the audited one; officially Pitts30k).")  # fmt: skip
+@click.option("--correction", type=click.Choice(["holm", "none"]), default="holm", show_default=True,
+              help="Correct the p-values for testing every row at every k (Holm-Bonferroni).")  # fmt: skip
 @root_option
 @cache_option
 @results_option
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON on stdout only.")  # fmt: skip
 def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only, image_size,
-              pca_dim, pca_fit, root, cache_dir, results_dir, as_json) -> None:  # fmt: skip
+              pca_dim, pca_fit, correction, root, cache_dir, results_dir, as_json) -> None:  # fmt: skip
     """Recall under the protocol's settings, then with one setting changed at a time: batch size and
     batch composition (batch-dependent models), image size, interpolation, normalisation, bf16, PCA,
     approximate search, the no-positive policy. Each change with its 95% interval and McNemar p."""
@@ -55,12 +57,14 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
     with _json_mode(as_json) as emit, progress_bars() as bars:
         record, path = run_audit(dataset, base, k_values, data_root(root), cache_root(cache_dir),
                                  results_root(results_dir), image_size=image_size, pca_dim=pca_dim,
-                                 pca_fit=pca_fit, only=picked, progress=bars,
+                                 pca_fit=pca_fit, only=picked, progress=bars, correction=correction,
                                  log=lambda text: err_console.print(text, soft_wrap=True))  # fmt: skip
         print_table(audit_table(record))
         for s in record["skipped"]:
             console.print(f"not audited: {s['setting']}: {s['reason']}", soft_wrap=True)
         console.print("Δ: audited minus baseline on the same queries, with its 95% paired bootstrap "
-                      "interval; p: McNemar's exact test; * p < 0.05.", soft_wrap=True)  # fmt: skip
+                      "interval; p: McNemar's exact test; multiple comparisons: "
+                      f"{record['statistics']['multiple_comparisons']}; * "
+                      f"{record['statistics']['significant']}.", soft_wrap=True)  # fmt: skip
         console.print(f"audit record: {path}", soft_wrap=True)
         emit(record)
