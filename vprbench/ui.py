@@ -153,7 +153,8 @@ def audit_table(record: dict) -> Table:
     R@k, its change from the baseline with the 95% interval (* when significant) and McNemar's p."""
     ks = record["ks"]
     base = record["baseline"]
-    holm = record["statistics"].get("multiple_comparisons", "").startswith("Holm")
+    # audits recorded before the correction existed carry no p_holm
+    holm = (record.get("statistics") or {}).get("multiple_comparisons", "").startswith("Holm")
     summary = ", ".join(f"R@{k} {_recall_cell(base, str(k))}" for k in ks)
     table = Table(
         title=f"Audit of {record['model']['name']} on {record['protocol']['name']} "
