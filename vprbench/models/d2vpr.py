@@ -289,9 +289,13 @@ CRICAVPR_CARD = ModelCard(
 def _with_encoder(card: ModelCard, name: str, encoder: bool, description: str) -> ModelCard:
     """The same model with the cross-image encoder switched, registered under its own name."""
     options = {**card.options, "cross_image_encoder": encoder}
+    if card is D2VPR_CARD:
+        releases = D2VPR_RELEASES.get(name, ())
+    else:  # CricaVPR.pth holds the encoder: no release of the variant without it
+        releases = card.releases if encoder else ()
     return replace(
         card, name=name, description=description, options=options, batch_dependent=encoder,
-        releases=D2VPR_RELEASES.get(name, ()) if card is D2VPR_CARD else card.releases * encoder,
+        releases=releases,
     )  # fmt: skip
 
 
