@@ -11,6 +11,7 @@ from scipy.stats import binomtest
 from tests.test_cli import run
 from vprbench.audit import alternative_size
 from vprbench.datasets.formatted import load_formatted
+from vprbench.metrics import sign_flip_pvalue
 from vprbench.paths import data_root
 
 
@@ -21,8 +22,9 @@ def _hits(record: dict, positives, k: int) -> np.ndarray:
     return np.array([np.isin(row, pos).any() for row, pos in zip(top, positives, strict=True)])
 
 
-def _check_row(row: dict, base: dict, positives) -> dict:
-    """The row's numbers against the two run records and their predictions."""
+def _check_row(row: dict, base: dict, positives, blocks: int | None = None) -> dict:
+    """The row's numbers against the two run records and their predictions (``blocks``: the
+    protocol's moving-block length, None for independent queries)."""
     variant = json.loads(Path(row["record"]).read_text())
     for c in row["comparisons"]:
         k = c["k"]
@@ -34,7 +36,12 @@ def _check_row(row: dict, base: dict, positives) -> dict:
         only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
         assert (c["only_audited"], c["only_baseline"]) == (only_a, only_b)
         n = only_a + only_b
-        assert c["p_value"] == pytest.approx(1.0 if n == 0 else binomtest(only_a, n).pvalue)
+        if blocks is None:
+            assert c["p_value"] == pytest.approx(1.0 if n == 0 else binomtest(only_a, n).pvalue)
+        else:  # the sign-flip test over consecutive blocks of the protocol's length
+            d = a.astype(int) - b.astype(int)
+            sums = np.add.reduceat(d, np.arange(0, d.size, blocks))
+            assert c["p_value"] == pytest.approx(sign_flip_pvalue(sums))
         assert c["p_holm"] >= c["p_value"]  # Holm (checked against a hand computation below)
         assert c["significant"] == (c["p_holm"] < 0.05)
         assert c["low"] <= c["difference"] <= c["high"]
@@ -72,7 +79,7 @@ def test_audit_on_the_embedded_sample(capsys, monkeypatch, isolated_dirs):
         f"Holm-Bonferroni over the {len(tested)} tests"
     )
     for name, row in rows.items():
-        variant = _check_row(row, base, positives)
+        variant = _check_row(row, base, positives, blocks=10)  # nordland-sample: blocks of 10
         assert expected[name](variant), name
         assert variant["protocol"]["gt_digest"] == base["protocol"]["gt_digest"]
     skipped = {s["setting"]: s["reason"] for s in record["skipped"]}

@@ -10,17 +10,19 @@ from scipy.stats import binom
 
 from tests.conftest import latex_compiles
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import bootstrap_interval, mcnemar_exact, paired_comparison
+from vprbench.metrics import mcnemar_exact, paired_comparison, recall_interval
 
 
-def test_bootstrap_interval_is_the_binomial_percentile_interval():
+def test_recall_interval_of_independent_queries_is_the_exact_clopper_pearson_interval():
     hits = np.zeros(200, dtype=bool)
     hits[:50] = True  # recall 0.25
-    low, high = bootstrap_interval(hits, resamples=20_000, seed=3)
-    # resampling 200 queries with replacement: the hit count is Binomial(200, 0.25)
-    assert low == pytest.approx(binom.ppf(0.025, 200, 0.25) / 200, abs=0.006)
-    assert high == pytest.approx(binom.ppf(0.975, 200, 0.25) / 200, abs=0.006)
-    assert bootstrap_interval(hits) == bootstrap_interval(hits)  # seeded
+    low, high = recall_interval(hits)
+    # each end leaves exactly 2.5% of Binomial(200, end) beyond the observed 50 hits
+    assert binom.sf(49, 200, low) == pytest.approx(0.025, rel=1e-6)
+    assert binom.cdf(50, 200, high) == pytest.approx(0.025, rel=1e-6)
+    # no hits of 600: [0, 1 - 0.025^(1/600)], not a zero-width interval
+    assert recall_interval(np.zeros(600, dtype=bool)) == pytest.approx((0.0, 1 - 0.025 ** (1 / 600)))
+    assert recall_interval(np.ones(600, dtype=bool)) == pytest.approx((0.025 ** (1 / 600), 1.0))
 
 
 def test_paired_difference_and_exact_mcnemar_worked_out_by_hand():
@@ -30,15 +32,16 @@ def test_paired_difference_and_exact_mcnemar_worked_out_by_hand():
     a[:40] = b[:40] = True  # both right on 40 queries
     a[40:47] = True  # only A on 7
     b[47:49] = True  # only B on 2
-    result = paired_comparison(a, b, k=1, resamples=20_000)
+    result = paired_comparison(a, b, k=1)
     assert (result.only_a, result.only_b) == (7, 2)
     assert result.difference == pytest.approx(0.05)
     # two-sided exact McNemar: 2 * P(X <= 2), X ~ Binomial(9, 1/2) = 2 * (1 + 9 + 36) / 512
     assert result.p_value == pytest.approx(92 / 512) and not result.significant
-    # the paired bootstrap of the difference has sd sqrt((p10 + p01 - d^2) / n)
-    sd = math.sqrt((0.07 + 0.02 - 0.05**2) / n)
-    assert result.low == pytest.approx(0.05 - 1.96 * sd, abs=0.01)
-    assert result.high == pytest.approx(0.05 + 1.96 * sd, abs=0.01)
+    # Tango's score interval, from the brute-force profile likelihood of tests/test_intervals.py
+    from tests.test_intervals import tango_by_grid
+
+    low, high = tango_by_grid(7, 2, n)
+    assert (result.low, result.high) == (pytest.approx(low, abs=2e-4), pytest.approx(high, abs=2e-4))
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(20, 0) < 1e-5
 
 
@@ -51,10 +54,10 @@ def test_compare_command_and_its_refusals(tiny_dataset, capsys, monkeypatch, iso
                             "--image-size", size, size, "--json"], capsys, monkeypatch)  # fmt: skip
         assert code == 0
         records.append(json.loads(out))
-    assert (
-        set(records[0]["results"]["ci95"]) == {"1", "5"}
-        and records[0]["results"]["bootstrap"]["seed"] == 0
-    )
+    # 'tiny' has no registered protocol: independent queries, exact Binomial intervals
+    resampling = records[0]["results"]["resampling"]
+    assert set(records[0]["results"]["ci95"]) == {"1", "5"} and resampling["rule"] == "iid"
+    assert resampling["interval"] == "exact Binomial (Clopper-Pearson)"
     low, high = records[0]["results"]["ci95"]["1"]
     assert low <= records[0]["results"]["recall"]["1"] <= high
     a, b = (r["run_id"] for r in records)
@@ -65,7 +68,8 @@ def test_compare_command_and_its_refusals(tiny_dataset, capsys, monkeypatch, iso
     assert rows[0]["recall_a"] == records[0]["results"]["recall"]["1"]
     assert rows[0]["recall_b"] == records[1]["results"]["recall"]["1"]
     code, out, _ = run(["compare", a, b], capsys, monkeypatch)
-    assert code == 0 and "McNemar p" in out and "95% interval" in out
+    assert code == 0 and "p Holm" in out and "95% interval" in out
+    assert "independent queries" in out and "McNemar's exact test" in out
     # another policy: not the same denominator
     code, out, _ = run(["evaluate", "--model", "pixels", "--dataset", "tiny", "--k", "1",
                         "--no-positive-policy", "exclude", "--json"], capsys, monkeypatch)  # fmt: skip
@@ -114,20 +118,27 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
     rows = {line.split("|")[1].strip().split(" [")[0]: line.split("|")[2:-1] for line in md.splitlines()
             if line.startswith("|") and "---" not in line}  # fmt: skip
     assert "| tiny [" in md
-    daggers = 0
+    # nordland-sample resamples moving blocks of 10 queries: the sign-flip test over blocks, then
+    # Holm-Bonferroni over the 9 cells (3 variants x 3 k)
+    from vprbench.metrics import holm, sign_flip_pvalue
+
+    cells = []
     for name in ("bicubic", "imagenet", "tiny"):
         for col, k in enumerate((1, 5, 10)):
-            a, b = hits[name][k], hits["base"][k]
-            only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-            p = 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b).pvalue
+            d = hits[name][k].astype(int) - hits["base"][k].astype(int)
+            p = sign_flip_pvalue(np.add.reduceat(d, np.arange(0, d.size, 10)))
             assert csv.loc[name, f"R@{k} p"] == pytest.approx(p)
-            assert rows[name][col].strip().endswith("†") == (p >= 0.05)
-            daggers += p >= 0.05
-    assert 0 < daggers < 9  # both verdicts occur: the marks are not all or nothing
+            cells.append((name, col, k, p))
+    daggers = 0
+    for (name, col, k, _), q in zip(cells, holm([c[3] for c in cells]), strict=True):
+        assert csv.loc[name, f"R@{k} p_holm"] == pytest.approx(q)
+        assert rows[name][col].strip().endswith("†") == (q >= 0.05)
+        daggers += q >= 0.05
     assert not any("†" in cell for cell in rows["base"]) and pd.isna(csv.loc["base", "R@1 p"])
-    assert "†: not significantly different from base" in md
+    assert "†: not significantly different from base (p ≥ 0.05, Holm-Bonferroni over the 9 cells" in md
+    assert "sign-flip test" in md and "moving blocks of 10 consecutive queries" in md
     # every cell keeps one decimal (R@5 of 'imagenet': 168 of 600), right-aligned
-    assert re.search(r"\| +28\.0 \|", md)
+    assert re.search(r"\| +28\.0†? \|", md)
     assert "$^\\dagger$" in (out / "sig.tex").read_text()
     latex_compiles(out / "sig.tex", tmp_path)  # the marks and the caption compile
     with pytest.raises(

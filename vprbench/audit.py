@@ -29,7 +29,8 @@ from vprbench.datasets.images import RESIZE_WHERE
 from vprbench.errors import VPRBenchError
 from vprbench.evaluate import evaluate
 from vprbench.extract import NORMALISATIONS, SHUFFLE_SEED, ExtractResult, ExtractSettings, extract
-from vprbench.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, hits_at_k, paired_comparison
+from vprbench.clusters import describe_record, run_resampling, same_resampling
+from vprbench.metrics import hits_at_k, paired_comparison
 from vprbench.pca import load_or_fit_pca
 from vprbench.search import HNSW
 
@@ -94,9 +95,11 @@ def plan(
     pca_dim: int,
     has_unmatched_queries: bool,
     largest_k: int = 1,
+    pca_fit: str | None = None,
 ) -> tuple[list[Variant], list[dict]]:
     """The variants of this model and baseline, and the settings left out with the reason.
-    ``largest_k``: the largest k audited, which sets the efSearch HNSW runs at (search.HNSW)."""
+    ``largest_k``: the largest k audited, which sets the efSearch HNSW runs at (search.HNSW).
+    ``pca_fit``: the dataset the PCA is fitted on, named in its row."""
     pre = result.preprocess
     variants, skipped = [], []
     if result.model.batch_dependent:
@@ -148,9 +151,10 @@ def plan(
         skipped.append({"setting": "pca", "reason": f"descriptors are {dim}-d: PCA to {pca_dim} "
                         "reduces nothing"})  # fmt: skip
     else:
-        variants.append(Variant("pca", f"none ({dim}-d)", f"PCA to {pca_dim}",
+        fit = f", fit on {pca_fit}" if pca_fit else ""
+        variants.append(Variant("pca", f"none ({dim}-d)", f"PCA to {pca_dim}{fit}",
                                 evaluate={"pca_dim": pca_dim}))  # fmt: skip
-    variants.append(Variant("search", "exact (IndexFlatL2)",
+    variants.append(Variant("search", "exact L2",
                             f"HNSW (M={HNSW['M']}, efSearch={max(HNSW['efSearch'], largest_k)})",
                             evaluate={"search": "hnsw"}))  # fmt: skip
     if has_unmatched_queries:
@@ -188,14 +192,17 @@ def _comparisons(variant_record: dict, base_record: dict, ks: list[int]) -> tupl
     """Audited minus baseline at each k, and the test that was made."""
     (rv, ev), (rb, eb) = query_outcomes(variant_record), query_outcomes(base_record)
     if np.array_equal(ev, eb):
+        resampling = same_resampling(run_resampling(variant_record, ev),
+                                     run_resampling(base_record, eb), ("audited", "baseline"))  # fmt: skip
         rows = []
         for k in ks:
-            c = paired_comparison(hits_at_k(rv, k)[ev], hits_at_k(rb, k)[eb], k)
+            c = paired_comparison(hits_at_k(rv, k)[ev], hits_at_k(rb, k)[eb], k, resampling)
             rows.append({"k": k, "recall": c.recall_a, "baseline": c.recall_b,
                          "difference": c.difference, "low": c.low, "high": c.high,
                          "only_audited": c.only_a, "only_baseline": c.only_b,
                          "p_value": c.p_value, "significant": c.significant})  # fmt: skip
-        return rows, "paired bootstrap over the same queries; McNemar's exact test"
+        method = resampling.method()
+        return rows, f"{method['paired_interval']}; {method['test']}"
     # The no-positive policy: the same hits over another denominator. Nothing is sampled, so the
     # change is exact and there is nothing to test.
     rows = []
@@ -261,7 +268,8 @@ def run_audit(
     if not base_record["results"]["ground_truth"]:
         raise VPRBenchError(f"dataset '{dataset.name}' has no ground truth: nothing to audit")
     unmatched = base_record["results"]["num_queries_without_positives"] > 0
-    variants, skipped = plan(base, baseline, image_size, pca_dim, unmatched, max(ks))
+    variants, skipped = plan(base, baseline, image_size, pca_dim, unmatched, max(ks),
+                              pca_fit or dataset_name)  # fmt: skip
     if only:
         skipped = [s for s in skipped if s["setting"] in only]
         variants = [v for v in variants if v.setting in only]
@@ -324,10 +332,10 @@ def run_audit(
         "skipped": skipped,
         "statistics": {
             "difference": "audited minus baseline recall, on the same queries",
-            "interval": "95% paired percentile bootstrap over queries",
-            "resamples": BOOTSTRAP_RESAMPLES,
-            "seed": BOOTSTRAP_SEED,
-            "test": "two-sided exact McNemar test on the queries exactly one of the two finds",
+            # how the queries are resampled: the baseline's cluster rule (every row shares it)
+            "resampling": describe_record(base_record),
+            **{key: value for key, value in (base_record["results"].get("resampling") or {}).items()
+               if key in ("paired_interval", "test", "resamples", "seed", "source", "note")},
             "multiple_comparisons": CORRECTIONS[correction].format(n=family),
             "significant": "Holm-adjusted p < 0.05" if correction == "holm" else "p < 0.05",
         },

@@ -31,3 +31,9 @@ NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate
 EXPORT_FORMATS = ("gsv-cities", "vdd")  # datasets.export
 SAMPLE_NAME = "nordland-sample"  # datasets.manage: the embedded sample
+# How queries are resampled for intervals and paired tests (vprbench.clusters, metrics.Resampling).
+CLUSTER_HELP = (
+    "How queries are resampled for intervals and paired tests: 'protocol' (its datasets.yaml rule), "
+    "'iid', 'place' (same coordinates), 'sequence' (MSLS sequences) or 'blocks:L' (moving blocks of L "
+    "consecutive queries)."
+)

@@ -1,5 +1,7 @@
 """Is a difference real? Two run records on the same queries: paired difference of R@k with its
-bootstrap interval, and McNemar's exact test on the per-query hits (vprbench/metrics.py)."""
+interval and a paired test on the per-query hits, resampling the queries by the runs' cluster rule
+(independent queries: Tango's interval and McNemar's exact test; clusters or blocks: their bootstrap
+and the sign-flip test; vprbench/metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import PairedComparison, hits_at_k, paired_comparison
+from vprbench.clusters import run_resampling, same_resampling
+from vprbench.metrics import PairedComparison, Resampling, hits_at_k, paired_comparison
 
 
 def load_run(spec: str, results_dir: Path) -> dict:
@@ -57,9 +60,17 @@ def saved_width(record: dict) -> int:
 
 
 def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
+    """See :func:`compare_with_resampling`; the comparisons only."""
+    return compare_with_resampling(a, b, ks)[0]
+
+
+def compare_with_resampling(
+    a: dict, b: dict, ks: list[int]
+) -> tuple[list[PairedComparison], Resampling]:
     """A minus B at each k, on the queries both evaluate. Refuses runs that are not on the same
     queries and ground truth, that count queries without positives differently, or a k beyond the
-    neighbours a run saved (a hit past them is unknown, not a miss)."""
+    neighbours a run saved (a hit past them is unknown, not a miss), and runs whose queries are
+    resampled by different cluster rules."""
     for field, what in (
         ("name", "protocol"),
         ("gt_digest", "ground truth"),
@@ -86,4 +97,7 @@ def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
     (ra, ea), (rb, eb) = query_outcomes(a), query_outcomes(b)
     if not np.array_equal(ea, eb):
         raise VPRBenchError("the runs evaluate different queries: not a paired comparison")
-    return [paired_comparison(hits_at_k(ra, k)[ea], hits_at_k(rb, k)[eb], k) for k in ks]
+    resampling = same_resampling(run_resampling(a, ea), run_resampling(b, eb))
+    return [
+        paired_comparison(hits_at_k(ra, k)[ea], hits_at_k(rb, k)[eb], k, resampling) for k in ks
+    ], resampling

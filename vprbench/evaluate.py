@@ -16,13 +16,12 @@ from vprbench.choices import DEFAULT_KS
 from vprbench.datasets.formatted import FormattedDataset, load_groups
 from vprbench.extract import ExtractResult
 from vprbench.metrics import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
     NO_POSITIVE_POLICIES,
-    bootstrap_interval,
+    Resampling,
     first_hit_rank,
     hits_at_k,
     recall_at_k,
+    recall_interval,
 )
 from vprbench.pca import PCA
 from vprbench.search import (
@@ -66,13 +65,17 @@ def evaluate(
     per_city: bool = False,
     tags: dict | None = None,
     search: str = "exact",
+    cluster: str = "protocol",
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
     (recipe, variant, seed, training runs) go into the record and its id. ``search``: "exact" (every
     official evaluation; on a CUDA ``device`` in torch) or an approximate faiss index (hnsw, ivf-flat,
-    ivf-pq), whose recall loss against exact search is recorded.
+    ivf-pq), whose recall loss against exact search is recorded. ``cluster``: how the intervals
+    resample the queries ("protocol": the protocol's rule in datasets.yaml; vprbench.clusters).
     Returns (record, record path)."""
+    from vprbench.clusters import query_clusters, record_entry, resampling_of
+
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
     if search not in SEARCHES:
@@ -87,6 +90,7 @@ def evaluate(
     database, queries = cached.database, cached.queries
     if pca is not None:
         database, queries = pca.transform(database), pca.transform(queries)
+    clusters = query_clusters(dataset, cluster)  # before the search: a bad --cluster fails early
     groups = load_groups(dataset) if per_city else None
     if per_city and groups is None:
         raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
@@ -122,6 +126,7 @@ def evaluate(
         "no_positive_policy": no_positive_policy,
         "tags": tags,
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
+        **({"cluster": cluster} if cluster != "protocol" else {}),
         # another device's float rounding can reorder near-ties: a CUDA run keeps its own record
         **(
             {"search_device": str(device).split(":")[0]}
@@ -134,14 +139,11 @@ def evaluate(
     runs.mkdir(parents=True, exist_ok=True)
     predictions_path = runs / f"{run_id}.predictions.npz"
     ranks = first_hit_rank(indices, dataset.positives) if has_ground_truth else None
-    extra = (
-        {}
-        if ranks is None
-        else {
-            "first_hit_rank": ranks,
-            "evaluated": evaluated_queries(dataset, no_positive_policy),
-        }
-    )
+    evaluated = evaluated_queries(dataset, no_positive_policy)
+    resampling = resampling_of(clusters, evaluated)
+    extra = {} if ranks is None else {"first_hit_rank": ranks, "evaluated": evaluated}
+    if clusters["clusters"] is not None:
+        extra["clusters"] = clusters["clusters"]  # the paired tests of compare, audit, report
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
     write_npz(predictions_path, indices=indices, distances=distances, **extra)
     files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
@@ -213,15 +215,9 @@ def evaluate(
         },
         "results": {
             "recall": {} if result is None else {str(k): v for k, v in result.recall.items()},
-            "ci95": {}
-            if result is None
-            else recall_intervals(ranks, dataset, ks, no_positive_policy),
-            "bootstrap": {
-                "method": "percentile bootstrap over queries",
-                "resamples": BOOTSTRAP_RESAMPLES,
-                "seed": BOOTSTRAP_SEED,
-                "level": 0.95,
-            },
+            "ci95": {} if result is None else recall_intervals(ranks, evaluated, ks, resampling),
+            # how the intervals (and compare's tests) resample the queries, and why
+            "resampling": record_entry(clusters, resampling, int(evaluated.sum())),
             # approximate search only: recall with exact search, and the points it lost
             **(
                 {
@@ -270,10 +266,11 @@ def evaluated_queries(dataset: FormattedDataset, policy: str) -> np.ndarray:
     return np.ones_like(has_positive) if policy == "miss" else has_positive
 
 
-def recall_intervals(ranks: np.ndarray, dataset: FormattedDataset, ks, policy: str) -> dict:
-    """95% bootstrap interval of each R@k over the evaluated queries: {"k": [low, high]}."""
-    keep = evaluated_queries(dataset, policy)
-    return {str(k): list(bootstrap_interval(hits_at_k(ranks, k)[keep])) for k in ks}
+def recall_intervals(
+    ranks: np.ndarray, evaluated: np.ndarray, ks, resampling: Resampling
+) -> dict:
+    """95% interval of each R@k over the evaluated queries under ``resampling``: {"k": [low, high]}."""
+    return {str(k): list(recall_interval(hits_at_k(ranks, k)[evaluated], resampling)) for k in ks}
 
 
 def _official(official: dict, pca: PCA | None) -> dict | None:
@@ -298,6 +295,10 @@ def pca_record(pca: PCA) -> dict:
         "official_fit": "a random 16,384 of every image under pitts30k/images (train, val and test; "
         "D2VPR util.compute_pca, parser.py --pca_dataset_folder): vprbench's sample differs",
         "max_images": pca.key["max_images"],
+        "solver": "exact float64 SVD, deterministic signs (vprbench/pca.py)",
+        "official_solver": "sklearn PCA(pca_dim) with svd_solver='auto', which picks the randomized "
+        "SVD at the official shapes and is unseeded (random_state=None), so two official fits "
+        "differ slightly (D2VPR util.py:59-87, CricaVPR util.py:53-66)",
         "renormalised": False,
         "file": str(pca.path),
     }

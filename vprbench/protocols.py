@@ -43,6 +43,12 @@ BATCH_CONVENTIONS = {"cricavpr": 16, "d2vpr": 64, "supervlad": 8}
 #   vdd-utm     MSLS: VDD names from util.get_dst_image_name (zero-padded UTM easting first), one
 #               folder per split for both val cities (VDD format_mapillary.py)
 BATCH_ORDERS = ("listed", "vdd-pairs", "vdd-utm")
+# How the queries are resampled for intervals and paired tests (vprbench/metrics.py Resampling):
+#   iid       independent queries
+#   place     queries at the same coordinates are one cluster (the 24 views of a Pittsburgh place)
+#   sequence  queries of one capture sequence are one cluster (MSLS seq_info.csv sequence_key)
+#   blocks    one sequence in query order: moving blocks of ``length`` queries
+CLUSTER_RULES = ("iid", "place", "sequence", "blocks")
 GT_FORMATS = ("vdd", "gsv-cities", "vpr-bench", "pnv")
 # How `datasets format` reads each benchmark's official files (vprbench/datasets/formatters.py).
 FORMATTER_NAMES = (
@@ -64,7 +70,7 @@ _REQUIRED = {
     "licence": str,
     "obtain": str,
 }
-_OPTIONAL = {"inference_batch_size": dict, "batch_order": str, "source": dict}
+_OPTIONAL = {"inference_batch_size": dict, "batch_order": str, "source": dict, "cluster": dict}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,14 @@ class Protocol:
     source_files: tuple[str, ...] = ()
     downloads: tuple[dict, ...] = ()  # archives {name, mirrors, sha256, extract}; () = request-only
     cities: tuple[str, ...] = ()  # MSLS: the cities to read (default: val's cph and sf)
+    cluster_rule: str = "iid"  # CLUSTER_RULES: how queries are resampled for intervals and tests
+    cluster_length: int | None = None  # rule blocks: queries per block
+
+    def cluster_spec(self) -> str:
+        """The protocol's default cluster rule as the command line writes it: 'place', 'blocks:10'."""
+        if self.cluster_rule == "blocks":
+            return f"blocks:{self.cluster_length}"
+        return self.cluster_rule
 
     def positive_summary(self) -> str:
         """How positives are defined, in a few words: '<= 25 m', '+/-10 frames', 'same index'."""
@@ -196,6 +210,7 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         raise VPRBenchError(
             f"{where}: field 'batch_order' must be one of {list(BATCH_ORDERS)}, got {order!r}"
         )
+    cluster_rule, cluster_length = _parse_cluster(entry.get("cluster"), f"{where}.cluster")
     return Protocol(
         name=name,
         description=fields["description"].strip(),
@@ -212,8 +227,30 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         obtain=fields["obtain"],
         inference_batch_size=dict(batches),
         batch_order=order,
+        cluster_rule=cluster_rule,
+        cluster_length=cluster_length,
         **source,
     )
+
+
+def _parse_cluster(cluster: dict | None, where: str) -> tuple[str, int | None]:
+    """The optional ``cluster: {rule, length}`` block; absent means independent queries."""
+    if cluster is None:
+        return "iid", None
+    if not isinstance(cluster, dict):
+        raise VPRBenchError(f"{where}: expected a mapping {{rule, length}}")
+    _check_keys(cluster, {"rule", "length"}, where)
+    rule = _field(cluster, "rule", str, where)
+    if rule not in CLUSTER_RULES:
+        raise VPRBenchError(f"{where}: field 'rule' must be one of {list(CLUSTER_RULES)}, got {rule!r}")
+    length = _field(cluster, "length", int, where, optional=True)
+    if (rule == "blocks") != (length is not None):
+        raise VPRBenchError(
+            f"{where}: field 'length' (queries per block, >= 1) goes with rule blocks and only with it"
+        )
+    if length is not None and length < 1:
+        raise VPRBenchError(f"{where}: field 'length' must be >= 1, got {length}")
+    return rule, length
 
 
 def _parse_source(source: dict | None, where: str) -> dict:

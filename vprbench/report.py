@@ -16,13 +16,19 @@ import pandas as pd
 
 from vprbench.errors import VPRBenchError
 
-KS = (1, 5, 10)
+KS = (1, 5, 10)  # the table's columns by default (--k); the CSV has every recorded k
 
 
 def load_records(
-    results_dir: Path, runs: str | None = None, recipe: str | None = None
+    results_dir: Path,
+    runs: str | None = None,
+    recipe: str | None = None,
+    left_out: list[dict] | None = None,
 ) -> list[dict]:
-    """Run records under ``results_dir/runs`` (or matching the glob ``runs``), of ``recipe`` if given."""
+    """Run records under ``results_dir/runs`` (or matching the glob ``runs``), of ``recipe`` if given.
+    With a recipe whose ablation state is on disk, only the records of its current outcomes are kept:
+    a variant removed or renamed in the recipe file, or whose last run failed, is left out, and
+    appended to ``left_out`` ({variant, seed, protocol, reason}) when a list is given."""
     pattern = runs or str(Path(results_dir) / "runs" / "*.json")
     records = []
     for path in sorted(glob.glob(pattern)):
@@ -37,11 +43,57 @@ def load_records(
             record["_path"] = path
             records.append(record)
     records = _latest(records)
+    if recipe is not None:
+        current, reasons = current_outcomes(results_dir, recipe)
+        if current is not None:
+            kept = []
+            for r in records:
+                tags = r.get("ablation") or {}
+                if Path(r["_path"]).name in current:
+                    kept.append(r)
+                elif left_out is not None:
+                    why = reasons.get((tags.get("variant"), tags.get("seed")),
+                                      "not a current outcome of the recipe's ablation")  # fmt: skip
+                    left_out.append({"variant": tags.get("variant"), "seed": tags.get("seed"),
+                                     "protocol": r["protocol"]["name"], "reason": why})  # fmt: skip
+            records = kept
     if not records:
         raise VPRBenchError(
             f"no run records matched {pattern}" + (f" for recipe '{recipe}'" if recipe else "")
         )
     return records
+
+
+def current_outcomes(results_dir: Path, recipe: str) -> tuple[set[str] | None, dict]:
+    """(file names of the run records of ``recipe``'s current outcomes, {(variant, seed): why one is
+    not current}), from its ablation state and recipe file; (None, {}) without a state file. An
+    outcome is current if its variant and seed are still in the recipe file and its last run did not
+    fail."""
+    from vprbench.ablate import state_path
+    from vprbench.recipe import expand, load_recipe
+
+    path = state_path(Path(results_dir), recipe)
+    if not path.is_file():
+        return None, {}
+    try:
+        state = json.loads(path.read_text())
+        outcomes = state["outcomes"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise VPRBenchError(f"{path}: not an ablation state ({exc})") from None
+    try:
+        wanted = {(v.name, v.seed) for v in expand(load_recipe(state["file"]))}
+    except (OSError, VPRBenchError, KeyError):
+        wanted = None  # the recipe file moved or no longer parses: the state alone decides
+    latest = {(o["variant"], o["seed"]): o for o in outcomes}  # in run order: the last one wins
+    names, reasons = set(), {}
+    for key, outcome in latest.items():
+        if wanted is not None and key not in wanted:
+            reasons[key] = f"no longer in {state['file']}"
+        elif outcome.get("error"):
+            reasons[key] = f"its last run failed ({str(outcome['error']).splitlines()[0][:80]})"
+        else:
+            names.update(Path(r).name for r in outcome["records"])
+    return names, reasons
 
 
 def _latest(records: list[dict]) -> list[dict]:
@@ -79,13 +131,30 @@ def _key_of(r: dict) -> tuple:
             None if tags else r["run_id"])  # fmt: skip
 
 
-def load_profiles(results_dir: Path) -> dict[str, dict]:
-    """Profiles under ``results_dir/profiles``, keyed by model name and options."""
-    out = {}
+def load_profiles(results_dir: Path) -> dict[str, list[dict]]:
+    """Profiles under ``results_dir/profiles``, grouped by model name, options and input size (a
+    group can hold profiles of several devices, dtypes, batch sizes and thread counts)."""
+    out: dict[str, list[dict]] = {}
     for path in sorted((Path(results_dir) / "profiles").glob("*.json")):
         record = json.loads(path.read_text())
-        out[_profile_key(record["model"], record["options"], record.get("image_size"))] = record
+        key = _profile_key(record["model"], record["options"], record.get("image_size"))
+        out.setdefault(key, []).append(record)
     return out
+
+
+def pick_profile(candidates: list[dict], device: str, dtype: str) -> dict | None:
+    """The profile a row's cost columns come from: one of the record's device and dtype if there is
+    one (else any), then batch size 1, then the newest; the CSV names its device, threads and batch."""
+    if not candidates:
+        return None
+    kind = str(device).split(":")[0]
+
+    def rank(p: dict) -> tuple:
+        s = p.get("settings") or {}
+        return (str(s.get("device", "")).split(":")[0] == kind, s.get("dtype") == dtype,
+                s.get("batch_size") == 1, str(p.get("created", "")))  # fmt: skip
+
+    return max(candidates, key=rank)
 
 
 def _profile_key(model: str, options: dict, image_size) -> str:
@@ -102,16 +171,22 @@ def _training_steps(train_dirs: list[str]) -> int:
     return steps
 
 
-def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per run record: variant, seed, protocol, R@k (percent), settings, cost."""
+def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) -> pd.DataFrame:
+    """One row per run record: variant, seed, protocol, R@k (percent) for every recorded k, with its
+    interval, settings, cost (and which profile measured it)."""
+    from vprbench.clusters import describe_record
+
     rows = []
+    all_ks = sorted({int(k) for r in records for k in r["results"]["recall"]})
     for r in records:
         tags = r.get("ablation") or {}
         settings = r["settings"]
         size = settings["preprocess"]["image_size"]
-        profile = (profiles or {}).get(
-            _profile_key(r["model"]["name"], r["model"]["options"], size)
+        profile = pick_profile(
+            (profiles or {}).get(_profile_key(r["model"]["name"], r["model"]["options"], size), []),
+            settings.get("device", "cpu"), settings.get("dtype"),
         )
+        measured = (profile or {}).get("settings") or {}
         steps = _training_steps(tags.get("train", []))
         row = {
             "recipe": tags.get("recipe"),
@@ -128,6 +203,10 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
             "params_m": profile["params"]["total"] / 1e6 if profile else np.nan,
             "gflops": profile["flops"]["gflops_per_image"] if profile else np.nan,
             "latency_ms": profile["latency"]["image_ms_median"] if profile else np.nan,
+            "latency_device": measured.get("device"),
+            "latency_dtype": measured.get("dtype"),
+            "latency_batch": measured.get("batch_size"),
+            "latency_threads": measured.get("threads"),
             "train_steps": steps,
             "run_id": r.get("run_id"),
             "search": settings.get("search", {}).get("kind", "exact"),
@@ -136,9 +215,12 @@ def frame(records: list[dict], profiles: dict[str, dict] | None = None) -> pd.Da
             "dtype": settings.get("dtype"),
             "weights": (r["model"]["weights"].get("sha256") or "")[:12] or None,
             "config": _configuration(r),
+            "resampling": describe_record(r),
+            "interval_method": ((r["results"].get("resampling") or {}).get("interval")
+                                or "percentile bootstrap over independent queries"),
             "record": r["_path"],
         }  # fmt: skip
-        for k in KS:
+        for k in all_ks:
             value = r["results"]["recall"].get(str(k))
             row[f"R@{k}"] = 100 * value if value is not None else np.nan
             interval = (r["results"].get("ci95") or {}).get(str(k))
@@ -204,38 +286,45 @@ def _shown(value) -> str:
     return str(value)
 
 
+def table_ks(df: pd.DataFrame) -> list[int]:
+    """The k of the table's columns: ``df.attrs['ks']`` (report --k) or KS, where any row has one."""
+    ks = df.attrs.get("ks") or KS
+    return [k for k in ks if f"R@{k}" in df and df[f"R@{k}"].notna().any()]
+
+
 def recall_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Variants (rows, in first-seen order) x (protocol, R@k) columns: the mean over seeds, and
-    with several seeds a second frame of standard deviations is attached as ``.attrs['std']``."""
+    """Variants (rows, in first-seen order) x (protocol, R@k) columns: the mean over seeds. Attached
+    as attrs: ``std`` (sample sd, ddof 1, where a cell has several seeds), ``n`` (seeds per cell),
+    ``ci`` (interval bounds, shown for one-seed cells) and ``p`` (the p-value each cell's mark uses)."""
     order = list(dict.fromkeys(df["variant"]))
     protocols = list(dict.fromkeys(df["protocol"]))
-    metrics = [f"R@{k}" for k in KS if df[f"R@{k}"].notna().any()]
-    grouped = df.groupby(["variant", "protocol"], sort=False)[metrics]
-    mean = grouped.mean().unstack("protocol")
-    std = grouped.std(ddof=1).unstack("protocol")
+    metrics = [f"R@{k}" for k in table_ks(df)]
+    grouped = df.groupby(["variant", "protocol"], sort=False)
     columns = pd.MultiIndex.from_tuples(
         [(p, m) for p in protocols for m in metrics], names=["protocol", "metric"]
     )
-    mean = mean.swaplevel(axis=1).reindex(columns=columns).reindex(order)
-    std = std.swaplevel(axis=1).reindex(columns=columns).reindex(order)
-    seeds = df.groupby("variant", sort=False)["seed"].nunique().reindex(order)
-    mean.attrs["std"] = std if (seeds > 1).any() else None
+
+    def wide(part: pd.DataFrame) -> pd.DataFrame:
+        part = part.rename(columns=lambda c: c.split(" ", 1)[0]).unstack("protocol")
+        return part.swaplevel(axis=1).reindex(columns=columns).reindex(order)
+
+    mean = wide(grouped[metrics].mean())
+    n = wide(grouped[metrics].count())
+    std = wide(grouped[metrics].std(ddof=1))
+    mean.attrs["n"] = n
+    mean.attrs["std"] = std.where(n > 1) if (n > 1).any().any() else None
     bounds = {}
-    for side in ("low", "high") if all(f"{m} low" in df for m in metrics) else ():
-        cols = [f"{m} {side}" for m in metrics]
-        part = df.groupby(["variant", "protocol"], sort=False)[cols].mean().unstack("protocol")
-        part = part.rename(columns=lambda c: c.rsplit(" ", 1)[0], level=0)
-        bounds[side] = part.swaplevel(axis=1).reindex(columns=columns).reindex(order)
-    mean.attrs["ci"] = bounds if bounds and (seeds == 1).all() else None
-    p_cols = [f"{m} p" for m in metrics]
-    if all(c in df for c in p_cols) and (seeds == 1).all():
-        part = df.groupby(["variant", "protocol"], sort=False)[p_cols].first().unstack("protocol")
-        part = part.rename(columns=lambda c: c.rsplit(" ", 1)[0], level=0)
-        mean.attrs["p"] = part.swaplevel(axis=1).reindex(columns=columns).reindex(order)
+    for side in ("low", "high") if all(f"{m} {side}" in df for m in metrics for side in ("low", "high")) else ():
+        bounds[side] = wide(grouped[[f"{m} {side}" for m in metrics]].mean()).where(n == 1)
+    mean.attrs["ci"] = bounds or None
+    column = df.attrs.get("p_column", "p")
+    p_cols = [f"{m} {column}" for m in metrics]
+    if all(c in df for c in p_cols):
+        mean.attrs["p"] = wide(grouped[p_cols].first())
         mean.attrs["baseline"] = df.attrs.get("baseline")
     else:
         mean.attrs["p"] = None
-    mean.attrs["seeds"] = seeds.to_dict()
+    mean.attrs["seeds"] = df.groupby("variant", sort=False)["seed"].nunique().reindex(order).to_dict()
     mean.index.name = "variant"
     return mean
 
@@ -250,30 +339,84 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX_SPECIALS.get(c, c) for c in text)
 
 
+# Settings a table states once in its caption when every row shares them, or per row in brackets
+# when rows differ: (frame column, caption name, how a row shows its value).
+_ROW_SETTINGS = (
+    ("image_size", "Input", lambda v: v),
+    ("pca", "PCA", lambda v: "no PCA" if v == "none" else f"PCA {v}"),
+    ("search", "search", lambda v: f"{v} search"),
+    ("dtype", "dtype", lambda v: v),
+    ("batch_size", "inference batch of batch-dependent models",
+     lambda v: "" if v == "none" else f"batch {v}"),
+    ("policy", "queries without positives", lambda v: f"no-positive {v}"),
+    ("per_city", "per-city retrieval", lambda v: "per city" if v == "True" else "merged cities"),
+)
+
+
+def _varying(df: pd.DataFrame) -> list[str]:
+    """The row settings whose value differs between the table's rows."""
+    return [c for c, _, _ in _ROW_SETTINGS if c in df and df[c].map(_shown).nunique() > 1]
+
+
 def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
-    """Protocols and the settings every number depends on (LaTeX: names escaped)."""
+    """Protocols, the settings every number depends on (one value, or 'each row's in brackets'),
+    what a cell is (n seeds, sample sd), the intervals' method and the marks' test (LaTeX: escaped)."""
     esc = tex_escape if latex else str
 
     def values(column):
-        found = sorted({str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-                        for v in df[column].dropna()})  # fmt: skip
+        found = sorted({_shown(v) for v in df[column].dropna()})
         return esc(", ".join(found)) if found else "none"
 
-    inputs = ("each row's in brackets" if df["image_size"].nunique() > 1
-              else values("image_size"))  # fmt: skip
-    text = (f"Recall@k (\\%) on {values('protocol')}. Input {inputs}; "
-            f"PCA {values('pca')}; inference batch of batch-dependent models {values('batch_size')}; "
-            f"queries without positives: {values('policy')}.")  # fmt: skip
-    seeds = df.groupby("variant")["seed"].nunique()
-    if (seeds > 1).any():
-        text += " Mean over seeds, $\\pm$ one standard deviation."
-    if ci and (seeds == 1).all():
-        text += " In brackets: the 95\\% bootstrap interval over queries."
+    varying = _varying(df)
+
+    def stated(column: str) -> str:
+        return "each row's in brackets" if column in varying else values(column)
+
+    parts = []
+    for column, name, _ in _ROW_SETTINGS:
+        if column not in df or column in ("dtype", "per_city") and column not in varying:
+            continue  # fp32 and merged cities unless some row differs
+        separator = ": " if column in ("dtype", "policy", "per_city") else " "
+        parts.append(f"{name}{separator}{stated(column)}")
+    text = f"Recall@k (\\%) on {values('protocol')}. " + "; ".join(parts) + "."
+    table = recall_table(df)
+    n = table.attrs["n"]
+    counts = sorted({int(v) for v in n.to_numpy().ravel() if v > 0})
+    if counts and counts[-1] > 1:
+        seeds = f"n = {counts[-1]}" if len(counts) == 1 else f"n = {counts[0]} to {counts[-1]} per cell"
+        text += (f" Mean over training seeds ({seeds}) $\\pm$ their sample standard deviation "
+                 "(ddof 1).")  # fmt: skip
+        if counts[0] == 1:
+            text += " A cell without $\\pm$ has one seed."
+    if ci and table.attrs.get("ci") is not None and (n == 1).any().any():
+        if "interval_method" not in df:  # a frame from elsewhere: the records' own words unknown
+            df = df.assign(interval_method="95% interval of each record")
+        methods = df.groupby("protocol", sort=False)["interval_method"].agg(
+            lambda v: "; ".join(dict.fromkeys(v)))
+        shown = "; ".join(f"{esc(p)}: {esc(m)}" for p, m in methods.items())
+        text += (f" In brackets: the 95\\% interval over queries ({shown})"
+                 + (", for one-seed cells." if counts and counts[-1] > 1 else "."))  # fmt: skip
     if df.attrs.get("baseline") is not None:
-        text += (f" $^\\dagger$: not significantly different from {esc(df.attrs['baseline'])} on the same "
-                 "queries (McNemar's exact test, $p \\geq 0.05$).")  # fmt: skip
+        tests = df.attrs.get("tests") or {}
+        how = []
+        if tests.get("queries"):
+            how.append("one run each: " + esc("; ".join(sorted(tests["queries"])))
+                       + " on the same queries (query sampling only)")  # fmt: skip
+        if tests.get("seeds"):
+            how.append("several seeds each: Welch's t-test across seeds")
+        corrected = (f"Holm-Bonferroni over the {tests.get('family', 0)} cells tested"
+                     if df.attrs.get("p_column") == "p_holm" else "uncorrected")  # fmt: skip
+        text += (f" $^\\dagger$: not significantly different from {esc(df.attrs['baseline'])} "
+                 f"($p \\geq 0.05$, {corrected}; {'; '.join(how) or 'no cell tested'}).")  # fmt: skip
+        if tests.get("untested"):
+            text += (f" {tests['untested']} cell(s) not tested: one seed on one side, several on "
+                     "the other, or no seed-to-seed variation.")  # fmt: skip
     if df["random_init"].any():
         text += " Rows marked * ran at random initialisation."
+    if not latex:  # plain text (Markdown, the terminal)
+        for tex, plain in (("\\%", "%"), ("$\\pm$", "±"), ("$^\\dagger$", "†"),
+                           ("$p \\geq 0.05$", "p ≥ 0.05")):  # fmt: skip
+            text = text.replace(tex, plain)
     return text
 
 
@@ -288,67 +431,89 @@ def _cells(table: pd.DataFrame, latex: bool, ci: bool = False) -> pd.DataFrame:
                 low, high = bounds["low"].loc[i, col], bounds["high"].loc[i, col]
                 if out.loc[i, col] and not pd.isna(low):
                     out.loc[i, col] = f"{out.loc[i, col]} [{low:.1f}, {high:.1f}]"
+    if std is not None:
+        out = out.combine(
+            std, lambda a, b: a.combine(b, lambda x, s: x if pd.isna(s) else f"{x}{pm}{s:.1f}")
+        )
     p_values = table.attrs.get("p")
     if p_values is not None:
         dagger = "$^\\dagger$" if latex else "†"
         for col in out.columns:
             for i in out.index:
-                if (
-                    out.loc[i, col]
-                    and not pd.isna(p_values.loc[i, col])
-                    and p_values.loc[i, col] >= 0.05
-                ):
+                p = p_values.loc[i, col]
+                if out.loc[i, col] and not pd.isna(p) and p >= 0.05:
                     out.loc[i, col] += dagger
-    if std is not None:
-        out = out.combine(
-            std, lambda a, b: a.combine(b, lambda x, s: x if pd.isna(s) else f"{x}{pm}{s:.1f}")
-        )
     return out
 
 
-def against_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """``df`` with columns ``R@k p``: McNemar's exact p of each row against the ``baseline``
-    variant's row on the same protocol (vprbench/compare.py: same queries and ground truth, else a
-    refusal). The baseline's own rows get NaN. Needs one seed per variant: a paired test compares two
-    runs, not two means."""
-    from vprbench.compare import compare_runs
+def against_baseline(df: pd.DataFrame, baseline: str, correction: str = "holm") -> pd.DataFrame:
+    """``df`` with columns ``R@k p`` (and ``R@k p_holm``): each cell tested against the ``baseline``
+    variant's on the same protocol. One run on each side: the paired test on the same queries under
+    the runs' cluster rule (vprbench/compare.py; different queries or ground truth are refused).
+    Several seeds on each side: Welch's t-test across seeds. Otherwise the cell is not tested (NaN).
+    ``correction`` "holm": Holm-Bonferroni over every cell tested; the marks use ``p_holm``."""
+    from scipy.stats import ttest_ind
 
+    from vprbench.compare import compare_with_resampling
+    from vprbench.metrics import holm
+
+    if correction not in ("holm", "none"):
+        raise VPRBenchError(f"--correction must be holm or none, got {correction!r}")
     if baseline not in set(df["variant"]):
         raise VPRBenchError(
             f"--baseline {baseline!r} is not a row of this report; the rows are "
             + ", ".join(dict.fromkeys(df["variant"]))
         )
-    if (df.groupby("variant")["seed"].nunique() > 1).any():
-        raise VPRBenchError(
-            "--baseline needs one seed per variant: with several seeds the table shows mean ± std, "
-            "and a paired test compares two runs (use vprbench compare on single runs)"
-        )
     out = df.copy()
-    ks = [k for k in KS if df[f"R@{k}"].notna().any()]
+    ks = table_ks(df)
     for k in ks:
         out[f"R@{k} p"] = np.nan
+    tests: dict = {"queries": set(), "seeds": False, "untested": 0}
+    cells = []  # (row indices, k, p) of every tested cell
     for protocol, rows in df.groupby("protocol", sort=False):
         base = rows[rows["variant"] == baseline]
         if base.empty:
             raise VPRBenchError(f"--baseline {baseline!r} has no run on {protocol}")
-        base_record = json.loads(Path(base["record"].iloc[0]).read_text())
-        for i, row in rows[rows["variant"] != baseline].iterrows():
-            record = json.loads(Path(row["record"]).read_text())
-            try:
-                found = compare_runs(record, base_record, ks)
-            except VPRBenchError as exc:
-                raise VPRBenchError(
-                    f"{row['variant']} vs {baseline} on {protocol}: {exc}"
-                ) from None
-            for c in found:
-                out.loc[i, f"R@{c.k} p"] = c.p_value
-    out.attrs["baseline"] = baseline
+        for variant, runs in rows[rows["variant"] != baseline].groupby("variant", sort=False):
+            if len(runs) == 1 and len(base) == 1:
+                record = json.loads(Path(runs["record"].iloc[0]).read_text())
+                base_record = json.loads(Path(base["record"].iloc[0]).read_text())
+                try:
+                    found, resampling = compare_with_resampling(record, base_record, ks)
+                except VPRBenchError as exc:
+                    raise VPRBenchError(f"{variant} vs {baseline} on {protocol}: {exc}") from None
+                tests["queries"].add(f"{resampling.method()['test']} ({resampling.describe()})")
+                cells += [(runs.index, c.k, c.p_value) for c in found]
+            elif len(runs) > 1 and len(base) > 1:
+                for k in ks:
+                    a, b = runs[f"R@{k}"].dropna(), base[f"R@{k}"].dropna()
+                    p = float(ttest_ind(a, b, equal_var=False).pvalue) if len(a) > 1 < len(b) else np.nan
+                    if np.isnan(p):  # no seed-to-seed variation on either side: nothing to test
+                        tests["untested"] += 1
+                        continue
+                    tests["seeds"] = True
+                    cells.append((runs.index, k, p))
+            else:
+                tests["untested"] += len(ks)
+    adjusted = holm([p for _, _, p in cells]) if correction == "holm" else [p for _, _, p in cells]
+    if correction == "holm":
+        for k in ks:
+            out[f"R@{k} p_holm"] = np.nan
+    for (index, k, p), q in zip(cells, adjusted, strict=True):
+        out.loc[index, f"R@{k} p"] = p
+        if correction == "holm":
+            out.loc[index, f"R@{k} p_holm"] = q
+    tests["family"] = len(cells)
+    out.attrs.update(df.attrs)
+    out.attrs.update(baseline=baseline, tests=tests,
+                     p_column="p_holm" if correction == "holm" else "p")  # fmt: skip
     return out
 
 
 def to_latex(df: pd.DataFrame, label: str = "tab:ablation", ci: bool = False) -> str:
-    """The recall table as LaTeX through pandas' Styler: booktabs rules, the best value of each column
-    in bold, variant and protocol names escaped; random-init rows marked *."""
+    """The recall table as LaTeX through pandas' Styler: booktabs rules with a \\cmidrule under each
+    protocol, numbers right-aligned, the best printed value of each column in bold (ties all bold),
+    names escaped; random-init rows marked *."""
     table = recall_table(df)
     # bold on the printed (rounded) values, so that equal printed values are bold alike
     printed = table.map(lambda v: v if pd.isna(v) else float(f"{v:.1f}"))  # as _cells prints
@@ -361,22 +526,47 @@ def to_latex(df: pd.DataFrame, label: str = "tab:ablation", ci: bool = False) ->
 
     cells = _cells(table, latex=True, ci=ci)
     cells.index = _row_names(df, cells.index, random_rows)
+    cells.index.name = None
+    cells.columns.names = [None, None]
     styler = cells.style.apply(bold, axis=0)
     styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, caption=caption(df, ci), label=label, convert_css=True,
-                           multicol_align="c", position_float="centering")  # fmt: skip
+    text = styler.to_latex(hrules=True, caption=caption(df, ci), label=label, convert_css=True,
+                           multicol_align="c", position_float="centering",
+                           column_format="l" + "r" * len(cells.columns))  # fmt: skip
+    return _cmidrules(text, [len(list(g)) for _, g in _groupby_first(cells.columns)])
+
+
+def _groupby_first(columns: pd.MultiIndex):
+    from itertools import groupby
+
+    return groupby(columns, key=lambda c: c[0])
+
+
+def _cmidrules(text: str, spans: list[int]) -> str:
+    """A booktabs \\cmidrule under each protocol's \\multicolumn header (pandas writes none)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "\\multicolumn" in line:
+            rules, start = [], 2
+            for span in spans:
+                rules.append(f"\\cmidrule(lr){{{start}-{start + span - 1}}}")
+                start += span
+            lines.insert(i + 1, " ".join(rules))
+            break
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
 def _row_names(df: pd.DataFrame, index, random_rows: set) -> list[str]:
-    """Row names as printed: * for random initialisation, and where the rows' input sizes differ,
-    each row's size in brackets (a table never mixes sizes unmarked)."""
-    sizes = df.groupby("variant", sort=False)["image_size"].agg(
-        lambda v: "/".join(dict.fromkeys(v))
-    )
-    mixed = df["image_size"].nunique() > 1
-    return [
-        f"{v}{'*' if v in random_rows else ''}{f' [{sizes[v]}]' if mixed else ''}" for v in index
-    ]
+    """Row names as printed: * for random initialisation, and in brackets each setting in which the
+    rows differ (input size, PCA, search, dtype, batch, policy): a table never mixes them unmarked."""
+    varying = [(c, show) for c, _, show in _ROW_SETTINGS if c in _varying(df)]
+    names = []
+    for v in index:
+        rows = df[df["variant"] == v]
+        shown = ["/".join(dict.fromkeys(show(_shown(x)) for x in rows[c])) for c, show in varying]
+        shown = [x for x in shown if x]
+        names.append(f"{v}{'*' if v in random_rows else ''}" + (f" [{', '.join(shown)}]" if shown else ""))
+    return names
 
 
 def to_markdown(df: pd.DataFrame, ci: bool = False) -> str:
@@ -385,8 +575,7 @@ def to_markdown(df: pd.DataFrame, ci: bool = False) -> str:
     table = _cells(recall_table(df), latex=False, ci=ci)
     table.index = _row_names(df, table.index, random_rows)
     table.columns = [f"{p} {m}" for p, m in table.columns]
-    text = caption(df, ci, latex=False).replace("\\%", "%").replace("$\\pm$", "±")
-    text = text.replace("$^\\dagger$", "†").replace("$p \\geq 0.05$", "p ≥ 0.05")
+    text = caption(df, ci, latex=False)
     # numparse off: tabulate would print the cell "28.0" as 28; numbers still right-aligned
     align = ("left",) + ("right",) * len(table.columns)
     return table.to_markdown(disable_numparse=True, colalign=align) + "\n\n" + text + "\n"
@@ -584,19 +773,31 @@ def write_report(
     figures: bool = True,
     ci: bool = False,
     baseline: str | None = None,
+    ks: list[int] | None = None,
+    label: str | None = None,
+    correction: str = "holm",
+    left_out: list[dict] | None = None,
 ) -> list[Path]:
     """Tables in ``formats`` (latex, markdown, csv) and the figures, under ``out``; returns the paths.
     With ``baseline`` (a variant or model name), recalls not significantly different from that row's
-    on the same protocol are marked."""
-    records = load_records(results_dir, runs, recipe)
+    on the same protocol are marked (``correction``: holm or none). ``ks``: the table's columns
+    (default 1, 5, 10; the CSV keeps every k). ``label``: the LaTeX label (default tab:<recipe>).
+    Records left out of a recipe's table (no longer in it, failed) go to ``left_out``."""
+    records = load_records(results_dir, runs, recipe, left_out)
     df = frame(records, load_profiles(results_dir))
+    if ks:
+        missing = [k for k in ks if f"R@{k}" not in df]
+        if missing:
+            raise VPRBenchError(f"--k {missing}: no run record has R@{missing[0]}")
+        df.attrs["ks"] = list(ks)
     if baseline is not None:
-        df = against_baseline(df, baseline)
+        df = against_baseline(df, baseline, correction)
     out.mkdir(parents=True, exist_ok=True)
     stem = recipe or "report"
     written = []
+    label = label or "tab:" + "".join(c if c.isalnum() or c in "-_:" else "-" for c in stem)
     writers = {
-        "latex": (lambda d: to_latex(d, ci=ci), "tex"),
+        "latex": (lambda d: to_latex(d, label=label, ci=ci), "tex"),
         "markdown": (lambda d: to_markdown(d, ci=ci), "md"),
         "csv": (to_csv, "csv"),
     }

@@ -15,6 +15,7 @@ from vprbench import __version__
 from vprbench.choices import (
     BAD_IMAGE_POLICIES,
     BATCH_ORDERS,
+    CLUSTER_HELP,
     DECODES,
     DEFAULT_KS,
     DTYPE_NAMES,
@@ -592,6 +593,7 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
     help="exact (as every official evaluation; on the GPU with --device cuda) or an approximate "
     "faiss index; the recall it loses against exact search is printed and recorded.",
 )
+@click.option("--cluster", default="protocol", show_default=True, help=CLUSTER_HELP)
 @results_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout only."
@@ -606,6 +608,7 @@ def evaluate_cmd(
     per_city,
     no_positive_policy,
     search,
+    cluster,
     results_dir,
     as_json,
     **options,
@@ -613,11 +616,11 @@ def evaluate_cmd(
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
     with _json_mode(as_json) as emit:
         emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
-                       no_positive_policy, search, results_dir, options))  # fmt: skip
+                       no_positive_policy, search, results_dir, options, cluster))  # fmt: skip
 
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
-              search, results_dir, options) -> dict:  # fmt: skip
+              search, results_dir, options, cluster="protocol") -> dict:  # fmt: skip
     from vprbench.evaluate import evaluate, parse_ks
     from vprbench.pca import load_or_fit_pca
 
@@ -646,6 +649,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             pca,
             per_city,
             search=search,
+            cluster=cluster,
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
@@ -655,6 +659,11 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             err_console.print(f"[yellow]not the official pipeline:[/] {difference}", soft_wrap=True)
     if record["results"]["ground_truth"]:
         print_table(recall_table([record]))
+        resampling = record["results"]["resampling"]
+        console.print(f"Intervals: 95%, {resampling['interval']}; queries as "
+                      f"{resampling['description']} ({resampling['source']}).", soft_wrap=True)  # fmt: skip
+        if resampling.get("note"):
+            err_console.print(f"[yellow]{resampling['note']}[/]", soft_wrap=True)
     else:
         console.print(
             f"'{dataset}' has no ground truth here: predictions written, no recall computed"

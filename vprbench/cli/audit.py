@@ -38,7 +38,8 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
               pca_dim, pca_fit, correction, root, cache_dir, results_dir, as_json) -> None:  # fmt: skip
     """Recall under the protocol's settings, then with one setting changed at a time: batch size and
     batch composition (batch-dependent models), image size, interpolation, normalisation, bf16, PCA,
-    approximate search, the no-positive policy. Each change with its 95% interval and McNemar p."""
+    approximate search, the no-positive policy. Each change with its 95% interval and
+    paired test, resampling the queries by the protocol's cluster rule."""
     from vprbench.audit import run_audit
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate import parse_ks
@@ -62,9 +63,12 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
         print_table(audit_table(record))
         for s in record["skipped"]:
             console.print(f"not audited: {s['setting']}: {s['reason']}", soft_wrap=True)
-        console.print("Δ: audited minus baseline on the same queries, with its 95% paired bootstrap "
-                      "interval; p: McNemar's exact test; multiple comparisons: "
-                      f"{record['statistics']['multiple_comparisons']}; * "
-                      f"{record['statistics']['significant']}.", soft_wrap=True)  # fmt: skip
+        stats = record["statistics"]
+        console.print(f"Δ: audited minus baseline on the same queries, resampled as "
+                      f"{stats['resampling']}; interval: {stats.get('paired_interval')}; p: "
+                      f"{stats.get('test')}; multiple comparisons: {stats['multiple_comparisons']}; "
+                      f"* {stats['significant']}.", soft_wrap=True)  # fmt: skip
+        if stats.get("note"):
+            err_console.print(f"[yellow]{stats['note']}[/]", soft_wrap=True)
         console.print(f"audit record: {path}", soft_wrap=True)
         emit(record)

@@ -19,13 +19,21 @@ import click
               help="Folder for tables and figures (default: results/reports/<recipe or all>).")  # fmt: skip
 @click.option("--queries", default=None, help="Prediction mosaics of these query indices: 0,5,9.")
 @click.option("--no-figures", is_flag=True)
-@click.option("--ci", is_flag=True, help="Show each recall's 95% bootstrap interval.")
+@click.option("--ci", is_flag=True,
+              help="Show each recall's 95% interval (the method the protocol's cluster rule gives).")  # fmt: skip
 @click.option("--baseline", default=None,
-              help="Mark recalls not significantly different from this variant's (McNemar).")  # fmt: skip
+              help="Mark recalls not significantly different from this variant's.")  # fmt: skip
+@click.option("--correction", type=click.Choice(["holm", "none"]), default="holm", show_default=True,
+              help="Holm-Bonferroni over every cell tested against --baseline, or uncorrected.")  # fmt: skip
+@click.option("--k", "ks", default="1,5,10", show_default=True,
+              help="The table's R@k columns (the CSV keeps every recorded k).")  # fmt: skip
+@click.option("--label", default=None, help="LaTeX \\label of the table (default: tab:<recipe>).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, results_dir) -> None:
+def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, correction, ks,
+               label, results_dir) -> None:  # fmt: skip
     """Tables and figures from the run records (and profiles) under the results folder."""
     from vprbench.errors import VPRBenchError
+    from vprbench.evaluate import parse_ks
     from vprbench.paths import results_root
     from vprbench.report import write_report
     from vprbench.ui import console
@@ -38,9 +46,18 @@ def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, re
         raise VPRBenchError(
             f"--queries expects integers separated by commas, got {queries!r}"
         ) from None
+    try:
+        k_values = parse_ks(ks)
+    except ValueError as exc:
+        raise VPRBenchError(str(exc)) from exc
+    left_out: list[dict] = []
     paths = write_report(results, out, list(dict.fromkeys(formats)) or ["latex", "markdown", "csv"],
-                         runs, recipe, picked, figures=not no_figures, ci=ci,
-                         baseline=baseline)  # fmt: skip
+                         runs, recipe, picked, figures=not no_figures, ci=ci, baseline=baseline,
+                         ks=k_values, label=label, correction=correction,
+                         left_out=left_out)  # fmt: skip
+    for item in left_out:
+        console.print(f"left out: {item['variant']} (seed {item['seed']}) on {item['protocol']}: "
+                      f"{item['reason']}", soft_wrap=True)  # fmt: skip
     for path in paths:
         if path.suffix == ".md":
             console.print(path.read_text(), soft_wrap=True, highlight=False)

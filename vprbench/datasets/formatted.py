@@ -6,6 +6,8 @@
     <data_root>/<name>/positives.npz   explicit positives per query (CSR: indptr, indices)
     <data_root>/<name>/batch_order.npz the official batch order per split, where it is not the listed
                                        one (batch-dependent models batch in it: datasets/vdd.py)
+    <data_root>/<name>/sequences.npz   the capture sequence of each query, where the source has it
+                                       (MSLS): the clusters of resampling rule 'sequence'
 
 A folder is written under a temporary name and renamed into place, so a name that exists is complete.
 """
@@ -146,6 +148,8 @@ def write_formatted(
                 database=np.array(gt.groups["database"]),
                 queries=np.array(gt.groups["queries"]),
             )
+        if gt.sequences is not None:
+            np.savez(tmp / "sequences.npz", queries=np.array(gt.sequences, dtype=str))
         if gt.coordinates is not None:
             np.savez(
                 tmp / "coordinates.npz",
@@ -226,6 +230,18 @@ def load_coordinates(ds: FormattedDataset) -> dict | None:
         return None
     with np.load(path) as z:
         return {"kind": str(z["kind"]), "database": z["database"], "queries": z["queries"]}
+
+
+def load_sequences(ds: FormattedDataset) -> np.ndarray | None:
+    """[Nq] str: the capture sequence of each query, or None if the source had none."""
+    path = ds.folder / "sequences.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        sequences = z["queries"]
+    if len(sequences) != len(ds.queries):
+        raise VPRBenchError(f"{path}: {len(sequences)} sequences for {len(ds.queries)} queries")
+    return sequences
 
 
 def load_groups(ds: FormattedDataset) -> dict | None:

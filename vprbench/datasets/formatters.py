@@ -92,11 +92,31 @@ def _vdd_msls_names(raw: pd.DataFrame | None, keys: np.ndarray) -> list[str] | N
     return [msls_name_prefix(a, o, str(k)) for a, o, k in zip(lat, lon, keys, strict=True)]
 
 
+def _msls_sequences(folder: Path, keys: np.ndarray) -> list[str] | None:
+    """The sequence of each image ``keys`` from ``folder``/seq_info.csv (columns key, sequence_key,
+    frame_number), prefixed with the city; None where the file is absent (the metadata is optional
+    for the ground truth, and only resampling by sequence needs it)."""
+    path = folder / "seq_info.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, index_col=0)
+    for column in ("key", "sequence_key"):
+        if column not in table.columns:
+            raise VPRBenchError(f"{path}: missing column '{column}'")
+    sequence = table.set_index("key")["sequence_key"]
+    missing = [k for k in keys if k not in sequence.index]
+    if missing:
+        raise VPRBenchError(f"{path}: no sequence for {len(missing)} image(s), first {missing[0]}")
+    city = folder.parent.name
+    return [f"{city}/{s}" for s in sequence.loc[keys].astype(str)]
+
+
 def _msls_side(
     city_dir: Path, side: str, use_subtask: bool
-) -> tuple[list[str], np.ndarray, list[str] | None]:
-    """Kept image paths (relative to the MSLS root), their UTM and VDD sort names, for one city and
-    side, filtered as mapillary_sls does for val: subtask 'all' (when asked) and no panoramas."""
+) -> tuple[list[str], np.ndarray, list[str] | None, list[str] | None]:
+    """Kept image paths (relative to the MSLS root), their UTM, VDD sort names and sequences, for one
+    city and side, filtered as mapillary_sls does for val: subtask 'all' (when asked) and no
+    panoramas."""
     folder = city_dir / side
     tables = {}
     for name in ("postprocessed.csv", "raw.csv", "subtask_index.csv"):
@@ -120,7 +140,7 @@ def _msls_side(
     keys = post["key"].to_numpy()[keep]
     paths = [f"{base}/images/{k}.jpg" for k in keys]
     xy = post[["easting", "northing"]].to_numpy(dtype=np.float64)[keep]
-    return paths, xy, _vdd_msls_names(raw, keys)
+    return paths, xy, _vdd_msls_names(raw, keys), _msls_sequences(folder, keys)
 
 
 def format_msls(
@@ -132,13 +152,14 @@ def format_msls(
     database, queries, positives, dropped = [], [], [], 0
     db_coords, q_coords = [], []
     names: dict[str, list[str] | None] = {"database": [], "queries": []}
+    sequences: dict[str, list[str] | None] = {"queries": []}
     train_val = find_one(root, "train_val")
     for city in protocol.cities or MSLS_VAL_CITIES:
         city_dir = train_val / city
         if not city_dir.is_dir():
             raise VPRBenchError(f"{train_val}: missing city folder {city}/")
-        db_paths, db_xy, db_names = _msls_side(city_dir, "database", use_subtask=True)
-        q_paths, q_xy, q_names = _msls_side(city_dir, "query", use_subtask=not full)
+        db_paths, db_xy, db_names, _ = _msls_side(city_dir, "database", use_subtask=True)
+        q_paths, q_xy, q_names, q_sequences = _msls_side(city_dir, "query", use_subtask=not full)
         offset = len(database)
         found = positives_within_radius(q_xy, db_xy, protocol.threshold)
         kept = [i for i, pos in enumerate(found) if pos.size or full]
@@ -149,6 +170,7 @@ def format_msls(
             q_coords.append(q_xy[i])
         _extend_names(names, "database", db_names, range(len(db_paths)))
         _extend_names(names, "queries", q_names, kept)
+        _extend_names(sequences, "queries", q_sequences, kept)
         database.extend(db_paths)
         db_coords.append(db_xy)
     notes = (
@@ -163,7 +185,8 @@ def format_msls(
     }
     return GroundTruth(database, queries, positives, "msls", "utm-radius", protocol.threshold,
                        image_root=train_val.parent, notes=notes, coordinates=coordinates,
-                       vdd_names=_complete_names(names))  # fmt: skip
+                       vdd_names=_complete_names(names),
+                       sequences=sequences["queries"])  # fmt: skip
 
 
 def _extend_names(names: dict, side: str, found: list[str] | None, kept) -> None:
@@ -223,6 +246,7 @@ def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> Ground
     test = find_one(root, "test")
     database, queries, positives, db_groups, q_groups = [], [], [], [], []
     names: dict[str, list[str] | None] = {"database": [], "queries": []}
+    sequences: dict[str, list[str] | None] = {"queries": []}
     have_gt = True
     for city in protocol.cities or MSLS_TEST_CITIES:
         city_dir = test / city
@@ -232,6 +256,9 @@ def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> Ground
         q_paths, q_xy, q_names = _msls_test_side(city_dir, "query")
         _extend_names(names, "database", db_names, range(len(db_paths)))
         _extend_names(names, "queries", q_names, range(len(q_paths)))
+        q_keys = np.array([Path(p).stem for p in q_paths])
+        _extend_names(sequences, "queries", _msls_sequences(city_dir / "query", q_keys),
+                      range(len(q_paths)))  # fmt: skip
         have_gt &= db_xy is not None and q_xy is not None
         if db_xy is not None and q_xy is not None:
             found = positives_within_radius(q_xy, db_xy, protocol.threshold)
@@ -249,7 +276,8 @@ def format_msls_test(root: Path, protocol: Protocol, files: list[str]) -> Ground
     )
     return GroundTruth(database, queries, positives, "msls-test", "utm-radius", protocol.threshold,
                        image_root=test.parent, notes=notes, vdd_names=_complete_names(names),
-                       groups={"database": db_groups, "queries": q_groups})  # fmt: skip
+                       groups={"database": db_groups, "queries": q_groups},
+                       sequences=sequences["queries"])  # fmt: skip
 
 
 def format_vpr_bench(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:

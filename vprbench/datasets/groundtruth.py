@@ -39,8 +39,15 @@ class GroundTruth:
     # Where the source knows them, the VDD file names (or their sort-deciding prefix) of every image,
     # {"database": [Nd], "queries": [Nq]}: they give the official batch order (datasets/vdd.py).
     vdd_names: dict | None = None
+    # Where the source knows them, the capture sequence of each query ([Nq] str; MSLS seq_info.csv
+    # sequence_key): the clusters of the protocol's 'sequence' resampling rule.
+    sequences: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if self.sequences is not None and len(self.sequences) != len(self.queries):
+            raise VPRBenchError(
+                f"ground truth has {len(self.sequences)} query sequences for {len(self.queries)} queries"
+            )
         if len(self.positives) != len(self.queries):
             raise VPRBenchError(
                 f"ground truth has {len(self.positives)} positive lists for "

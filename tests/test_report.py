@@ -1,0 +1,140 @@
+"""`report` tables: settings that differ between rows are shown per row, LaTeX layout (label, alignment,
+rules), tests across seeds with Holm's correction, records no longer in the recipe left out."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import latex_compiles
+
+
+def _row(variant, order=0, seed=0, r1=50.0, **extra):
+    return {"recipe": "x", "variant": variant, "seed": seed, "order": order, "model": "m",
+            "protocol": "sped", "image_size": "224x224", "batch_size": None, "pca": None,
+            "search": "exact", "dtype": "fp32", "per_city": False, "policy": "miss",
+            "random_init": False, "params_m": 1.0, "gflops": 1.0, "latency_ms": 1.0,
+            "train_steps": 0, "record": "r", "R@1": r1, "R@5": r1 + 5, "R@10": r1 + 8,
+            **extra}  # fmt: skip
+
+
+def test_settings_that_differ_between_variants_are_shown_per_row():
+    from vprbench.report import caption, to_markdown
+
+    df = pd.DataFrame([_row("A", 0, r1=60.0), _row("B", 1, r1=50.0, pca=8.0),
+                       _row("C", 2, r1=55.0, search="hnsw")])  # fmt: skip
+    md = to_markdown(df)
+    assert "| A [no PCA, exact search]" in md and "| B [PCA 8, exact search]" in md
+    assert "| C [no PCA, hnsw search]" in md
+    text = caption(df, latex=False)
+    assert "PCA each row's in brackets; search each row's in brackets" in text
+    assert "Input 224x224" in text  # shared: stated once
+    same = pd.DataFrame([_row("A", 0), _row("B", 1, pca=None)])
+    assert "[" not in to_markdown(same).split("\n\n")[0] and "PCA none" in caption(same)
+
+
+def test_latex_layout_label_alignment_and_rules(tmp_path):
+    from vprbench.report import to_latex
+
+    rows = [_row("A", 0, r1=60.0), _row("B", 1, r1=50.0)]
+    rows += [{**r, "protocol": "msls-val"} for r in rows]
+    tex = to_latex(pd.DataFrame(rows), label="tab:drm")
+    assert tex.count("\\label{") == 1 and "\\label{tab:drm}" in tex
+    assert "\\begin{tabular}{lrrrrrr}" in tex  # numbers right-aligned
+    assert "\\cmidrule(lr){2-4} \\cmidrule(lr){5-7}" in tex
+    assert "protocol" not in tex and "metric" not in tex  # no stub header
+    path = tmp_path / "t.tex"
+    path.write_text(tex)
+    if not latex_compiles(path, tmp_path):
+        pytest.skip("pdflatex not installed")
+
+
+def test_several_seeds_are_tested_across_seeds_with_holm_over_the_cells():
+    """Welch's t-test worked out by hand, then Holm over the report's cells."""
+    from scipy.stats import t as student
+
+    from vprbench.metrics import holm
+    from vprbench.report import against_baseline, caption, to_markdown
+
+    base, a, b = [70.0, 72.0, 71.0], [50.0, 53.0, 56.0], [70.5, 71.5, 72.5]
+    rows = [_row("base", 0, s, v) for s, v in enumerate(base)]
+    rows += [_row("A", 1, s, v) for s, v in enumerate(a)]
+    rows += [_row("B", 2, s, v) for s, v in enumerate(b)]
+    df = against_baseline(pd.DataFrame(rows), "base")
+
+    def welch(x, y):
+        vx, vy = np.var(x, ddof=1) / len(x), np.var(y, ddof=1) / len(y)
+        t = (np.mean(x) - np.mean(y)) / np.sqrt(vx + vy)
+        dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+        return 2 * student.sf(abs(t), dof)
+
+    # R@5 and R@10 are R@1 shifted: the same test at every k, 2 variants x 3 k = 6 cells
+    p = {"A": welch(a, base), "B": welch(b, base)}
+    adjusted = holm([p["A"], p["B"]] * 3)
+    first = df.drop_duplicates("variant").set_index("variant")
+    for name, q in zip(("A", "B"), adjusted[:2], strict=True):
+        assert first.loc[name, "R@1 p"] == pytest.approx(p[name])
+        assert first.loc[name, "R@5 p_holm"] == pytest.approx(q)
+    assert p["A"] < 0.05 and adjusted[0] < 0.05 and adjusted[1] >= 0.05
+    md = to_markdown(df)
+    assert re.search(r"\| B +\| +71\.5 ± 1\.0† ", md) and re.search(r"\| A +\| +53\.0 ± 3\.0 ", md)
+    text = caption(df, latex=False)
+    assert "Welch's t-test across seeds" in text and "Holm-Bonferroni over the 6 cells" in text
+    assert "Mean over training seeds (n = 3) ± their sample standard deviation (ddof 1)" in text
+    # one seed against three: not tested, and said so
+    mixed = against_baseline(pd.DataFrame(rows[:4]), "base")
+    assert mixed["R@1 p"].isna().all() and "3 cell(s) not tested" in caption(mixed, latex=False)
+    # uncorrected on request
+    plain = against_baseline(pd.DataFrame(rows), "base", correction="none")
+    assert "p_holm" not in " ".join(plain.columns) and "uncorrected" in caption(plain)
+
+
+def _record(results, variant, seed, created, recall):
+    run_id = f"m__sped__{variant.replace(' ', '')}{seed}"
+    record = {"run_id": run_id, "created": created, "protocol": {"name": "sped"},
+              "model": {"name": "m", "options": {}, "descriptor_dim": 4, "batch_dependent": False,
+                        "weights": {"random_init": False, "sha256": None}},
+              "settings": {"preprocess": {"image_size": [8, 8]}, "dtype": "fp32", "batch_size": 1,
+                           "no_positive_policy": "miss", "per_city": False,
+                           "search": {"kind": "exact"}, "pca": None},
+              "results": {"recall": {"1": recall}, "ci95": {}},
+              "ablation": {"recipe": "rec", "variant": variant, "seed": seed, "variant_index": 0}}  # fmt: skip
+    path = results / "runs" / f"{run_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_records_no_longer_in_the_recipe_or_failed_are_left_out_and_listed(tmp_path):
+    from vprbench.report import load_records
+
+    recipe = tmp_path / "rec.yaml"
+    recipe.write_text("name: rec\nbase:\n  model: pixels\n  protocols: [sped]\n"
+                      "variants:\n  - name: kept\n  - name: broken\n")  # fmt: skip
+    results = tmp_path / "results"
+    kept = _record(results, "kept", 0, "2026-01-01T10:00:00+00:00", 0.5)
+    removed = _record(results, "renamed away", 0, "2026-01-01T10:00:00+00:00", 0.9)
+    broken = _record(results, "broken", 0, "2026-01-01T09:00:00+00:00", 0.7)
+    outcomes = [
+        {"key": "a", "variant": "kept", "seed": 0, "records": [kept], "error": None},
+        {"key": "b", "variant": "renamed away", "seed": 0, "records": [removed], "error": None},
+        {"key": "c", "variant": "broken", "seed": 0, "records": [broken], "error": None},
+        {"key": "d", "variant": "broken", "seed": 0, "records": [], "error": "RuntimeError: boom"},
+    ]  # the later run of 'broken' failed: its older record is not the recipe's current result
+    (results / "ablations").mkdir()
+    (results / "ablations" / "rec.json").write_text(
+        json.dumps({"recipe": "rec", "file": str(recipe), "outcomes": outcomes})
+    )
+    left_out: list[dict] = []
+    records = load_records(results, recipe="rec", left_out=left_out)
+    assert [r["ablation"]["variant"] for r in records] == ["kept"]
+    reasons = {item["variant"]: item["reason"] for item in left_out}
+    assert reasons["renamed away"] == f"no longer in {recipe}"
+    assert reasons["broken"] == "its last run failed (RuntimeError: boom)"
+    # the results folder moved (a copy, an archive): records are matched by file name
+    moved = tmp_path / "moved"
+    Path(results).rename(moved)
+    assert [r["ablation"]["variant"] for r in load_records(moved, recipe="rec")] == ["kept"]
