@@ -1,7 +1,6 @@
 """Confidence intervals and paired tests, checked against independent computations, and `compare`."""
 
 import json
-import math
 import re
 
 import numpy as np
@@ -21,7 +20,9 @@ def test_recall_interval_of_independent_queries_is_the_exact_clopper_pearson_int
     assert binom.sf(49, 200, low) == pytest.approx(0.025, rel=1e-6)
     assert binom.cdf(50, 200, high) == pytest.approx(0.025, rel=1e-6)
     # no hits of 600: [0, 1 - 0.025^(1/600)], not a zero-width interval
-    assert recall_interval(np.zeros(600, dtype=bool)) == pytest.approx((0.0, 1 - 0.025 ** (1 / 600)))
+    assert recall_interval(np.zeros(600, dtype=bool)) == pytest.approx(
+        (0.0, 1 - 0.025 ** (1 / 600))
+    )
     assert recall_interval(np.ones(600, dtype=bool)) == pytest.approx((0.025 ** (1 / 600), 1.0))
 
 
@@ -41,7 +42,10 @@ def test_paired_difference_and_exact_mcnemar_worked_out_by_hand():
     from tests.test_intervals import tango_by_grid
 
     low, high = tango_by_grid(7, 2, n)
-    assert (result.low, result.high) == (pytest.approx(low, abs=2e-4), pytest.approx(high, abs=2e-4))
+    assert (result.low, result.high) == (
+        pytest.approx(low, abs=2e-4),
+        pytest.approx(high, abs=2e-4),
+    )
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(20, 0) < 1e-5
 
 
@@ -86,7 +90,6 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
     tmp_path, isolated_dirs
 ):
     import pandas as pd
-    from scipy.stats import binomtest
 
     from vprbench.datasets.manage import ensure_sample
     from vprbench.evaluate import evaluate
@@ -135,7 +138,9 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
         assert rows[name][col].strip().endswith("†") == (q >= 0.05)
         daggers += q >= 0.05
     assert not any("†" in cell for cell in rows["base"]) and pd.isna(csv.loc["base", "R@1 p"])
-    assert "†: not significantly different from base (p ≥ 0.05, Holm-Bonferroni over the 9 cells" in md
+    assert (
+        "†: not significantly different from base (p ≥ 0.05, Holm-Bonferroni over the 9 cells" in md
+    )
     assert "sign-flip test" in md and "moving blocks of 10 consecutive queries" in md
     # every cell keeps one decimal (R@5 of 'imagenet': 168 of 600), right-aligned
     assert re.search(r"\| +28\.0†? \|", md)

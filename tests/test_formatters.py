@@ -468,6 +468,13 @@ def test_evaluate_msls_challenge_per_city_writes_predictions(
     (record_path,) = [p for p in (isolated_dirs["results"] / "runs").glob("*.json")]
     record = json.loads(record_path.read_text())
     assert record["settings"]["per_city"] is True and record["results"]["ground_truth"] is True
+    # each city's own search is recorded (an approximate index would name its own nlist per city)
+    assert record["settings"]["search"]["per_group"] == {
+        city: {"database": 2, "backend": "faiss"} for city in ("athens", "miami")}  # fmt: skip
+    # no seq_info.csv in these folders: the 'sequence' rule falls back to independent queries, said so
+    resampling = record["results"]["resampling"]
+    assert resampling["rule"] == "iid" and resampling["requested"] == "sequence"
+    assert "seq_info.csv" in resampling["note"]
     # two database images per city cannot fill the 25 keys the official scorer reads per line
     assert "msls_predictions" not in record["files"]
     assert "fewer than 25 results" in record["notes"][0]

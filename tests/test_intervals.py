@@ -147,6 +147,26 @@ def test_moving_blocks_worked_out_by_hand():
     assert blocks[1] - blocks[0] > 1.5 * (iid[1] - iid[0])
 
 
+def test_a_resampling_with_no_spread_falls_back_to_one_observation_per_cluster():
+    # no hit at all, or no discordant query: every resample is alike, and the bootstrap would print
+    # [0, 0]; counted per block instead (60 blocks of 10), as Clopper-Pearson and Tango give them
+    from vprbench.clusters import record_entry
+    from vprbench.metrics import clopper_pearson
+
+    blocks = Resampling("blocks", length=10)
+    none = np.zeros(600, dtype=bool)
+    assert recall_interval(none, blocks) == pytest.approx(clopper_pearson(0, 60))
+    assert recall_interval(~none, blocks) == pytest.approx(clopper_pearson(60, 60))
+    same = paired_comparison(none, none, 1, blocks)
+    assert (same.low, same.high) == pytest.approx(tango_interval(0, 0, 60)) and same.p_value == 1.0
+    # few clusters: the record warns (the percentile bootstrap undercovers)
+    few = Resampling("place", clusters=np.repeat(np.arange(8), 5))
+    entry = record_entry({"rule": "place", "length": None, "source": "test"}, few, 40)
+    assert entry["clusters"] == 8 and entry["warning"].startswith("only 8 clusters")
+    many = Resampling("place", clusters=np.arange(40))
+    assert "warning" not in record_entry({"rule": "place", "length": None, "source": "t"}, many, 40)
+
+
 def test_every_shipped_protocol_names_its_cluster_rule_and_bad_rules_are_refused(tmp_path):
     from vprbench.protocols import default_registry_path, load_registry
 
@@ -219,7 +239,9 @@ def test_msls_sequences_are_read_from_seq_info_and_cluster_the_queries(tmp_path,
     info = query_clusters(ds)
     assert info["rule"] == "sequence"
     assert info["clusters"].tolist() == [0, 0, 1, 2, 2, 3]  # cph/s1 cph/s1 cph/s2 sf/s1 sf/s1 sf/s2
-    (src / "train_val/sf/query/seq_info.csv").write_text(",key,sequence_key,frame_number\n0,x,s,0\n")
+    (src / "train_val/sf/query/seq_info.csv").write_text(
+        ",key,sequence_key,frame_number\n0,x,s,0\n"
+    )
     with pytest.raises(VPRBenchError, match=r"sf/query/seq_info.csv: no sequence for 3 image"):
         format_dataset("msls-val-full", src, data_root(), registry)
 
@@ -252,6 +274,23 @@ def test_evaluate_records_the_protocols_cluster_rule_and_compare_refuses_mixed_r
     assert width(blocks) > width(iid)  # consecutive frames: blocks are wider
     code, _, err = run(["compare", blocks["run_id"], iid["run_id"]], capsys, monkeypatch)
     assert code == 1 and "resample their queries differently" in err
+    # the protocol's own rule written out is the same run (the same record, not a new id)
+    code, out, _ = run(["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--k", "1,5",
+                        "--cluster", "blocks:10", "--json"], capsys, monkeypatch)  # fmt: skip
+    assert json.loads(out)["run_id"] == blocks["run_id"]
+    # another --k is another record of the same configuration: a report keeps the newest
+    code, out, _ = run(["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--k",
+                        "1,5,10", "--json"], capsys, monkeypatch)  # fmt: skip
+    newest = json.loads(out)
+    assert newest["run_id"] != blocks["run_id"]
+    # in a report the iid run is another row (other intervals), never a second seed of one row
+    from vprbench.report import frame, load_records, recall_table
+
+    df = frame(load_records(isolated_dirs["results"]))
+    table = recall_table(df)
+    assert sorted(table.index) == ["pixels (cluster blocks:10)", "pixels (cluster iid)"]
+    assert (table.attrs["n"] <= 1).all().all()  # one record per cell (the iid run has no R@10)
+    assert newest["run_id"] in set(df["run_id"]) and blocks["run_id"] not in set(df["run_id"])
     code, _, err = run(["evaluate", "--model", "pixels", "--dataset", "nordland-sample",
                         "--cluster", "views"], capsys, monkeypatch)  # fmt: skip
     assert code == 1 and "--cluster: expected 'protocol'" in err

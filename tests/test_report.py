@@ -86,7 +86,15 @@ def test_several_seeds_are_tested_across_seeds_with_holm_over_the_cells():
     assert "Mean over training seeds (n = 3) ± their sample standard deviation (ddof 1)" in text
     # one seed against three: not tested, and said so
     mixed = against_baseline(pd.DataFrame(rows[:4]), "base")
-    assert mixed["R@1 p"].isna().all() and "3 cell(s) not tested" in caption(mixed, latex=False)
+    assert mixed["R@1 p"].isna().all()
+    assert "‡: not tested (3 cell(s): one seed on one side" in caption(mixed, latex=False)
+    assert re.search(r"\| A +\| +50\.0‡ ", to_markdown(mixed))  # marked, not read as significant
+    # seeds that all give the same recall on both sides: scipy's Welch says p = 0, nothing is tested
+    constant = [_row("base", 0, s, 70.0) for s in range(3)] + [
+        _row("C", 1, s, 72.0) for s in range(3)
+    ]
+    flat = against_baseline(pd.DataFrame(constant), "base")
+    assert flat["R@1 p"].isna().all() and "‡" in to_markdown(flat)
     # uncorrected on request
     plain = against_baseline(pd.DataFrame(rows), "base", correction="none")
     assert "p_holm" not in " ".join(plain.columns) and "uncorrected" in caption(plain)

@@ -23,13 +23,13 @@ import numpy as np
 from vprbench import __version__
 from vprbench.atomic import write_text
 from vprbench.cache import key_digest
+from vprbench.clusters import describe_record, run_resampling, same_resampling
 from vprbench.compare import query_outcomes
 from vprbench.datasets import manage
 from vprbench.datasets.images import RESIZE_WHERE
 from vprbench.errors import VPRBenchError
 from vprbench.evaluate import evaluate
 from vprbench.extract import NORMALISATIONS, SHUFFLE_SEED, ExtractResult, ExtractSettings, extract
-from vprbench.clusters import describe_record, run_resampling, same_resampling
 from vprbench.metrics import hits_at_k, paired_comparison
 from vprbench.pca import load_or_fit_pca
 from vprbench.search import HNSW
@@ -334,8 +334,12 @@ def run_audit(
             "difference": "audited minus baseline recall, on the same queries",
             # how the queries are resampled: the baseline's cluster rule (every row shares it)
             "resampling": describe_record(base_record),
-            **{key: value for key, value in (base_record["results"].get("resampling") or {}).items()
-               if key in ("paired_interval", "test", "resamples", "seed", "source", "note")},
+            **{
+                key: value
+                for key, value in (base_record["results"].get("resampling") or {}).items()
+                if key
+                in ("paired_interval", "test", "resamples", "seed", "source", "note", "warning")
+            },
             "multiple_comparisons": CORRECTIONS[correction].format(n=family),
             "significant": "Holm-adjusted p < 0.05" if correction == "holm" else "p < 0.05",
         },

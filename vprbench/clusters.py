@@ -15,7 +15,6 @@ from vprbench.metrics import IID, LEVEL, Resampling
 from vprbench.protocols import CLUSTER_RULES
 
 
-
 def parse_cluster(text: str) -> tuple[str | None, int | None]:
     """``"protocol"`` -> (None, None); ``"place"`` -> ("place", None); ``"blocks:10"`` -> ("blocks", 10)."""
     text = text.strip()
@@ -88,6 +87,11 @@ def resampling_of(info: dict, evaluated: np.ndarray) -> Resampling:
     if rule in ("place", "sequence"):
         return Resampling(rule, clusters=np.asarray(info["clusters"])[np.asarray(evaluated, bool)])
     if rule == "blocks":
+        n = int(np.asarray(evaluated, bool).sum())
+        if int(info["length"]) > n:
+            raise VPRBenchError(
+                f"blocks of {info['length']} queries: longer than the {n} evaluated queries"
+            )
         return Resampling("blocks", length=int(info["length"]))
     return IID
 
@@ -108,7 +112,26 @@ def record_entry(info: dict, resampling: Resampling, n_evaluated: int) -> dict:
     if info.get("note"):
         entry["requested"] = info.get("requested")
         entry["note"] = info["note"]
+    units = resampling.units(n_evaluated)
+    if resampling.rule != "iid" and units < Resampling.FEW_UNITS:
+        entry["warning"] = (
+            f"only {units} {'blocks' if resampling.rule == 'blocks' else 'clusters'}: the percentile "
+            "bootstrap interval tends to be too narrow with fewer than about "
+            f"{Resampling.FEW_UNITS} (the sign-flip test keeps its size)"
+        )
     return entry
+
+
+def canonical(spec: str, dataset: FormattedDataset) -> str | None:
+    """``spec`` as a run id keys it: None for the protocol's own rule (written out or not), else the
+    rule as :func:`parse_cluster` reads it ('blocks:10', 'iid')."""
+    rule, length = parse_cluster(spec)
+    if rule is None:
+        return None
+    default = query_clusters(dataset, "protocol")
+    if default.get("note") is None and (default["rule"], default["length"]) == (rule, length):
+        return None
+    return f"blocks:{length}" if rule == "blocks" else rule
 
 
 def run_resampling(record: dict, evaluated: np.ndarray) -> Resampling:
@@ -136,7 +159,9 @@ def describe_record(record: dict) -> str:
     return info["description"]
 
 
-def same_resampling(a: Resampling, b: Resampling, labels: tuple[str, str] = ("A", "B")) -> Resampling:
+def same_resampling(
+    a: Resampling, b: Resampling, labels: tuple[str, str] = ("A", "B")
+) -> Resampling:
     """``a`` if both runs resample their queries alike; refuses otherwise (a paired test needs one
     rule for both)."""
     same = a.rule == b.rule and a.length == b.length

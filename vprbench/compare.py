@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vprbench.errors import VPRBenchError
 from vprbench.clusters import run_resampling, same_resampling
+from vprbench.errors import VPRBenchError
 from vprbench.metrics import PairedComparison, Resampling, hits_at_k, paired_comparison
 
 

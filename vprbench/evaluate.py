@@ -74,7 +74,7 @@ def evaluate(
     ivf-pq), whose recall loss against exact search is recorded. ``cluster``: how the intervals
     resample the queries ("protocol": the protocol's rule in datasets.yaml; vprbench.clusters).
     Returns (record, record path)."""
-    from vprbench.clusters import query_clusters, record_entry, resampling_of
+    from vprbench.clusters import canonical, query_clusters, record_entry, resampling_of
 
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
@@ -126,7 +126,7 @@ def evaluate(
         "no_positive_policy": no_positive_policy,
         "tags": tags,
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
-        **({"cluster": cluster} if cluster != "protocol" else {}),
+        **({"cluster": canonical(cluster, dataset)} if canonical(cluster, dataset) else {}),
         # another device's float rounding can reorder near-ties: a CUDA run keeps its own record
         **(
             {"search_device": str(device).split(":")[0]}
@@ -203,6 +203,16 @@ def evaluate(
                     if search != "exact"
                     else {}
                 ),
+                # per city (--per-city): each city searches its own index, with its own size
+                **(
+                    {
+                        "per_group": _per_group_search(
+                            search, database.shape[1], top_k, device, groups, cached.database_valid
+                        )
+                    }
+                    if groups is not None
+                    else {}
+                ),  # fmt: skip
                 "metric": "L2 on L2-normalised descriptors"
                 if pca is None
                 else f"L2 on PCA-{pca.dim} projections of L2-normalised descriptors "
@@ -250,6 +260,23 @@ def evaluate(
     return record, record_path
 
 
+def _per_group_search(
+    search: str, dim: int, top_k: int, device: str, groups: dict, database_valid: np.ndarray
+) -> dict:
+    """{group: its backend (exact) or index parameters (approximate)}: what each city's search ran."""
+    out = {}
+    q_groups, db_groups = np.asarray(groups["queries"]), np.asarray(groups["database"])
+    for group in np.unique(q_groups):
+        n_db = int((database_valid & (db_groups == group)).sum())
+        n_q = int((q_groups == group).sum())
+        out[str(group)] = (
+            {"database": n_db, "backend": default_backend(n_q, n_db, dim, device)}
+            if search == "exact"
+            else {"database": n_db, "params": approximate_params(search, n_db, dim, top_k)}
+        )
+    return out
+
+
 def _version(package: str) -> str | None:
     """An installed package's version, without importing it (a warm evaluation never imports torch)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -266,9 +293,7 @@ def evaluated_queries(dataset: FormattedDataset, policy: str) -> np.ndarray:
     return np.ones_like(has_positive) if policy == "miss" else has_positive
 
 
-def recall_intervals(
-    ranks: np.ndarray, evaluated: np.ndarray, ks, resampling: Resampling
-) -> dict:
+def recall_intervals(ranks: np.ndarray, evaluated: np.ndarray, ks, resampling: Resampling) -> dict:
     """95% interval of each R@k over the evaluated queries under ``resampling``: {"k": [low, high]}."""
     return {str(k): list(recall_interval(hits_at_k(ranks, k)[evaluated], resampling)) for k in ks}
 

@@ -242,7 +242,9 @@ def _parse_cluster(cluster: dict | None, where: str) -> tuple[str, int | None]:
     _check_keys(cluster, {"rule", "length"}, where)
     rule = _field(cluster, "rule", str, where)
     if rule not in CLUSTER_RULES:
-        raise VPRBenchError(f"{where}: field 'rule' must be one of {list(CLUSTER_RULES)}, got {rule!r}")
+        raise VPRBenchError(
+            f"{where}: field 'rule' must be one of {list(CLUSTER_RULES)}, got {rule!r}"
+        )
     length = _field(cluster, "length", int, where, optional=True)
     if (rule == "blocks") != (length is not None):
         raise VPRBenchError(

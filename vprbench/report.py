@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,10 @@ def _age(record: dict) -> tuple:
 
 def _key_of(r: dict) -> tuple:
     tags = r.get("ablation") or {}
+    # a plain `evaluate` run has no seed: the newest of one configuration (another --k, a re-run)
+    # is its record, never a second "seed" of it
     return (tags.get("recipe"), tags.get("variant"), tags.get("seed"), r["protocol"]["name"],
-            None if tags else r["run_id"])  # fmt: skip
+            None if tags else _configuration(r))  # fmt: skip
 
 
 def load_profiles(results_dir: Path) -> dict[str, list[dict]]:
@@ -184,7 +187,8 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
         size = settings["preprocess"]["image_size"]
         profile = pick_profile(
             (profiles or {}).get(_profile_key(r["model"]["name"], r["model"]["options"], size), []),
-            settings.get("device", "cpu"), settings.get("dtype"),
+            settings.get("device", "cpu"),
+            settings.get("dtype"),
         )
         measured = (profile or {}).get("settings") or {}
         steps = _training_steps(tags.get("train", []))
@@ -215,6 +219,7 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
             "dtype": settings.get("dtype"),
             "weights": (r["model"]["weights"].get("sha256") or "")[:12] or None,
             "config": _configuration(r),
+            "cluster": _cluster_spec(r),
             "resampling": describe_record(r),
             "interval_method": ((r["results"].get("resampling") or {}).get("interval")
                                 or "percentile bootstrap over independent queries"),
@@ -236,7 +241,14 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
 
 # The settings a row label names when two configurations share a variant name, in this order.
 _LABELLED = ("recipe", "model", "weights", "image_size", "dtype", "pca", "search", "per_city",
-             "batch_size", "policy", "dim")  # fmt: skip
+             "batch_size", "policy", "dim", "cluster")  # fmt: skip
+
+
+def _cluster_spec(record: dict) -> str:
+    """The cluster rule a record's intervals used, as --cluster writes it ('blocks:10', 'place')."""
+    info = (record.get("results") or {}).get("resampling") or {}
+    rule = info.get("rule", "iid")
+    return f"blocks:{info.get('length')}" if rule == "blocks" else rule
 
 
 def _configuration(record: dict) -> str:
@@ -257,6 +269,8 @@ def _configuration(record: dict) -> str:
                                         "no_positive_policy", "per_city")},
         "search": {k: v for k, v in (settings.get("search") or {}).items() if k != "backend"},
         "pca": {k: v for k, v in (settings.get("pca") or {}).items() if k != "file"} or None,
+        # the intervals' cluster rule: the same recall, other intervals (two records, two rows)
+        **({"cluster": _cluster_spec(record)} if _cluster_spec(record) != "iid" else {}),
     })  # fmt: skip
 
 
@@ -314,17 +328,25 @@ def recall_table(df: pd.DataFrame) -> pd.DataFrame:
     mean.attrs["n"] = n
     mean.attrs["std"] = std.where(n > 1) if (n > 1).any().any() else None
     bounds = {}
-    for side in ("low", "high") if all(f"{m} {side}" in df for m in metrics for side in ("low", "high")) else ():
+    for side in (
+        ("low", "high")
+        if all(f"{m} {side}" in df for m in metrics for side in ("low", "high"))
+        else ()
+    ):
         bounds[side] = wide(grouped[[f"{m} {side}" for m in metrics]].mean()).where(n == 1)
     mean.attrs["ci"] = bounds or None
     column = df.attrs.get("p_column", "p")
     p_cols = [f"{m} {column}" for m in metrics]
     if all(c in df for c in p_cols):
         mean.attrs["p"] = wide(grouped[p_cols].first())
+        flags = wide(grouped[[f"{m} untested" for m in metrics]].any())
+        mean.attrs["untested"] = flags.fillna(False).astype(bool)
         mean.attrs["baseline"] = df.attrs.get("baseline")
     else:
         mean.attrs["p"] = None
-    mean.attrs["seeds"] = df.groupby("variant", sort=False)["seed"].nunique().reindex(order).to_dict()
+    mean.attrs["seeds"] = (
+        df.groupby("variant", sort=False)["seed"].nunique().reindex(order).to_dict()
+    )
     mean.index.name = "variant"
     return mean
 
@@ -346,8 +368,11 @@ _ROW_SETTINGS = (
     ("pca", "PCA", lambda v: "no PCA" if v == "none" else f"PCA {v}"),
     ("search", "search", lambda v: f"{v} search"),
     ("dtype", "dtype", lambda v: v),
-    ("batch_size", "inference batch of batch-dependent models",
-     lambda v: "" if v == "none" else f"batch {v}"),
+    (
+        "batch_size",
+        "inference batch of batch-dependent models",
+        lambda v: "" if v == "none" else f"batch {v}",
+    ),
     ("policy", "queries without positives", lambda v: f"no-positive {v}"),
     ("per_city", "per-city retrieval", lambda v: "per city" if v == "True" else "merged cities"),
 )
@@ -383,7 +408,9 @@ def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
     n = table.attrs["n"]
     counts = sorted({int(v) for v in n.to_numpy().ravel() if v > 0})
     if counts and counts[-1] > 1:
-        seeds = f"n = {counts[-1]}" if len(counts) == 1 else f"n = {counts[0]} to {counts[-1]} per cell"
+        seeds = (
+            f"n = {counts[-1]}" if len(counts) == 1 else f"n = {counts[0]} to {counts[-1]} per cell"
+        )
         text += (f" Mean over training seeds ({seeds}) $\\pm$ their sample standard deviation "
                  "(ddof 1).")  # fmt: skip
         if counts[0] == 1:
@@ -392,7 +419,8 @@ def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
         if "interval_method" not in df:  # a frame from elsewhere: the records' own words unknown
             df = df.assign(interval_method="95% interval of each record")
         methods = df.groupby("protocol", sort=False)["interval_method"].agg(
-            lambda v: "; ".join(dict.fromkeys(v)))
+            lambda v: "; ".join(dict.fromkeys(v))
+        )
         shown = "; ".join(f"{esc(p)}: {esc(m)}" for p, m in methods.items())
         text += (f" In brackets: the 95\\% interval over queries ({shown})"
                  + (", for one-seed cells." if counts and counts[-1] > 1 else "."))  # fmt: skip
@@ -409,13 +437,13 @@ def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
         text += (f" $^\\dagger$: not significantly different from {esc(df.attrs['baseline'])} "
                  f"($p \\geq 0.05$, {corrected}; {'; '.join(how) or 'no cell tested'}).")  # fmt: skip
         if tests.get("untested"):
-            text += (f" {tests['untested']} cell(s) not tested: one seed on one side, several on "
-                     "the other, or no seed-to-seed variation.")  # fmt: skip
+            text += (f" $^\\ddagger$: not tested ({tests['untested']} cell(s): one seed on one side "
+                     "and several on the other, or no seed-to-seed variation on either).")  # fmt: skip
     if df["random_init"].any():
         text += " Rows marked * ran at random initialisation."
     if not latex:  # plain text (Markdown, the terminal)
         for tex, plain in (("\\%", "%"), ("$\\pm$", "±"), ("$^\\dagger$", "†"),
-                           ("$p \\geq 0.05$", "p ≥ 0.05")):  # fmt: skip
+                           ("$^\\ddagger$", "‡"), ("$p \\geq 0.05$", "p ≥ 0.05")):  # fmt: skip
             text = text.replace(tex, plain)
     return text
 
@@ -438,11 +466,15 @@ def _cells(table: pd.DataFrame, latex: bool, ci: bool = False) -> pd.DataFrame:
     p_values = table.attrs.get("p")
     if p_values is not None:
         dagger = "$^\\dagger$" if latex else "†"
+        untested_mark = "$^\\ddagger$" if latex else "‡"
+        untested = table.attrs.get("untested")
         for col in out.columns:
             for i in out.index:
                 p = p_values.loc[i, col]
                 if out.loc[i, col] and not pd.isna(p) and p >= 0.05:
                     out.loc[i, col] += dagger
+                elif out.loc[i, col] and untested is not None and untested.loc[i, col]:
+                    out.loc[i, col] += untested_mark
     return out
 
 
@@ -468,6 +500,7 @@ def against_baseline(df: pd.DataFrame, baseline: str, correction: str = "holm") 
     ks = table_ks(df)
     for k in ks:
         out[f"R@{k} p"] = np.nan
+        out[f"R@{k} untested"] = False
     tests: dict = {"queries": set(), "seeds": False, "untested": 0}
     cells = []  # (row indices, k, p) of every tested cell
     for protocol, rows in df.groupby("protocol", sort=False):
@@ -487,14 +520,20 @@ def against_baseline(df: pd.DataFrame, baseline: str, correction: str = "holm") 
             elif len(runs) > 1 and len(base) > 1:
                 for k in ks:
                     a, b = runs[f"R@{k}"].dropna(), base[f"R@{k}"].dropna()
-                    p = float(ttest_ind(a, b, equal_var=False).pvalue) if len(a) > 1 < len(b) else np.nan
-                    if np.isnan(p):  # no seed-to-seed variation on either side: nothing to test
+                    # no seed-to-seed variation on either side: Welch's statistic is undefined
+                    # (scipy gives p = 0 for different constants), so there is nothing to test
+                    varies = len(a) > 1 < len(b) and (a.std() > 0 or b.std() > 0)
+                    p = float(ttest_ind(a, b, equal_var=False).pvalue) if varies else np.nan
+                    if np.isnan(p):
+                        out.loc[runs.index, f"R@{k} untested"] = True
                         tests["untested"] += 1
                         continue
                     tests["seeds"] = True
                     cells.append((runs.index, k, p))
             else:
                 tests["untested"] += len(ks)
+                for k in ks:
+                    out.loc[runs.index, f"R@{k} untested"] = True
     adjusted = holm([p for _, _, p in cells]) if correction == "holm" else [p for _, _, p in cells]
     if correction == "holm":
         for k in ks:
@@ -565,7 +604,9 @@ def _row_names(df: pd.DataFrame, index, random_rows: set) -> list[str]:
         rows = df[df["variant"] == v]
         shown = ["/".join(dict.fromkeys(show(_shown(x)) for x in rows[c])) for c, show in varying]
         shown = [x for x in shown if x]
-        names.append(f"{v}{'*' if v in random_rows else ''}" + (f" [{', '.join(shown)}]" if shown else ""))
+        names.append(
+            f"{v}{'*' if v in random_rows else ''}" + (f" [{', '.join(shown)}]" if shown else "")
+        )
     return names
 
 
@@ -609,6 +650,21 @@ def _label(ax, xlabel: str, ylabel: str, title: str | None = None, legend: int =
     ax.legend(fontsize=legend)
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+
+
+def series_styles(n: int) -> list[dict]:
+    """Matplotlib styles of ``n`` series, none sharing a colour and marker: tab10 up to 10 series,
+    tab20 up to 20, beyond that colours repeat with another marker and line style."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    size = 10 if n <= 10 else 20
+    lines = ("-", "--", ":", "-.")
+    return [{"color": cmap(i % size), "marker": _MARKERS[i % len(_MARKERS)],
+             "linestyle": lines[(i // size) % len(lines)]} for i in range(n)]  # fmt: skip
+
+
 def _pyplot():
     import matplotlib
 
@@ -618,28 +674,60 @@ def _pyplot():
     return plt
 
 
-def recall_curves(records: list[dict], out: Path) -> list[Path]:
-    """Recall@k against k, one figure per protocol, one line per variant (mean over seeds)."""
+def _row_summary(df: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
+    """Per (protocol, row label), in table order: mean R@k, and the error bar of each: the sd over
+    seeds where a row has several, else its interval over queries (NaN where it has none)."""
+    out = []
+    for (protocol, variant), rows in df.groupby(["protocol", "variant"], sort=False):
+        item = {"protocol": protocol, "variant": variant, "n": len(rows)}
+        for k in ks:
+            values = rows[f"R@{k}"].dropna()
+            mean = values.mean() if len(values) else np.nan
+            if len(values) > 1:
+                low = high = values.std(ddof=1)
+            else:
+                low = mean - rows[f"R@{k} low"].mean() if f"R@{k} low" in rows else np.nan
+                high = rows[f"R@{k} high"].mean() - mean if f"R@{k} high" in rows else np.nan
+            item |= {f"R@{k}": mean, f"R@{k} below": low, f"R@{k} above": high}
+        out.append(item)
+    return pd.DataFrame(out)
+
+
+def _bar_note(summary: pd.DataFrame) -> str:
+    several = (summary["n"] > 1).any()
+    single = (summary["n"] == 1).any()
+    parts = (["bars: 95% interval over queries"] if single else []) + (
+        ["bars: ±1 sd over seeds"] if several else []
+    )
+    return "; ".join(parts)
+
+
+def recall_curves(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Recall@k against k, one figure per protocol, one line per table row (its mean over seeds), in
+    the table's order, with its interval (one seed) or sd (several) as error bars, ticks at each k."""
     plt = _pyplot()
+    ks = sorted(int(c[2:]) for c in df.columns if re.fullmatch(r"R@\d+", c) and df[c].notna().any())
+    summary = _row_summary(df, ks)
     paths = []
-    by_protocol: dict[str, dict[str, list[dict]]] = {}
-    for r in records:
-        name = (r.get("ablation") or {}).get("variant") or r["model"]["name"]
-        by_protocol.setdefault(r["protocol"]["name"], {}).setdefault(name, []).append(
-            r["results"]["recall"]
-        )
-    for protocol, variants in by_protocol.items():
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name, recalls in variants.items():
-            ks = sorted({int(k) for rec in recalls for k in rec})
-            ax.plot(
-                ks,
-                [100 * np.mean([rec[str(k)] for rec in recalls if str(k) in rec]) for k in ks],
-                marker="o",
-                label=name,
-            )
+    for protocol, part in summary.groupby("protocol", sort=False):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        styles = series_styles(len(part))
+        for i, ((_, row), style) in enumerate(zip(part.iterrows(), styles, strict=True)):
+            present = [k for k in ks if not pd.isna(row[f"R@{k}"])]
+            # each series a little to the side (log x), so that error bars do not cover each other
+            dodge = 1 + 0.012 * (i - (len(part) - 1) / 2)
+            yerr = np.array([[row[f"R@{k} below"] for k in present],
+                             [row[f"R@{k} above"] for k in present]])  # fmt: skip
+            ax.errorbar([k * dodge for k in present], [row[f"R@{k}"] for k in present],
+                        yerr=None if np.isnan(yerr).all() else np.nan_to_num(yerr),
+                        capsize=2, ms=4, lw=1.2, label=row["variant"], **style)  # fmt: skip
         ax.set_xscale("log")
-        _label(ax, "k", "Recall@k (%)", protocol)
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.minorticks_off()
+        note = _bar_note(part)
+        _label(ax, "k", "Recall@k (%)", f"{protocol}" + (f" ({note})" if note else ""), legend=6)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
         paths += _save(fig, out, f"recall_at_k_{protocol}")
     return paths
 
@@ -669,56 +757,83 @@ def fronts_by_size(points: pd.DataFrame, column: str) -> dict[str, np.ndarray]:
 
 
 def efficiency(df: pd.DataFrame, out: Path) -> list[Path]:
-    """R@1 against GFLOPs and against parameters, per protocol, with the Pareto front marked."""
+    """R@1 against GFLOPs and against parameters, per protocol: one marker per table row (legend in
+    table order, no text on the plot to overlap), R@1's error bar, the Pareto front of each size."""
     plt = _pyplot()
     paths = []
-    mean = (
-        df.groupby(["protocol", "variant", "image_size"], sort=False)[["R@1", "gflops", "params_m"]]
-        .mean()
-        .reset_index()
+    summary = _row_summary(df, [1])
+    costs = df.groupby(["protocol", "variant"], sort=False)[["gflops", "params_m"]].mean()
+    sizes_of = df.groupby(["protocol", "variant"], sort=False)["image_size"].agg(
+        lambda v: "/".join(dict.fromkeys(v))
     )
-    for protocol, part in mean.groupby("protocol", sort=False):
+    summary = summary.join(costs, on=["protocol", "variant"]).join(
+        sizes_of, on=["protocol", "variant"]
+    )
+    for protocol, part in summary.groupby("protocol", sort=False):
         for column, label in (("gflops", "GFLOPs per image"), ("params_m", "parameters (M)")):
-            pts = part.dropna(subset=[column, "R@1"])
+            pts = part.dropna(subset=[column, "R@1"]).reset_index(drop=True)
             if pts.empty:
                 continue
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            x, y = pts[column].to_numpy(), pts["R@1"].to_numpy()
-            ax.scatter(x, y)
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
             sizes = list(dict.fromkeys(pts["image_size"]))
-            for xi, yi, name, size in zip(x, y, pts["variant"], pts["image_size"], strict=True):
-                shown = f"{name} [{size}]" if len(sizes) > 1 else name
-                ax.annotate(shown, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for (_, row), style in zip(pts.iterrows(), series_styles(len(pts)), strict=True):
+                name = (
+                    f"{row['variant']} [{row['image_size']}]" if len(sizes) > 1 else row["variant"]
+                )
+                below, above = row["R@1 below"], row["R@1 above"]
+                yerr = None if pd.isna(below) else [[below], [above]]
+                ax.errorbar([row[column]], [row["R@1"]], yerr=yerr, capsize=2, ms=5,
+                            color=style["color"], marker=style["marker"], linestyle="none",
+                            label=name)  # fmt: skip
+            x, y = pts[column].to_numpy(), pts["R@1"].to_numpy()
             for n, (size, front) in enumerate(fronts_by_size(pts, column).items()):
                 name = "Pareto front" + (f" ({size})" if len(sizes) > 1 else "")
-                ax.plot(x[front], y[front], "--o", color=f"C{3 + n}", mfc="none", ms=10, label=name)
+                ax.plot(x[front], y[front], "-" if n == 0 else "--", color="0.55", lw=1.5,
+                        zorder=0, label=name)  # fmt: skip
             title = (
                 protocol if len(sizes) == 1 else f"{protocol} (inputs differ: {', '.join(sizes)})"
             )
-            _label(ax, label, "R@1 (%)", title)
+            note = _bar_note(pts)
+            _label(ax, label, "R@1 (%)", title + (f"\n{note}" if note else ""), legend=6)
+            ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
             paths += _save(fig, out, f"r1_vs_{column}_{protocol}")
     return paths
 
 
 def training_curves(records: list[dict], out: Path) -> list[Path]:
-    """Loss against step of every training run the records name (metrics.jsonl)."""
+    """Loss against step of every training run the records name (metrics.jsonl): one panel per stage
+    (a distillation MSE and a MultiSimilarity loss differ in scale), one line per run, a run shared
+    by several variants labelled with all of them."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
-    runs = {}
-    for r in records:
+    runs: dict[str, list[str]] = {}  # training folder -> the variants that use it
+    for r in sorted(records, key=lambda r: (r.get("ablation") or {}).get("variant_index", 0)):
         tags = r.get("ablation") or {}
         for folder in tags.get("train", []):
-            runs[folder] = f"{tags.get('variant')} ({Path(folder).name.split('-')[0]})"
-    if not runs:
+            names = runs.setdefault(folder, [])
+            if tags.get("variant") not in names:
+                names.append(tags.get("variant"))
+    stages: dict[str, list[tuple[str, list[str]]]] = {}
+    for folder, names in runs.items():
+        if (Path(folder) / "metrics.jsonl").is_file():
+            stages.setdefault(Path(folder).name.split("-")[0], []).append((folder, names))
+    if not stages:
         return []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for folder, label in runs.items():
-        path = Path(folder) / "metrics.jsonl"
-        if not path.is_file():
-            continue
-        rows = [json.loads(x) for x in path.read_text().splitlines()]
-        steps = [x["step"] for x in rows if "loss" in x]
-        ax.plot(steps, [x["loss"] for x in rows if "loss" in x], label=label)
-    _label(ax, "step", "training loss", legend=6)
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.6), squeeze=False)
+    for ax, (stage, items) in zip(axes[0], stages.items(), strict=True):
+        for (folder, names), style in zip(items, series_styles(len(items)), strict=True):
+            rows = [
+                json.loads(x) for x in (Path(folder) / "metrics.jsonl").read_text().splitlines()
+            ]
+            rows = [x for x in rows if "loss" in x]
+            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], color=style["color"],
+                    linestyle=style["linestyle"], marker=style["marker"], ms=3,
+                    label=", ".join(str(n) for n in names))  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _label(ax, "step", "training loss", f"stage: {stage}", legend=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    fig.tight_layout()
     return _save(fig, out, "training_curves")
 
 
@@ -741,12 +856,13 @@ def mosaic(record: dict, queries: list[int], out: Path, k: int = 5) -> list[Path
         len(queries), k + 1, figsize=(1.6 * (k + 1), 1.4 * len(queries)), squeeze=False
     )
     for row, q in zip(axes, queries, strict=True):
-        images = [(ds.queries[q], "query", "black")]
-        for i in indices[q][:k]:
+        images = [(ds.queries[q], f"query {q}", "black")]
+        for rank, i in enumerate(indices[q][:k], 1):
             if i < 0:
                 continue
             ok = int(i) in set(ds.positives[q].tolist())
-            images.append((ds.database[i], f"#{i}", "green" if ok else "red"))
+            verdict = "correct" if ok else "wrong"
+            images.append((ds.database[i], f"{rank}: db {i} ({verdict})", "green" if ok else "red"))
         for ax, (rel, title, color) in zip(row, images, strict=False):
             with Image.open(ds.image_path(rel)) as im:
                 ax.imshow(im.convert("RGB"))
@@ -759,6 +875,8 @@ def mosaic(record: dict, queries: list[int], out: Path, k: int = 5) -> list[Path
         for ax in row[len(images) :]:
             ax.axis("off")
     name = (record.get("ablation") or {}).get("variant") or record["model"]["name"]
+    fig.suptitle(f"{name} on {record['protocol']['name']}: each query's top {k} "
+                 "(green: a positive, red: not)", fontsize=7)  # fmt: skip
     slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{record['protocol']['name']}")
     return _save(fig, out, f"mosaic_{slug}")
 
@@ -809,7 +927,7 @@ def write_report(
         write_text(path, write(df))
         written.append(path)
     if figures:
-        written += recall_curves(records, out)
+        written += recall_curves(df, out)
         written += efficiency(df, out)
         written += training_curves(records, out)
         if queries:

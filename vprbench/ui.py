@@ -68,7 +68,7 @@ def print_table(table: Table, to: Console | None = None) -> None:
 
 def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: bool = True) -> Table:
     """One row per run record: model, dataset (unless all rows share it), R@k (percent) with its 95%
-    bootstrap interval over queries when the record has one, counts."""
+    interval over queries (the protocol's cluster rule) when the record has one, counts."""
     ks = sorted({int(k) for r in records for k in r["results"]["recall"]})
     table = Table(title=title)
     table.add_column("model", no_wrap=True)
@@ -150,7 +150,7 @@ def breakdown_table(records: list[dict]) -> Table:
 
 def audit_table(record: dict) -> Table:
     """One row per audited setting: the baseline and audited values, then for each k the audited
-    R@k, its change from the baseline with the 95% interval (* when significant) and McNemar's p."""
+    R@k, its change from the baseline with the 95% interval (* when significant) and the paired p."""
     ks = record["ks"]
     base = record["baseline"]
     # audits recorded before the correction existed carry no p_holm

@@ -662,8 +662,9 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
         resampling = record["results"]["resampling"]
         console.print(f"Intervals: 95%, {resampling['interval']}; queries as "
                       f"{resampling['description']} ({resampling['source']}).", soft_wrap=True)  # fmt: skip
-        if resampling.get("note"):
-            err_console.print(f"[yellow]{resampling['note']}[/]", soft_wrap=True)
+        for key in ("note", "warning"):
+            if resampling.get(key):
+                err_console.print(f"[yellow]{resampling[key]}[/]", soft_wrap=True)
     else:
         console.print(
             f"'{dataset}' has no ground truth here: predictions written, no recall computed"

@@ -26,9 +26,9 @@ def compare_cmd(run_a, run_b, ks, results_dir, correction, as_json) -> None:
     from rich.table import Table
 
     from vprbench.compare import compare_with_resampling, load_run
-    from vprbench.metrics import holm
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate import parse_ks
+    from vprbench.metrics import holm
     from vprbench.paths import results_root
     from vprbench.ui import console, print_table, whole
 
@@ -39,7 +39,9 @@ def compare_cmd(run_a, run_b, ks, results_dir, correction, as_json) -> None:
     results = results_root(results_dir)
     a, b = load_run(run_a, results), load_run(run_b, results)
     rows, resampling = compare_with_resampling(a, b, k_values)
-    adjusted = holm([r.p_value for r in rows]) if correction == "holm" else [r.p_value for r in rows]
+    adjusted = (
+        holm([r.p_value for r in rows]) if correction == "holm" else [r.p_value for r in rows]
+    )
     methods = resampling.method()
     statistics = {
         "resampling": resampling.describe(),
