@@ -832,7 +832,7 @@ def training_curves(records: list[dict], out: Path) -> list[Path]:
                     label=", ".join(str(n) for n in names))  # fmt: skip
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _label(ax, "step", "training loss", f"stage: {stage}", legend=6)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.tight_layout()
     return _save(fig, out, "training_curves")
 

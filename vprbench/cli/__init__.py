@@ -659,12 +659,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             err_console.print(f"[yellow]not the official pipeline:[/] {difference}", soft_wrap=True)
     if record["results"]["ground_truth"]:
         print_table(recall_table([record]))
-        resampling = record["results"]["resampling"]
-        console.print(f"Intervals: 95%, {resampling['interval']}; queries as "
-                      f"{resampling['description']} ({resampling['source']}).", soft_wrap=True)  # fmt: skip
-        for key in ("note", "warning"):
-            if resampling.get(key):
-                err_console.print(f"[yellow]{resampling[key]}[/]", soft_wrap=True)
+        _describe_intervals(record)
     else:
         console.print(
             f"'{dataset}' has no ground truth here: predictions written, no recall computed"
@@ -791,10 +786,21 @@ def quickstart_cmd(root, cache_dir, results_dir) -> None:
             records, title="nordland-sample: 600 summer db / 600 winter queries", show_dataset=False
         )
     )
+    _describe_intervals(records[0])
     console.print(f"dataset:     {data_root(root) / SAMPLE_NAME}")
     console.print(f"descriptors: {cache_root(cache_dir) / 'descriptors' / SAMPLE_NAME}")
     for p in paths:
         console.print(f"run record:  {p}", soft_wrap=True)
+
+
+def _describe_intervals(record: dict) -> None:
+    """One line under a recall table: how its intervals resampled the queries, and why."""
+    resampling = record["results"]["resampling"]
+    console.print(f"Intervals: 95%, {resampling['interval']}; queries as "
+                  f"{resampling['description']} ({resampling['source']}).", soft_wrap=True)  # fmt: skip
+    for key in ("note", "warning"):
+        if resampling.get(key):
+            err_console.print(f"[yellow]{resampling[key]}[/]", soft_wrap=True)
 
 
 @contextlib.contextmanager
