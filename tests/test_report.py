@@ -146,3 +146,82 @@ def test_records_no_longer_in_the_recipe_or_failed_are_left_out_and_listed(tmp_p
     moved = tmp_path / "moved"
     Path(results).rename(moved)
     assert [r["ablation"]["variant"] for r in load_records(moved, recipe="rec")] == ["kept"]
+
+
+def _figures(monkeypatch):
+    """Capture the figures the report would save: {name: matplotlib figure}."""
+    import vprbench.report as report
+
+    figures = {}
+
+    def keep(fig, out, name):
+        figures[name] = fig
+        return []
+
+    monkeypatch.setattr(report, "_save", keep)
+    return figures
+
+
+def test_figures_keep_the_table_order_distinct_styles_k_ticks_and_error_bars(tmp_path, monkeypatch):
+    from vprbench.report import efficiency, recall_curves, series_styles
+
+    names = [f"variant {i}" for i in range(12)]
+    rows = []
+    for i, name in enumerate(names):
+        row = _row(name, order=i, r1=30.0 + i, gflops=1.0 + 0.01 * i)
+        for k, r in ((1, 30.0 + i), (5, 40.0 + i), (10, 45.0 + i), (20, 50.0 + i)):
+            row |= {f"R@{k}": r, f"R@{k} low": r - 2, f"R@{k} high": r + 3}
+        rows.append(row)
+    df = pd.DataFrame(rows[::-1]).sort_values("order")  # file order differs from the recipe's
+    figures = _figures(monkeypatch)
+    recall_curves(df, tmp_path)
+    ax = figures["recall_at_k_sped"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == names
+    assert list(ax.get_xticks()) == [1, 5, 10, 20]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "5", "10", "20"]
+    lines = [c.lines[0] for c in ax.containers]
+    styles = {(tuple(line.get_color()), line.get_marker()) for line in lines}
+    assert len({s[0] for s in styles}) == 12 and len(styles) == 12  # no colour used twice
+    # error bars from the intervals: 2 below and 3 above each point
+    bars = ax.containers[0].lines[2][0].get_segments()
+    assert [round(float(seg[0][1]), 6) for seg in bars] == [28.0, 38.0, 43.0, 48.0]
+    assert [round(float(seg[1][1]), 6) for seg in bars] == [33.0, 43.0, 48.0, 53.0]
+    assert len({(tuple(s["color"]), s["marker"], s["linestyle"]) for s in series_styles(25)}) == 25
+    efficiency(df, tmp_path)
+    ax = figures["r1_vs_gflops_sped"].axes[0]
+    assert not ax.texts  # no labels on the plot to overlap: a legend, in table order
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "Pareto front" and labels[1:] == names
+
+
+def test_training_curves_one_panel_per_stage_and_shared_runs_name_every_variant(
+    tmp_path, monkeypatch
+):
+    from vprbench.report import training_curves
+
+    def stage(name, losses):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = [json.dumps({"step": i + 1, "loss": x}) for i, x in enumerate(losses)]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        return str(folder)
+
+    distill = stage("distill-aaa", [1e-4, 5e-5])
+    tuned = stage("finetune-bbb", [1.4, 1.3, 1.2])
+    records = [
+        {
+            "ablation": {
+                "variant": "distill + finetune",
+                "variant_index": 0,
+                "train": [distill, tuned],
+            }
+        },
+        {"ablation": {"variant": "distill only", "variant_index": 1, "train": [distill]}},
+    ]
+    figures = _figures(monkeypatch)
+    training_curves(records, tmp_path)
+    axes = figures["training_curves"].axes
+    assert [ax.get_title() for ax in axes] == ["stage: distill", "stage: finetune"]
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["distill + finetune, distill only"]  # one run, both variants named
+    assert all(float(t).is_integer() for t in axes[1].get_xticks())
