@@ -52,8 +52,15 @@ class Outcome:
     error: str | None = None
 
 
+# Bumped when the training code changes what a stage computes with the same settings (0.5: in-city
+# batches, bilinear RandAugment, validation with the RNG forked): stages trained before are not reused.
+TRAINING_CODE = 2
+
+
 def training_plan(variant: Variant, results_dir: Path) -> list[StagePlan]:
-    """The training stages of ``variant`` in order (distill, then finetune from its student)."""
+    """The training stages of ``variant`` in order (distill, then finetune from its student). Each is
+    keyed by what its weights depend on (:func:`stage_key`), never by bookkeeping (workers, how often
+    to checkpoint or validate)."""
     if variant.train is None:
         return []
     train = variant.train
@@ -67,15 +74,88 @@ def training_plan(variant: Variant, results_dir: Path) -> list[StagePlan]:
         if settings is None:
             continue
         config = {**common, **settings, "init": init}
+        # the training precision, as the CLI picks it: fp16 fine-tuning on CUDA (the released
+        # 16-mixed, D2VPR finetune.py:156), else fp32
+        config.setdefault("dtype", "fp16" if stage == "finetune" and
+                          str(variant.device).startswith("cuda") else "fp32")  # fmt: skip
         if config["image_size"] is None:
             config.pop("image_size")
+        previous = None
         if plans:  # fine-tuning after distillation starts from the distilled student
             config["init"] = str(plans[-1].folder / "last.pth")
-        digest = hashlib.sha256(json.dumps({"stage": stage, **config}, sort_keys=True).encode())
-        plans.append(
-            StagePlan(stage, config, results_dir / "train" / f"{stage}-{digest.hexdigest()[:16]}")
-        )
+            previous = plans[-1].folder.name
+        digest = stage_key(stage, config, previous)
+        plans.append(StagePlan(stage, config, results_dir / "train" / f"{stage}-{digest}"))
     return plans
+
+
+def stage_key(stage: str, config: dict, previous: str | None = None) -> str:
+    """The digest a stage's folder is named by: the whole resolved TrainConfig but the settings that
+    do not change the weights, the stage defaults and TRAINING_CODE, and the content (not the path)
+    of the data, the initial weights and the teacher's. ``previous``: the folder of the stage this
+    one starts from (its digest stands for the distilled student)."""
+    from dataclasses import asdict
+
+    from vprbench.train import config_from
+    from vprbench.train.defaults import STAGE_DEFAULTS
+    from vprbench.train.loop import NOT_IN_RESUME_KEY
+
+    values = {k: v for k, v in config.items() if k != "image_size"}
+    if "image_size" in config:
+        values["image_size"] = tuple(config["image_size"])
+    resolved = asdict(config_from(stage, out="", **values))
+    for name in NOT_IN_RESUME_KEY:
+        resolved.pop(name, None)
+    content = {
+        "data": data_fingerprint(resolved["data"]),
+        "init": previous or weights_fingerprint(resolved["init"]),
+        "teacher_weights": weights_fingerprint(resolved["teacher_weights"]),
+    }
+    for name in ("data", "init", "teacher_weights"):
+        resolved.pop(name)
+    body = {"stage": stage, "config": resolved, "content": content, "code": TRAINING_CODE,
+            "defaults": STAGE_DEFAULTS[stage]}  # fmt: skip
+    text = json.dumps(body, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data: str) -> str:
+    """sha256 over the names and bytes of a GSV-Cities folder's Dataframes/*.csv (the places and images
+    a stage reads), or 'absent' where the folder is not here (a dry run elsewhere)."""
+    from vprbench.train.gsv import resolve_data_root
+
+    frames = resolve_data_root(data) / "Dataframes"
+    if not frames.is_dir():
+        return f"absent:{data}"
+    digest = hashlib.sha256()
+    for path in sorted(frames.glob("*.csv")):
+        digest.update(path.name.encode() + b"\0")
+        digest.update(_file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def weights_fingerprint(spec: str | None) -> str | None:
+    """A local weights file by its sha256; anything else (official, a URL, none) as written, since
+    the loader checks those against their published sha256 where one is known."""
+    if spec is None or not Path(spec).is_file():
+        return spec
+    return "sha256:" + _file_sha256(Path(spec))
+
+
+_HASHES: dict = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, cached per process by (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def _run_training(plan: StagePlan, cache_dir: Path | None, say: Say) -> None:

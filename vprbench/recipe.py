@@ -29,6 +29,7 @@ Precedence: command line ``--set key=value`` (dotted keys: ``options.drm=false``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -74,14 +75,37 @@ TRAIN_KEYS = {
     "finetune": ((dict, bool), "a mapping of fine-tuning settings, or false"),
     "cities": ((list, type(None)), "a list of city names"),
 }
+# Each stage key: (python types, the expected form). A YAML 1.1 float without a dot ("2e-4", which
+# PyYAML reads as a string) is accepted where a float is expected and converted.
+_COMMON_STAGE_KEYS = {
+    "epochs": ((int,), "a positive integer"),
+    "max_steps": ((int, type(None)), "a positive integer or null"),
+    "places_per_batch": ((int,), "a positive integer"),
+    "images_per_place": ((int,), "a positive integer"),
+    "lr": ((float,), "a number"),
+    "augment": ((str,), "released or none"),
+    "batching": ((str,), "in-city, in-city-fixed or global"),
+    "dtype": ((str,), "fp32, bf16 or fp16 (fp16: CUDA)"),
+    "val": ((list,), "a list of dataset names"),
+    "best_metric": ((str,), "R@k of the first val"),
+    "workers": ((int,), "a non-negative integer"),
+    "checkpoint_every": ((int,), "a positive integer"),
+}
 STAGE_KEYS = {
-    "distill": {"teacher", "teacher_weights", "teacher_options", "allow_random_teacher", "loss",
-                "epochs", "max_steps", "places_per_batch", "images_per_place", "lr", "augment",
-                "val", "workers", "checkpoint_every"},
-    "finetune": {"epochs", "max_steps", "places_per_batch", "images_per_place", "lr",
-                 "weight_decay", "warmup_steps", "warmup_as_released", "milestones", "augment",
-                 "val", "workers", "checkpoint_every"},
+    "distill": {**_COMMON_STAGE_KEYS,
+                "teacher": ((str,), "a registered model name"),
+                "teacher_weights": ((str, type(None)), "a weights file, URL or official"),
+                "teacher_options": ((dict,), "a mapping of the teacher's model switches"),
+                "allow_random_teacher": ((bool,), "true or false"),
+                "loss": ((str,), "mse or cosine")},
+    "finetune": {**_COMMON_STAGE_KEYS,
+                 "weight_decay": ((float,), "a number"),
+                 "warmup_steps": ((int,), "a non-negative integer"),
+                 "warmup_as_released": ((bool,), "true or false"),
+                 "milestones": ((list,), "a list of epochs (integers)")},
 }  # fmt: skip
+_CHOICES = {"augment": ("released", "none"), "batching": ("in-city", "in-city-fixed", "global"),
+            "dtype": ("fp32", "bf16", "fp16"), "loss": ("mse", "cosine")}  # fmt: skip
 TOP_KEYS = {"name", "description", "base", "variants", "grid"}
 
 
@@ -229,12 +253,38 @@ def _check_settings(settings: dict, recipe: Recipe, path: tuple) -> None:
             kinds, form = TRAIN_KEYS[key]
             _check_type(value, kinds, form, recipe, (*path, "train", key))
             if key in STAGE_KEYS and isinstance(value, dict):
-                _check_unknown(value, STAGE_KEYS[key], recipe, (*path, "train", key))
+                _check_unknown(value, set(STAGE_KEYS[key]), recipe, (*path, "train", key))
+                train[key] = _typed_stage(value, key, recipe, (*path, "train", key))
             if key in STAGE_KEYS and value is True:
                 raise VPRBenchError(
                     f"{recipe.where(*path, 'train', key)}: '{key}' is a mapping of settings "
                     "({} for the released ones) or false"
                 )
+
+
+def _typed_stage(settings: dict, stage: str, recipe: Recipe, path: tuple) -> dict:
+    """A stage's settings with every value checked against STAGE_KEYS (floats written 2e-4
+    converted); raises naming the file, line, key and the expected form."""
+    out = {}
+    for key, value in settings.items():
+        kinds, form = STAGE_KEYS[stage][key]
+        if float in kinds and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        _check_type(value, kinds, form, recipe, (*path, key))
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise VPRBenchError(
+                f"{recipe.where(*path, key)}: '{key}' must be {form}, got {value!r}"
+            )
+        if key == "milestones" and not all(isinstance(m, int) and not isinstance(m, bool)
+                                           for m in value):  # fmt: skip
+            raise VPRBenchError(f"{recipe.where(*path, key)}: 'milestones' must be {form}")
+        if key == "val" and not all(isinstance(v, str) for v in value):
+            raise VPRBenchError(f"{recipe.where(*path, key)}: 'val' must be {form}")
+        out[key] = value
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -299,6 +349,11 @@ def expand(recipe: Recipe, overrides: dict | None = None) -> list[Variant]:
             ),
             overrides or {},
         )
+        if overrides:  # --set bypassed the file's checks: the merged settings are checked again
+            try:
+                _check_settings(settings, recipe, ())
+            except VPRBenchError as exc:
+                raise VPRBenchError(f"--set: variant '{variant['name']}': {exc}") from None
         explicit = {**(recipe.base.get("options") or {}), **(variant.get("options") or {})}
         try:
             card = get_card(settings["model"])
@@ -363,6 +418,20 @@ def _check_combination(
         and not distill.get("allow_random_teacher")
     ):
         fail("distill needs teacher_weights (or allow_random_teacher: true for smoke runs)")
+    if distill is not None:
+        from vprbench.models.registry import get_card, resolve_options
+
+        teacher_name = distill.get("teacher", "cricavpr")
+        teacher = get_card(teacher_name)
+        teacher_dim = teacher.dim_for(
+            resolve_options(teacher, distill.get("teacher_options") or {})
+        )
+        student_dim = get_card(settings["model"]).dim_for(options)
+        if teacher_dim != student_dim:
+            fail(f"distillation matches descriptors element-wise, but teacher '{teacher_name}' gives "
+                 f"{teacher_dim}-d and this student {student_dim}-d "
+                 f"(aggregator {options.get('aggregator')}): give the variant train: "
+                 "{distill: false} (fine-tuning only), or another teacher")  # fmt: skip
 
 
 def stage_settings(train: dict, stage: str) -> dict | None:

@@ -111,7 +111,7 @@ class RegionalVPRModel(VPRModel):
         )
         self.encoder = cross_image_encoder() if encoder else None
         self.batch_dependent = encoder
-        self.descriptor_dim = DIM * (1 if aggregator == "gem" else 14)
+        self.descriptor_dim = DIM * (1 if aggregator == "gem" else 14)  # = OPTION_DIMS
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global token [B, 768] and patch map [B, 768, R, C]."""
@@ -237,11 +237,14 @@ D2VPR_RELEASES = {
                 "these benchmarks"),
     ),
 }  # fmt: skip
+# The descriptor size by aggregator (global GeM: 768; TDDA and regional GeM: 14 x 768)
+OPTION_DIMS = {"aggregator": {"gem": DIM, "tdda": 14 * DIM, "regional-gem": 14 * DIM}}
 D2VPR_CARD = ModelCard(
     name="d2vpr",
     description="D²-VPR student: DINOv2 ViT-S/14 + adapters, DRM, TDDA; no cross-image encoder.",
     image_size=(224, 224),
     descriptor_dim=14 * DIM,
+    option_dims=OPTION_DIMS,
     resize="normalised",
     antialias=True,
     pca_dim=4096,
@@ -264,6 +267,7 @@ CRICAVPR_CARD = ModelCard(
     description="CricaVPR: DINOv2 ViT-B/14 + adapters, regional GeM, cross-image encoder (batch-dependent).",
     image_size=(224, 224),
     descriptor_dim=14 * DIM,
+    option_dims=OPTION_DIMS,
     resize="normalised",
     antialias=False,
     pipeline_source=CRICAVPR_PIPELINE,

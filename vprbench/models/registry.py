@@ -80,6 +80,16 @@ class ModelCard:
     weights: WeightSource | None = None
     releases: tuple[Release, ...] = ()  # which released file goes with which benchmark
     options: dict[str, Any] = field(default_factory=dict)  # constructor switches and their defaults
+    # Options that change the descriptor size: {option: {value: dim}} (D²-VPR's aggregator: gem 768)
+    option_dims: dict = field(default_factory=dict)
+
+    def dim_for(self, options: dict) -> int:
+        """The descriptor size under ``options`` (resolved), without building the model."""
+        for key, dims in self.option_dims.items():
+            if options.get(key) in dims:
+                return dims[options[key]]
+        return self.descriptor_dim
+
     reference: str = ""
     licence: str = ""  # of the official code and weights, where the repository states one
     # How the paper evaluates it, where that differs from or adds to the card (image size, PCA,
