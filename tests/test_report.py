@@ -225,3 +225,19 @@ def test_training_curves_one_panel_per_stage_and_shared_runs_name_every_variant(
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert legend == ["distill + finetune, distill only"]  # one run, both variants named
     assert all(float(t).is_integer() for t in axes[1].get_xticks())
+
+
+def test_backbone_only_weights_are_marked_as_partly_random(tmp_path):
+    from vprbench.report import caption, frame, load_records, to_markdown
+
+    results = tmp_path / "results"
+    for variant, kind in (("trained", "full"), ("DINOv2 only", "backbone-init")):
+        path = Path(_record(results, variant, 0, "2026-01-01T10:00:00+00:00", 0.5))
+        record = json.loads(path.read_text())
+        record["model"]["weights"]["kind"] = kind
+        record["ablation"]["variant_index"] = 0 if kind == "full" else 1
+        path.write_text(json.dumps(record))
+    df = frame(load_records(results))
+    md = to_markdown(df)
+    assert "| DINOv2 only* " in md and "| trained " in md
+    assert "in whole or in part (backbone-only weights leave the DRM" in caption(df, latex=False)

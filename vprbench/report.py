@@ -203,7 +203,9 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
             "batch_size": settings["batch_size"] if r["model"]["batch_dependent"] else None,
             "pca": (settings.get("pca") or {}).get("dim"),
             "policy": settings["no_positive_policy"],
-            "random_init": r["model"]["weights"]["random_init"],
+            # a backbone-only checkpoint (DINOv2) leaves the DRM and aggregator random: marked too
+            "random_init": r["model"]["weights"]["random_init"]
+            or r["model"]["weights"].get("kind") == "backbone-init",
             "params_m": profile["params"]["total"] / 1e6 if profile else np.nan,
             "gflops": profile["flops"]["gflops_per_image"] if profile else np.nan,
             "latency_ms": profile["latency"]["image_ms_median"] if profile else np.nan,
@@ -440,7 +442,8 @@ def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
             text += (f" $^\\ddagger$: not tested ({tests['untested']} cell(s): one seed on one side "
                      "and several on the other, or no seed-to-seed variation on either).")  # fmt: skip
     if df["random_init"].any():
-        text += " Rows marked * ran at random initialisation."
+        text += (" Rows marked * ran at random initialisation, in whole or in part (backbone-only "
+                 "weights leave the DRM and aggregator random).")  # fmt: skip
     if not latex:  # plain text (Markdown, the terminal)
         for tex, plain in (("\\%", "%"), ("$\\pm$", "±"), ("$^\\dagger$", "†"),
                            ("$^\\ddagger$", "‡"), ("$p \\geq 0.05$", "p ≥ 0.05")):  # fmt: skip

@@ -15,7 +15,13 @@ def _shared_options(func):
         click.option("--data", required=True, help="GSV-Cities folder, or nordland-train-sample."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="Run folder: config.json, metrics.jsonl, last.pth, best.pth."),
-        click.option("--cities", default=None, help="Comma-separated cities (default: every csv)."),
+        click.option("--cities", default=None,
+                     help="Comma-separated cities (default: the stage's released list: distill its "
+                          "23 cities, finetune every csv)."),
+        click.option("--batching", type=click.Choice(["in-city", "in-city-fixed", "global"]),
+                     default=None,
+                     help="Which places share a batch (default as released: distill in-city-fixed, "
+                          "finetune in-city)."),
         click.option("--epochs", type=int, default=None),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps."),
         click.option("--places-per-batch", type=int, default=None, help="P places per batch."),
@@ -102,6 +108,7 @@ def _run(config, resume: bool, cache_dir) -> None:
     best_text = (f", best {best['metric']} {100 * best['score']:.2f} on {best['dataset']} "
                  f"at step {best['step']}") if best else ""  # fmt: skip
     params, data = summary["parameters"], summary["data"]
+    console.print(f"cities ({data['cities_note']}): {', '.join(data['cities'])}", soft_wrap=True)
     console.print(
         f"{config.stage} {config.model}: {summary['steps']} steps on {data['places']:,} places "
         f"({data['dropped_places']:,} with fewer than {config.images_per_place} images dropped), "

@@ -19,19 +19,43 @@ from vprbench.atomic import atomic_open
 from vprbench.errors import VPRBenchError
 
 
-def rng_state() -> dict:
-    """The random states a training step draws from: torch CPU (dropout, RandAugment outside the
-    seeded data path), CUDA where present, and Python's."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """The random states a training step draws from in this process: torch CPU (dropout on the CPU,
+    RandAugment outside the seeded data path), this process's CUDA device where it trains on one
+    (dropout on the GPU), and Python's."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def gather_rng_states(device: torch.device, world: int) -> dict:
+    """Every process's :func:`rng_state`, for rank 0's checkpoint (a collective under torchrun: every
+    rank calls it). One process: its state; several: {"ranks": [state of rank 0, 1, ...]}."""
+    local = rng_state(device)
+    if world == 1:
+        return local
+    states: list = [None] * world
+    torch.distributed.all_gather_object(states, local)
+    return {"ranks": states}
+
+
+def set_rng_state(state: dict, rank: int = 0, world: int = 1, device=None) -> None:
+    """Restore this process's random states: rank ``rank``'s own where the checkpoint holds one per
+    process (refusing another number of processes), else the single state. Checkpoints from before
+    per-rank states held every CUDA device's state of rank 0 (``cuda``): restored as they were."""
+    if "ranks" in state:
+        if len(state["ranks"]) != world:
+            raise VPRBenchError(
+                f"the checkpoint holds the random states of {len(state['ranks'])} processes: resume "
+                f"with as many (torchrun --nproc_per_node {len(state['ranks'])}), not {world}"
+            )
+        state = state["ranks"][rank]
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda_device" in state and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -23,11 +23,20 @@ import numpy as np
 from vprbench.errors import VPRBenchError
 
 COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
+# The cities the released distillation reads, in its order (D2VPR dataloaders/GSVCities.py:9-33, the
+# TRAIN_CITIES of amaralibey/gsv-cities); the released fine-tuning reads every Dataframes/*.csv
+# (src/dataloaders/gsv_cities.py:144-146, cities="all"). OSL, TRT, PRG and PRS are Oslo, Toronto,
+# Prague and Paris.
+RELEASED_DISTILL_CITIES = (
+    "Bangkok", "BuenosAires", "LosAngeles", "MexicoCity", "OSL", "Rome", "Barcelona", "Chicago",
+    "Madrid", "Miami", "Phoenix", "TRT", "Boston", "Lisbon", "Medellin", "Minneapolis", "PRG",
+    "WashingtonDC", "Brussels", "London", "Melbourne", "Osaka", "PRS",
+)  # fmt: skip
 EMBEDDED = "nordland-train-sample"
 TRAINING_SETS = {
     "gsv-cities": (
-        "GSV-Cities (Ali-bey et al., Neurocomputing 2022): 62k places, 530k Street View images of 40 "
-        "cities, the training set of D²-VPR, CricaVPR, MixVPR, BoQ, SALAD. Not redistributable here: "
+        "GSV-Cities (Ali-bey et al., Neurocomputing 2022): 62k places, 530k Street View images of "
+        "cities worldwide, the training set of D²-VPR, CricaVPR, MixVPR, BoQ, SALAD. Not redistributable here: "
         "download it from Kaggle (amaralibey/gsv-cities) and pass its folder as --data GSV_ROOT "
         "(it must hold Dataframes/<city>.csv and Images/<city>/)."
     ),
@@ -66,6 +75,12 @@ class GSVPlaces:
     places: list[list[str]]
     place_ids: list[str]  # "<city>/<place_id>", unique across cities
     dropped: int  # places with fewer than ``min_images`` images
+
+    @property
+    def city_of_place(self) -> list[int]:
+        """The index in ``cities`` of each place's city (the in-city batch orders group by it)."""
+        index = {city: i for i, city in enumerate(self.cities)}
+        return [index[pid.rsplit("/", 1)[0]] for pid in self.place_ids]
 
     @property
     def num_images(self) -> int:
@@ -135,12 +150,28 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+# Which places share a batch (--batching):
+#   in-city        each city's places shuffled on their own (a new order every epoch), the cities
+#                  concatenated in their listed order, P consecutive places per batch: nearly every
+#                  batch is one city, so the miner's negatives are same-city ones (GSV-Cities'
+#                  shuffle_all=False; D2VPR finetune_script.py:106-109 re-shuffles in-city each epoch)
+#   in-city-fixed  the same, one order for every epoch: the released distillation builds its dataset
+#                  once (D2VPR dataloaders/train/GSVCitiesDataset.py:59-83, distillation.py:93-101
+#                  shuffle False), so its batches repeat; only the K images and augmentation change
+#   global         one permutation of all places every epoch (vprbench before 0.5): batches mix cities
+# In both in-city orders a city's places come in the order they first appear among its shuffled
+# images, as pd.unique over the shuffled dataframe gives them (a place with more images tends to
+# come earlier), not a uniform permutation.
+BATCHINGS = ("in-city", "in-city-fixed", "global")
+
+
 class PlaceBatchSampler:
     """P places x K images per batch; one epoch is every place once (the last partial batch dropped).
 
     Yields lists of (place, image, augmentation seed) for this rank: with ``world_size`` W, rank r gets
     places [r*P/W, (r+1)*P/W) of each global batch, so the W ranks together see exactly the batch a
-    single process would. ``start_batch`` skips batches already done (resume)."""
+    single process would. ``start_batch`` skips batches already done (resume). ``batching``: which
+    places share a batch (BATCHINGS); the in-city ones need ``cities``, each place's city index."""
 
     def __init__(
         self,
@@ -152,7 +183,13 @@ class PlaceBatchSampler:
         start_batch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        cities: list[int] | None = None,
+        batching: str = "global",
     ) -> None:
+        if batching not in BATCHINGS:
+            raise VPRBenchError(f"--batching must be one of {list(BATCHINGS)}, got {batching!r}")
+        if batching != "global" and (cities is None or len(cities) != len(places)):
+            raise VPRBenchError(f"--batching {batching} needs the city of every place")
         if places_per_batch < 2:
             raise VPRBenchError("--places-per-batch must be at least 2 (a batch needs negatives)")
         if places_per_batch % world_size:
@@ -171,6 +208,32 @@ class PlaceBatchSampler:
         self.places = places
         self.p, self.k, self.seed = places_per_batch, images_per_place, seed
         self.epoch, self.start_batch, self.rank, self.world = epoch, start_batch, rank, world_size
+        self.cities, self.batching = cities, batching
+        self._order: np.ndarray | None = None
+
+    def order(self) -> np.ndarray:
+        """Every place once, in this epoch's batch order (computed once per sampler)."""
+        if self._order is not None:
+            return self._order
+        if self.batching == "global":
+            self._order = np.random.default_rng(_seed(self.seed, self.epoch)).permutation(
+                len(self.places)
+            )
+            return self._order
+        # the fixed order does not depend on the epoch; -1 keeps its seeds apart from epoch 0's
+        epoch = -1 if self.batching == "in-city-fixed" else self.epoch
+        city_of = np.asarray(self.cities)
+        parts = []
+        for city in dict.fromkeys(city_of.tolist()):  # the cities' listed order
+            members = np.flatnonzero(city_of == city)
+            sizes = np.array([len(self.places[i]) for i in members])
+            # shuffle the city's images; each place at the first position one of its images took
+            rng = np.random.default_rng(_seed(self.seed, epoch, 1 << 40, city))
+            position = rng.permutation(int(sizes.sum()))
+            first = np.minimum.reduceat(position, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+            parts.append(members[np.argsort(first, kind="stable")])
+        self._order = np.concatenate(parts)
+        return self._order
 
     def __len__(self) -> int:
         return len(self.places) // self.p - self.start_batch
@@ -181,7 +244,7 @@ class PlaceBatchSampler:
 
     def batch(self, b: int) -> list[tuple[int, int, int]]:
         """Batch ``b`` of the epoch, this rank's share: (place, image index, augmentation seed)."""
-        order = np.random.default_rng(_seed(self.seed, self.epoch)).permutation(len(self.places))
+        order = self.order()
         share = self.p // self.world
         chosen = order[b * self.p : (b + 1) * self.p][self.rank * share : (self.rank + 1) * share]
         items = []
@@ -201,15 +264,19 @@ AUGMENTATIONS = ("released", "none")
 
 def train_transform(stage: str, image_size: tuple[int, int], mean, std, augment: str = "released"):
     """The released augmentation of each stage: resize (distill: bilinear; finetune: bicubic, as
-    D2VPR distillation.py / BoQ datamodule.py), RandAugment with 3 ops (finetune at magnitude 15),
-    then normalisation. ``augment='none'``: the resize and normalisation only."""
+    D2VPR distillation.py / BoQ datamodule.py), RandAugment with 3 ops, bilinear (finetune at
+    magnitude 15), then normalisation. ``augment='none'``: the resize and normalisation only."""
     from torchvision import transforms
     from torchvision.transforms import InterpolationMode
 
+    # RandAugment's geometric ops interpolate bilinearly in both released stages (torchvision's
+    # default is nearest): D2VPR dataloaders/GSVCities.py:47, src/dataloaders/datamodule.py:46
+    bilinear = InterpolationMode.BILINEAR
     if stage == "distill":
-        resize, rand = InterpolationMode.BILINEAR, transforms.RandAugment(num_ops=3)
+        resize, rand = bilinear, transforms.RandAugment(num_ops=3, interpolation=bilinear)
     elif stage == "finetune":
-        resize, rand = InterpolationMode.BICUBIC, transforms.RandAugment(num_ops=3, magnitude=15)
+        resize = InterpolationMode.BICUBIC
+        rand = transforms.RandAugment(num_ops=3, magnitude=15, interpolation=bilinear)
     else:
         raise ValueError(f"unknown stage {stage!r}")
     if augment not in AUGMENTATIONS:

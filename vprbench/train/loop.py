@@ -28,8 +28,8 @@ from vprbench import __version__, allocator
 from vprbench.atomic import write_text
 from vprbench.errors import VPRBenchError
 from vprbench.train.checkpoint import (
+    gather_rng_states,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
     set_rng_state,
     weights_payload,
@@ -41,6 +41,7 @@ from vprbench.train.stages import (
     DistillLoss,
     MultiSimilarity,
     build_model,
+    global_batchnorm,
     select_trainable,
 )
 from vprbench.train.validate import validate
@@ -88,17 +89,35 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps; also at every epoch end
     val_batch_size: int = 32
     augment: str = "released"  # or "none": resize and normalise only
+    batching: str = "in-city"  # which places share a batch (gsv.BATCHINGS; released per stage)
 
     def schedule(self) -> Schedule:
         return Schedule(self.lr, tuple(self.milestones), self.gamma, self.warmup_steps,
                         self.warmup_as_released)  # fmt: skip
 
     def resume_key(self) -> dict:
-        """What must be equal for --resume to continue a run (paths and workers may change)."""
+        """What must be equal for --resume to continue a run: what changes the weights. Paths,
+        workers, the device and validation (which runs with the RNG forked, so it draws nothing the
+        training would) may change."""
         key = asdict(self)
-        for name in ("out", "workers", "device"):
+        for name in NOT_IN_RESUME_KEY:
             key.pop(name)
         return json.loads(json.dumps(key))
+
+
+# TrainConfig fields that do not change the trained weights: left out of the resume key (and of
+# ablate's stage key), so that correcting one of them never costs a run.
+NOT_IN_RESUME_KEY = ("out", "workers", "device", "val", "val_every_steps", "val_batch_size",
+                     "best_metric", "checkpoint_every")  # fmt: skip
+# Resume keys written before a setting existed, read as what those versions did.
+_BEFORE = {"batching": "global"}
+
+
+def _same_run(saved: dict, config: TrainConfig) -> bool:
+    """Whether a checkpoint's resume key matches ``config``: keys it predates are read as the old
+    behaviour, keys no longer in the resume key are ignored."""
+    saved = {**_BEFORE, **{k: v for k, v in saved.items() if k not in NOT_IN_RESUME_KEY}}
+    return saved == config.resume_key()
 
 
 @dataclass
@@ -159,7 +178,8 @@ def train(
     rank, world = _distributed()
     device = torch.device(config.device if world == 1 or config.device == "cpu" else f"cuda:{rank}")
     registry = load_registry()
-    data = read_gsv_places(config.data, config.cities, config.images_per_place)
+    cities, cities_note = stage_cities(config)
+    data = read_gsv_places(config.data, cities, config.images_per_place)
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.init, config.options, cache_dir, "model")
     trainable, total = select_trainable(model, config.stage)
@@ -187,17 +207,23 @@ def train(
                 f"teacher '{config.teacher}' gives {teacher.descriptor_dim}-d descriptors, student "
                 f"'{config.model}' {model.descriptor_dim}-d; distillation matches them element-wise"
             )
-        loss_fn = DistillLoss(teacher, config.loss)
-        log_loss = lambda loss: float(loss.detach())  # noqa: E731
+        loss_fn = DistillLoss(teacher, config.loss, world, rank)
+        log_loss = _global_mean if world > 1 else (lambda loss: float(loss.detach()))
     else:
         loss_fn = MultiSimilarity(distributed=world > 1)
         log_loss = loss_fn.logged
-    for name in config.val:  # fail before training, not after the first epoch
-        from vprbench.datasets.manage import open_dataset
-        from vprbench.paths import data_root
-
-        open_dataset(name, data_root(), registry)
+    first_val = _check_validation(config, registry)  # fail before training, not after an epoch
     allocator.reuse_freed_memory()  # as extraction: freed buffers reused (vprbench.allocator)
+    if world > 1 and model.batch_dependent:
+        raise VPRBenchError(
+            f"model '{config.model}' is batch-dependent (its cross-image encoder attends across the "
+            "batch): under torchrun each process would see only its share of the batch, and the "
+            "result would depend on the number of processes; train it in one process"
+        )
+    if world > 1:
+        # BatchNorm (the adapters') over the global batch, as one process normalises it; the
+        # converted modules keep their parameters and buffers, so checkpoints load unchanged
+        global_batchnorm(model)
     model.to(device).train()
     module = model
     if world > 1:
@@ -223,15 +249,18 @@ def train(
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None}
     if resume:
         ckpt = load_checkpoint(out / "last.pth")
-        if ckpt["config"] != config.resume_key():
+        if not _same_run(ckpt["config"], config):
             raise VPRBenchError(f"{out / 'last.pth'}: was made with another configuration; "
                                 "resume with the same options")  # fmt: skip
         module.load_state_dict(ckpt["model_state_dict"])
         optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         scaler.load_state_dict(ckpt["scaler_state_dict"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], rank, world, device)
         state = {k: ckpt["vprbench"][k] for k in ("step", "epoch", "batch")}
         state["best"] = ckpt["best"]
+        best = state["best"] or {}
+        if best and (best.get("metric"), best.get("dataset")) != (config.best_metric, first_val):
+            state["best"] = None  # another --best-metric or --val: the old best is not comparable
     transform = train_transform(config.stage, config.image_size, module.card.mean, module.card.std,
                                 config.augment)  # fmt: skip
     images = PlaceImages(data, transform)
@@ -243,14 +272,17 @@ def train(
                     "machine": {"platform": platform.platform(), "python": platform.python_version(),
                                 "torch": torch.__version__, "world_size": world,
                                 "malloc": allocator.describe()},
-                    "data": {"root": str(data.root), "cities": data.cities, "places": len(data.places),
-                             "images": data.num_images, "dropped_places": data.dropped},
+                    "data": {"root": str(data.root), "cities": data.cities, "cities_note": cities_note,
+                             "places": len(data.places), "images": data.num_images,
+                             "dropped_places": data.dropped},
                     "parameters": {"trainable": trainable, "total": total},
                     "schedule": schedule.describe(), "random_teacher": random_teacher}  # fmt: skip
         write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
         _truncate_metrics(metrics_path, state["step"])
 
     def checkpoint(name: str, full: bool) -> None:
+        # every rank's own random states (a collective: all ranks reach each full checkpoint)
+        states = gather_rng_states(device, world) if full else None
         if rank != 0:
             return
         payload = weights_payload(
@@ -258,7 +290,7 @@ def train(
         )
         if full:
             payload.update(optimizer_state_dict=optimizer.state_dict(), scaler_state_dict=scaler.state_dict(),
-                           rng=rng_state(), best=state["best"], config=config.resume_key())  # fmt: skip
+                           rng=states, best=state["best"], config=config.resume_key())  # fmt: skip
         save_checkpoint(out / name, payload)
 
     def log(entry: dict) -> None:
@@ -269,7 +301,12 @@ def train(
     def run_validation() -> dict | None:
         if not config.val:
             return None
-        result = validate(module, config.val, config, registry) if rank == 0 else None
+        # every rank takes part (the extraction is shared) and gets the result; forked: validation
+        # draws nothing from the RNG the training goes on with, so when and whether a run validates
+        # never changes its weights
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            result = validate(module, config.val, config, registry, rank, world)
         if rank == 0:
             log({"step": state["step"], "epoch": state["epoch"], "val": result})
             score = result[config.val[0]].get(config.best_metric)
@@ -289,7 +326,8 @@ def train(
     done = config.max_steps is not None and state["step"] >= config.max_steps
     while state["epoch"] < config.epochs and not done:
         sampler = PlaceBatchSampler(data.places, config.places_per_batch, config.images_per_place,
-                                    config.seed, state["epoch"], state["batch"], rank, world)  # fmt: skip
+                                    config.seed, state["epoch"], state["batch"], rank, world,
+                                    data.city_of_place, config.batching)  # fmt: skip
         loader = DataLoader(images, batch_sampler=sampler, num_workers=config.workers,
                             pin_memory=device.type == "cuda")  # fmt: skip
         tick = time.perf_counter()
@@ -317,14 +355,14 @@ def train(
             value = log_loss(loss)
             log({"step": state["step"], "epoch": state["epoch"], "batch": state["batch"],
                  "loss": value, "lr": lr, "images_per_s": speed})  # fmt: skip
-            validation = None
+            validation, validated = None, False  # a flag: the result alone cannot tell
             if config.val_every_steps and state["step"] % config.val_every_steps == 0:
-                validation = run_validation()
+                validation, validated = run_validation(), True
             done = config.max_steps is not None and state["step"] >= config.max_steps
             epoch_end = state["batch"] >= batches_per_epoch
             if epoch_end:
                 state["epoch"], state["batch"] = state["epoch"] + 1, 0
-            if validation is None and (done or (epoch_end and not config.val_every_steps)):
+            if not validated and (done or (epoch_end and not config.val_every_steps)):
                 validation = run_validation()  # every epoch, and always after the last step
             if epoch_end or done or state["step"] % config.checkpoint_every == 0:
                 checkpoint("last.pth", full=True)
@@ -339,7 +377,8 @@ def train(
                "parameters": {"trainable": trainable, "total": total},
                "last": str(out / "last.pth"), "random_teacher": random_teacher,
                "data": {"places": len(data.places), "dropped_places": data.dropped,
-                        "images": data.num_images}}  # fmt: skip
+                        "images": data.num_images, "cities": data.cities, "cities_note": cities_note,
+                        "batching": config.batching}}  # fmt: skip
     if rank == 0:
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if world > 1:
@@ -348,15 +387,74 @@ def train(
     return summary
 
 
+def _global_mean(loss: torch.Tensor) -> float:
+    """The mean over the ranks of each rank's loss (a collective): with equal shards, the loss of the
+    global batch, which is what one process logs. Rank 0's own loss alone is half the story."""
+    value = loss.detach().clone()
+    torch.distributed.all_reduce(value)
+    return float(value) / torch.distributed.get_world_size()
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop logged lines past ``step`` (a resumed run logs them again), so that the file of a resumed
-    run equals that of an uninterrupted one."""
+    run equals that of an uninterrupted one. A cut-short last line (a full disk, a power loss during
+    the append) is dropped; an unreadable line before it is an error naming the file and line."""
     if not path.is_file():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
+    lines = [line for line in path.read_text().splitlines() if line]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break  # the interrupted append
+            raise VPRBenchError(
+                f"{path}:{number}: not a JSON line ({line[:60]!r}); the run's metrics are damaged"
+            ) from None
+        if entry["step"] <= step:
+            kept.append(line)
     write_text(path, "".join(line + "\n" for line in kept))
+
+
+def stage_cities(config: TrainConfig) -> tuple[list[str] | None, str]:
+    """The cities a stage reads, and why: ``--cities`` if given; else the released list of the stage
+    (distillation: its 23 named cities, in its order, where the folder holds them all; fine-tuning:
+    every Dataframes/*.csv)."""
+    from vprbench.train.gsv import RELEASED_DISTILL_CITIES, resolve_data_root
+
+    if config.cities:
+        return list(config.cities), "--cities"
+    if config.stage != "distill":
+        return None, "every Dataframes/*.csv, as the released fine-tuning (cities='all')"
+    frames = resolve_data_root(config.data) / "Dataframes"
+    absent = [c for c in RELEASED_DISTILL_CITIES if not (frames / f"{c}.csv").is_file()]
+    if not absent:
+        return list(RELEASED_DISTILL_CITIES), "the released distillation's 23 cities, in its order"
+    return None, (f"every Dataframes/*.csv: the released distillation's 23 cities are not all here "
+                  f"({len(absent)} missing, e.g. {absent[0]})")  # fmt: skip
+
+
+def _check_validation(config: TrainConfig, registry) -> str | None:
+    """Open every --val dataset and check --best-metric against the first, before training: a typo
+    must not cost an epoch. Returns the first --val name (None without validation)."""
+    import re
+
+    from vprbench.choices import DEFAULT_KS
+    from vprbench.datasets.manage import open_dataset
+    from vprbench.paths import data_root
+
+    found = re.fullmatch(r"R@(\d+)", config.best_metric)
+    if not config.val:
+        return None
+    datasets = [open_dataset(name, data_root(), registry) for name in config.val]
+    ks = [k for k in DEFAULT_KS if k <= len(datasets[0].database)] or [1]
+    if not found or int(found.group(1)) not in ks:
+        raise VPRBenchError(
+            f"--best-metric {config.best_metric!r}: validation on {config.val[0]} (the first --val) "
+            f"reports {', '.join(f'R@{k}' for k in ks)}"
+        )
+    return config.val[0]
 
 
 def config_from(stage: str, **values) -> TrainConfig:

@@ -59,14 +59,29 @@ def build_model(name: str, weights: str | None, options: dict, cache_dir, what: 
 
 @dataclass
 class DistillLoss:
-    """MSE (or 1 - cosine) between the student's and the frozen teacher's final descriptors."""
+    """MSE (or 1 - cosine) between the student's and the frozen teacher's final descriptors.
+
+    ``world`` > 1 (torchrun): the teacher runs on the global batch, every rank's images gathered in
+    rank order (the single process's batch), and each rank takes its own rows of the targets, so a
+    batch-dependent teacher (CricaVPR's cross-image encoder attends across the batch) gives the
+    targets one process would. The released teacher runs on the whole batch, unwrapped
+    (D2VPR distillation.py:76,122)."""
 
     teacher: nn.Module
     kind: str = "mse"
+    world: int = 1
+    rank: int = 0
 
     def __call__(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor):
         with torch.no_grad():
-            target = self.teacher(images).float()
+            if self.world > 1 and getattr(self.teacher, "batch_dependent", False):
+                parts = [torch.empty_like(images) for _ in range(self.world)]
+                torch.distributed.all_gather(parts, images.contiguous())
+                n = len(images)
+                target = self.teacher(torch.cat(parts))[self.rank * n : (self.rank + 1) * n]
+                target = target.float()
+            else:
+                target = self.teacher(images).float()
         out = student(images).float()
         if self.kind == "mse":
             return F.mse_loss(out, target)
@@ -101,3 +116,52 @@ class MultiSimilarity:
 
     def logged(self, loss: torch.Tensor) -> float:
         return float(loss.detach()) / self.scale
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch under torchrun: each rank's
+    per-channel sum, sum of squares and count are summed across ranks (differentiably, so the
+    gradient is the global batch's too), on any backend (torch's SyncBatchNorm needs CUDA). In eval,
+    or in one process, it is BatchNorm2d. Running statistics are updated as BatchNorm2d updates them,
+    from the global mean and unbiased variance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if (
+            not self.training
+            or not dist.is_available()
+            or not dist.is_initialized()
+            or (dist.get_world_size() == 1)
+        ):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        shape = (1, -1, 1, 1)
+        count = torch.full((x.shape[1],), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.stack([x.sum(dims), count]))
+        n = stats[1]
+        mean = stats[0] / n
+        # two passes, as BatchNorm computes it: E[(x - mean)^2], not E[x^2] - mean^2 (which loses
+        # digits where the mean is large against the spread)
+        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+                self.num_batches_tracked += 1
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def global_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm2d made a :class:`GlobalBatchNorm2d` in place (the same
+    parameters and buffers, so state dicts and checkpoints are unchanged)."""
+    for child in model.modules():
+        if type(child) is nn.BatchNorm2d:
+            child.__class__ = GlobalBatchNorm2d
+    return model
