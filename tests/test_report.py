@@ -241,3 +241,13 @@ def test_backbone_only_weights_are_marked_as_partly_random(tmp_path):
     md = to_markdown(df)
     assert "| DINOv2 only* " in md and "| trained " in md
     assert "in whole or in part (backbone-only weights leave the DRM" in caption(df, latex=False)
+
+
+def test_a_figure_saved_twice_is_the_same_bytes(tmp_path):
+    """No creation date in the PDFs: re-running a report changes no figure that did not change."""
+    from vprbench.report import recall_curves
+
+    df = pd.DataFrame([_row("A", 0, r1=60.0), _row("B", 1, r1=50.0)])
+    first = {p.name: p.read_bytes() for p in recall_curves(df, tmp_path)}
+    second = {p.name: p.read_bytes() for p in recall_curves(df, tmp_path)}
+    assert first == second and set(first) == {"recall_at_k_sped.png", "recall_at_k_sped.pdf"}

@@ -636,7 +636,10 @@ def to_csv(df: pd.DataFrame) -> str:
 def _save(fig, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # no creation date in the PDF: the same figure gives the same bytes (a report re-run
+        # changes no file it did not change)
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
