@@ -124,10 +124,17 @@ def test_settings_that_do_not_change_the_weights_are_not_in_the_resume_key():
                     val_every_steps=100, workers=4, checkpoint_every=7)  # fmt: skip
     assert a.resume_key() == b.resume_key()
     assert config_from("finetune", data="x", out="a", lr=1e-4).resume_key() != a.resume_key()
-    # a checkpoint from before --batching existed was trained with global batches
-    old = {k: v for k, v in a.resume_key().items() if k != "batching"}
-    assert not _same_run(old, a)
-    assert _same_run(old, config_from("finetune", data="x", out="a", batching="global"))
+    # the data by content: the embedded set by name or by its path is one run
+    from vprbench.train.gsv import embedded_train_sample
+
+    named = config_from("finetune", data="nordland-train-sample", out="a").resume_key()
+    by_path = config_from("finetune", data=str(embedded_train_sample()), out="a").resume_key()
+    assert named == by_path and named["data"] != a.resume_key()["data"]
+    assert _same_run(named, by_path, Path("last.pth"))
+    # a checkpoint of an older format (global batches, nearest RandAugment) is not resumed
+    old = {k: v for k, v in named.items() if k != "format"}
+    with pytest.raises(VPRBenchError, match=r"last.pth: made by an older vprbench"):
+        _same_run(old, named, Path("last.pth"))
 
 
 def test_a_cut_short_last_metrics_line_is_dropped_and_a_bad_middle_one_named(tmp_path):
@@ -200,12 +207,20 @@ def test_stage_settings_are_typed_and_checked_again_after_set(tmp_path):
     for dotted, value, message in (
         ("train.finetune.lrr", 1e-4, r"--set: variant 'TDDA': .*unknown key 'lrr'"),
         ("train.distill", True, r"--set: variant 'TDDA': .*'distill' is a mapping"),
-        ("train.finetune.lr", "fast", r"--set: variant 'TDDA': .*'lr' must be a number"),
+        ("train.finetune.lr", "fast", r"--set: variant 'TDDA': .*'lr' must be a positive number"),
+        ("train.finetune.lr", -1e-3, r"'lr' must be a positive number, got -0.001"),
+        ("train.finetune.epochs", 0, r"'epochs' must be a positive integer, got 0"),
     ):
         with pytest.raises(VPRBenchError, match=message):
             expand(recipe, {dotted: value})
     (fast,) = expand(recipe, {"train.finetune.lr": "1e-3"})
     assert fast.train["finetune"]["lr"] == 1e-3
+    # --set on a stage that is off (or a variant without training) leaves it off
+    off = _recipe(tmp_path, extra="  - name: distill only\n    train: {finetune: false}\n"
+                                  "  - name: untrained\n    train: null\n    weights: w.pth\n")  # fmt: skip
+    short = {v.name: v.train for v in expand(off, {"train.finetune.max_steps": 2})}
+    assert short["TDDA"]["finetune"]["max_steps"] == 2
+    assert short["distill only"]["finetune"] is False and short["untrained"] is None
 
 
 def test_stage_keys_hold_what_changes_the_weights_and_nothing_else(tmp_path):
@@ -270,6 +285,8 @@ def test_each_process_resumes_its_own_random_state():
     assert torch.equal(zero, torch.rand(2))
     with pytest.raises(VPRBenchError, match="random states of 2 processes: resume with as many"):
         set_rng_state(saved, rank=0, world=4)
+    with pytest.raises(VPRBenchError, match="random states of 1 process: resume it in one process"):
+        set_rng_state(first, rank=0, world=2)
     assert set(gather_rng_states(torch.device("cpu"), 1)) == {"torch", "python"}
 
 
@@ -345,3 +362,43 @@ def test_two_gloo_processes_distil_like_one_with_a_batch_dependent_teacher_and_b
                               "cross_image_encoder=true"], capture_output=True, text=True,
                              timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert encoder.returncode != 0 and "is batch-dependent" in encoder.stderr
+
+
+def test_global_batchnorm_is_batchnorm_on_the_whole_batch(monkeypatch):
+    """In one process with the all-reduce an identity, GlobalBatchNorm2d must be BatchNorm2d: the
+    same output, input and weight gradients and running statistics (momentum 0.1 and None), and
+    finite in fp16 on a channel of 65,536 values (fp16 sums overflow there)."""
+    import torch
+
+    from vprbench.train.stages import GlobalBatchNorm2d, global_batchnorm
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, *a, **k: None)
+    for momentum in (0.1, None):
+        torch.manual_seed(0)
+        plain = torch.nn.BatchNorm2d(5, eps=1e-3, momentum=momentum)
+        with torch.no_grad():
+            plain.weight.uniform_(0.5, 1.5)
+            plain.bias.uniform_(-1, 1)
+        wrapped = torch.nn.Sequential(torch.nn.BatchNorm2d(5, eps=1e-3, momentum=momentum))
+        wrapped[0].load_state_dict(plain.state_dict())
+        global_batchnorm(wrapped)
+        assert type(wrapped[0]) is GlobalBatchNorm2d
+        for _ in range(3):
+            x = (torch.randn(6, 5, 4, 4) * 3 + 10).requires_grad_(True)
+            xg = x.detach().clone().requires_grad_(True)
+            y, yg = plain(x), wrapped(xg)
+            torch.testing.assert_close(yg, y, rtol=1e-5, atol=1e-5)
+            (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+            (yg * torch.arange(yg.numel()).view_as(yg)).sum().backward()
+            torch.testing.assert_close(xg.grad, x.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(wrapped[0].weight.grad, plain.weight.grad, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(wrapped[0].running_mean, plain.running_mean)
+        torch.testing.assert_close(wrapped[0].running_var, plain.running_var, rtol=1e-4, atol=1e-5)
+        assert int(wrapped[0].num_batches_tracked) == 3
+    big = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    global_batchnorm(big)
+    y = big(torch.randn(256, 2, 16, 16).mul(1.5).add(3).half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all() and y.abs().max() > 1

@@ -181,6 +181,11 @@ def process_group(device: str) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if str(device).startswith("cuda"):
+            import torch
+
+            # NCCL's object collectives stage on the current device: this process's own GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
 

@@ -82,7 +82,7 @@ _COMMON_STAGE_KEYS = {
     "max_steps": ((int, type(None)), "a positive integer or null"),
     "places_per_batch": ((int,), "a positive integer"),
     "images_per_place": ((int,), "a positive integer"),
-    "lr": ((float,), "a number"),
+    "lr": ((float,), "a positive number"),
     "augment": ((str,), "released or none"),
     "batching": ((str,), "in-city, in-city-fixed or global"),
     "dtype": ((str,), "fp32, bf16 or fp16 (fp16: CUDA)"),
@@ -99,11 +99,14 @@ STAGE_KEYS = {
                 "allow_random_teacher": ((bool,), "true or false"),
                 "loss": ((str,), "mse or cosine")},
     "finetune": {**_COMMON_STAGE_KEYS,
-                 "weight_decay": ((float,), "a number"),
+                 "weight_decay": ((float,), "a non-negative number"),
                  "warmup_steps": ((int,), "a non-negative integer"),
                  "warmup_as_released": ((bool,), "true or false"),
                  "milestones": ((list,), "a list of epochs (integers)")},
 }  # fmt: skip
+# The smallest value of each numeric stage key (lr and weight_decay must also be finite; lr > 0).
+_AT_LEAST = {"epochs": 1, "max_steps": 1, "places_per_batch": 2, "images_per_place": 1,
+             "warmup_steps": 0, "workers": 0, "checkpoint_every": 1, "weight_decay": 0.0}  # fmt: skip
 _CHOICES = {"augment": ("released", "none"), "batching": ("in-city", "in-city-fixed", "global"),
             "dtype": ("fp32", "bf16", "fp16"), "loss": ("mse", "cosine")}  # fmt: skip
 TOP_KEYS = {"name", "description", "base", "variants", "grid"}
@@ -274,6 +277,15 @@ def _typed_stage(settings: dict, stage: str, recipe: Recipe, path: tuple) -> dic
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         _check_type(value, kinds, form, recipe, (*path, key))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and (
+            (key in _AT_LEAST and not value >= _AT_LEAST[key])
+            or (key == "lr" and not 0 < value < float("inf"))
+            or (isinstance(value, float) and value != value)
+        ):
+            raise VPRBenchError(
+                f"{recipe.where(*path, key)}: '{key}' must be {form}, got {value!r}"
+            )
         if key in _CHOICES and value not in _CHOICES[key]:
             raise VPRBenchError(
                 f"{recipe.where(*path, key)}: '{key}' must be {form}, got {value!r}"
@@ -299,7 +311,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def apply_overrides(settings: dict, overrides: dict) -> dict:
-    """``--set`` values (dotted keys) applied on top of ``settings``."""
+    """``--set`` values (dotted keys) applied on top of ``settings``. A training setting is applied
+    only where there is training: ``train.*`` leaves a variant with ``train: null`` untrained, and
+    ``train.<stage>.*`` leaves a stage that is off (``false``) off, so ``--set
+    train.finetune.max_steps=2`` shortens every fine-tuning and starts none."""
     out = copy.deepcopy(settings)
     for dotted, value in overrides.items():
         parts = dotted.split(".")
@@ -307,6 +322,15 @@ def apply_overrides(settings: dict, overrides: dict) -> dict:
             raise VPRBenchError(
                 f"--set {dotted}: unknown setting '{parts[0]}'; expected one of {sorted(SETTINGS)}"
             )
+        if parts[0] == "train" and len(parts) > 1 and not isinstance(out.get("train"), dict):
+            continue
+        if (
+            parts[0] == "train"
+            and len(parts) > 2
+            and parts[1] in STAGE_KEYS
+            and not isinstance(out["train"].get(parts[1]), dict)
+        ):
+            continue
         target = out
         for part in parts[:-1]:
             if not isinstance(target.get(part), dict):

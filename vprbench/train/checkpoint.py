@@ -44,6 +44,10 @@ def set_rng_state(state: dict, rank: int = 0, world: int = 1, device=None) -> No
     """Restore this process's random states: rank ``rank``'s own where the checkpoint holds one per
     process (refusing another number of processes), else the single state. Checkpoints from before
     per-rank states held every CUDA device's state of rank 0 (``cuda``): restored as they were."""
+    if "ranks" not in state and world > 1:
+        raise VPRBenchError(
+            f"the checkpoint holds the random states of 1 process: resume it in one process, not {world}"
+        )
     if "ranks" in state:
         if len(state["ranks"]) != world:
             raise VPRBenchError(

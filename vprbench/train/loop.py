@@ -96,12 +96,19 @@ class TrainConfig:
                         self.warmup_as_released)  # fmt: skip
 
     def resume_key(self) -> dict:
-        """What must be equal for --resume to continue a run: what changes the weights. Paths,
-        workers, the device and validation (which runs with the RNG forked, so it draws nothing the
-        training would) may change."""
+        """What must be equal for --resume to continue a run: what changes the weights, with the
+        data and weights files by content (their paths may change), and the checkpoint format.
+        Workers, the device and validation (which runs with the RNG forked, so it draws nothing the
+        training would) may change too."""
+        from vprbench.train.fingerprint import data_fingerprint, weights_fingerprint
+
         key = asdict(self)
         for name in NOT_IN_RESUME_KEY:
             key.pop(name)
+        key["data"] = data_fingerprint(self.data)
+        key["init"] = weights_fingerprint(self.init)
+        key["teacher_weights"] = weights_fingerprint(self.teacher_weights)
+        key["format"] = RESUME_FORMAT
         return json.loads(json.dumps(key))
 
 
@@ -109,15 +116,20 @@ class TrainConfig:
 # ablate's stage key), so that correcting one of them never costs a run.
 NOT_IN_RESUME_KEY = ("out", "workers", "device", "val", "val_every_steps", "val_batch_size",
                      "best_metric", "checkpoint_every")  # fmt: skip
-# Resume keys written before a setting existed, read as what those versions did.
-_BEFORE = {"batching": "global"}
+# The resume key's format. 2 (vprbench 0.5): in-city batches, bilinear RandAugment, the released
+# distillation cities, files by content. A run of an older format trained otherwise: not resumable.
+RESUME_FORMAT = 2
 
 
-def _same_run(saved: dict, config: TrainConfig) -> bool:
-    """Whether a checkpoint's resume key matches ``config``: keys it predates are read as the old
-    behaviour, keys no longer in the resume key are ignored."""
-    saved = {**_BEFORE, **{k: v for k, v in saved.items() if k not in NOT_IN_RESUME_KEY}}
-    return saved == config.resume_key()
+def _same_run(saved: dict, key: dict, path: Path) -> bool:
+    """Whether a checkpoint's resume key ``saved`` matches ``key``; refuses one of another format."""
+    if saved.get("format") != RESUME_FORMAT:
+        raise VPRBenchError(
+            f"{path}: made by an older vprbench, which trained otherwise (global batches, "
+            "nearest-neighbour RandAugment, every city): it cannot be resumed; start the run again "
+            "in another --out"
+        )
+    return saved == key
 
 
 @dataclass
@@ -144,8 +156,12 @@ def _git_revision() -> str | None:
 
 
 def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+    """(rank, world size), initialising torch.distributed when launched by torchrun. On CUDA each
+    process's current device is its LOCAL_RANK's, before any collective: NCCL's object collectives
+    stage their tensors on the current device, which would otherwise be cuda:0 on every rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
@@ -176,7 +192,11 @@ def train(
     if config.stage == "distill" and config.loss not in DISTILL_LOSSES:
         raise VPRBenchError(f"--loss must be one of {list(DISTILL_LOSSES)}, got {config.loss!r}")
     rank, world = _distributed()
-    device = torch.device(config.device if world == 1 or config.device == "cpu" else f"cuda:{rank}")
+    # one GPU per process, by its rank on this node (LOCAL_RANK; the global rank is wrong on node 2)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(
+        config.device if world == 1 or config.device == "cpu" else f"cuda:{local}"
+    )
     registry = load_registry()
     cities, cities_note = stage_cities(config)
     data = read_gsv_places(config.data, cities, config.images_per_place)
@@ -247,9 +267,10 @@ def train(
     meta = {"model": module.card.name, "options": module.options, "stage": config.stage,
             "random_teacher": random_teacher, "vprbench_version": __version__}  # fmt: skip
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None}
+    resume_key = config.resume_key()  # once: it hashes the data frames and weights files
     if resume:
         ckpt = load_checkpoint(out / "last.pth")
-        if not _same_run(ckpt["config"], config):
+        if not _same_run(ckpt["config"], resume_key, out / "last.pth"):
             raise VPRBenchError(f"{out / 'last.pth'}: was made with another configuration; "
                                 "resume with the same options")  # fmt: skip
         module.load_state_dict(ckpt["model_state_dict"])
@@ -290,7 +311,7 @@ def train(
         )
         if full:
             payload.update(optimizer_state_dict=optimizer.state_dict(), scaler_state_dict=scaler.state_dict(),
-                           rng=states, best=state["best"], config=config.resume_key())  # fmt: skip
+                           rng=states, best=state["best"], config=resume_key)  # fmt: skip
         save_checkpoint(out / name, payload)
 
     def log(entry: dict) -> None:
@@ -306,7 +327,7 @@ def train(
         # never changes its weights
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            result = validate(module, config.val, config, registry, rank, world)
+            result = validate(module, config.val, config, registry, rank, world, str(device))
         if rank == 0:
             log({"step": state["step"], "epoch": state["epoch"], "val": result})
             score = result[config.val[0]].get(config.best_metric)

@@ -118,12 +118,30 @@ class MultiSimilarity:
         return float(loss.detach()) / self.scale
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks whose gradient is the sum of the ranks' gradients (every rank's loss
+    depends on every rank's statistics)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch under torchrun: each rank's
-    per-channel sum, sum of squares and count are summed across ranks (differentiably, so the
-    gradient is the global batch's too), on any backend (torch's SyncBatchNorm needs CUDA). In eval,
-    or in one process, it is BatchNorm2d. Running statistics are updated as BatchNorm2d updates them,
-    from the global mean and unbiased variance."""
+    per-channel sums and counts are summed across ranks, differentiably, so the gradient is the
+    global batch's too, on any backend (torch's SyncBatchNorm needs CUDA). Statistics in float32
+    whatever the autocast dtype (a 65,536-value channel overflows fp16). In eval, or in one process,
+    it is BatchNorm2d. Running statistics are updated as BatchNorm2d updates them (momentum, or the
+    cumulative average when momentum is None), from the global mean and unbiased variance."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -135,27 +153,30 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             or (dist.get_world_size() == 1)
         ):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = (0, 2, 3)
         shape = (1, -1, 1, 1)
-        count = torch.full((x.shape[1],), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.stack([x.sum(dims), count]))
+        xf = x.float()
+        count = torch.full((x.shape[1],), x.numel() / x.shape[1], dtype=torch.float32,
+                           device=x.device)  # fmt: skip
+        stats = _AllReduceSum.apply(torch.stack([xf.sum(dims), count]))
         n = stats[1]
         mean = stats[0] / n
         # two passes, as BatchNorm computes it: E[(x - mean)^2], not E[x^2] - mean^2 (which loses
         # digits where the mean is large against the spread)
-        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
+        var = _AllReduceSum.apply(((xf - mean.view(shape)) ** 2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - m).add_(m * mean)
-                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
                 self.num_batches_tracked += 1
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+                m = self.momentum
+                if m is None:  # BatchNorm's cumulative moving average
+                    m = 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+                unbiased = var * n / (n - 1)
+                self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+            y = y * self.weight.float().view(shape) + self.bias.float().view(shape)
+        return y.to(x.dtype)
 
 
 def global_batchnorm(model: nn.Module) -> nn.Module:

@@ -13,10 +13,12 @@ import tempfile
 from pathlib import Path
 
 
-def validate(model, names: list[str], config, registry, rank: int = 0, world: int = 1) -> dict:
+def validate(model, names: list[str], config, registry, rank: int = 0, world: int = 1,
+             device: str | None = None) -> dict:  # fmt: skip
     """Recall@k of ``model`` on each dataset, through the same extract + evaluate path as `vprbench
     evaluate`, into a temporary cache and results folder (a training run would otherwise write every
-    validation's descriptors to the disk cache). With ``world`` > 1 every rank calls it."""
+    validation's descriptors to the disk cache). With ``world`` > 1 every rank calls it. ``device``:
+    where the model trains (this rank's GPU), default ``config.device``."""
     from vprbench.datasets.manage import open_dataset
     from vprbench.evaluate import DEFAULT_KS, evaluate
     from vprbench.extract import ExtractSettings, extract
@@ -34,7 +36,8 @@ def validate(model, names: list[str], config, registry, rank: int = 0, world: in
         for name in names:
             ds = open_dataset(name, data_root(), registry)
             settings = ExtractSettings(model=model.card.name, image_size=tuple(config.image_size),
-                                       batch_size=config.val_batch_size, device=config.device)  # fmt: skip
+                                       batch_size=config.val_batch_size,
+                                       device=device or config.device)  # fmt: skip
             result = extract(ds, settings, tmp / "cache", model=model)
             if rank == 0:
                 ks = [k for k in DEFAULT_KS if k <= len(ds.database)] or [1]
