@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from vprbench.models.weights import sha256_file  # memoised on (path, size, mtime)
+
 
 def data_fingerprint(data: str) -> str:
     """sha256 over the names and bytes of a GSV-Cities folder's Dataframes/*.csv (the places and images
@@ -19,7 +21,7 @@ def data_fingerprint(data: str) -> str:
     digest = hashlib.sha256()
     for path in sorted(frames.glob("*.csv")):
         digest.update(path.name.encode() + b"\0")
-        digest.update(_file_sha256(path).encode())
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
@@ -28,20 +30,4 @@ def weights_fingerprint(spec: str | None) -> str | None:
     the loader checks those against their published sha256 where one is known."""
     if spec is None or not Path(spec).is_file():
         return spec
-    return "sha256:" + _file_sha256(Path(spec))
-
-
-_HASHES: dict = {}
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file, cached per process by (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    return "sha256:" + sha256_file(Path(spec))
