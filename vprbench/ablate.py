@@ -52,7 +52,7 @@ class Outcome:
     error: str | None = None
 
 
-# Bumped when the training code changes what a stage computes with the same settings (0.5: in-city
+# Bumped when the training code changes what a stage computes with the same settings (2: in-city
 # batches, bilinear RandAugment, validation with the RNG forked): stages trained before are not reused.
 TRAINING_CODE = 2
 

@@ -158,7 +158,8 @@ def _seed(*parts: int) -> int:
 #   in-city-fixed  the same, one order for every epoch: the released distillation builds its dataset
 #                  once (D2VPR dataloaders/train/GSVCitiesDataset.py:59-83, distillation.py:93-101
 #                  shuffle False), so its batches repeat; only the K images and augmentation change
-#   global         one permutation of all places every epoch (vprbench before 0.5): batches mix cities
+#   global         one permutation of all places every epoch (vprbench before in-city batches): batches
+#                  mix cities
 # In both in-city orders a city's places come in the order they first appear among its shuffled
 # images, as pd.unique over the shuffled dataframe gives them (a place with more images tends to
 # come earlier), not a uniform permutation.

@@ -116,7 +116,7 @@ class TrainConfig:
 # ablate's stage key), so that correcting one of them never costs a run.
 NOT_IN_RESUME_KEY = ("out", "workers", "device", "val", "val_every_steps", "val_batch_size",
                      "best_metric", "checkpoint_every")  # fmt: skip
-# The resume key's format. 2 (vprbench 0.5): in-city batches, bilinear RandAugment, the released
+# The resume key's format. 2: in-city batches, bilinear RandAugment, the released
 # distillation cities, files by content. A run of an older format trained otherwise: not resumable.
 RESUME_FORMAT = 2
 
