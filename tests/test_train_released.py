@@ -376,29 +376,39 @@ def test_global_batchnorm_is_batchnorm_on_the_whole_batch(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, *a, **k: None)
-    for momentum in (0.1, None):
-        torch.manual_seed(0)
-        plain = torch.nn.BatchNorm2d(5, eps=1e-3, momentum=momentum)
-        with torch.no_grad():
-            plain.weight.uniform_(0.5, 1.5)
-            plain.bias.uniform_(-1, 1)
-        wrapped = torch.nn.Sequential(torch.nn.BatchNorm2d(5, eps=1e-3, momentum=momentum))
-        wrapped[0].load_state_dict(plain.state_dict())
-        global_batchnorm(wrapped)
-        assert type(wrapped[0]) is GlobalBatchNorm2d
-        for _ in range(3):
-            x = (torch.randn(6, 5, 4, 4) * 3 + 10).requires_grad_(True)
-            xg = x.detach().clone().requires_grad_(True)
-            y, yg = plain(x), wrapped(xg)
-            torch.testing.assert_close(yg, y, rtol=1e-5, atol=1e-5)
-            (y * torch.arange(y.numel()).view_as(y)).sum().backward()
-            (yg * torch.arange(yg.numel()).view_as(yg)).sum().backward()
-            torch.testing.assert_close(xg.grad, x.grad, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(wrapped[0].weight.grad, plain.weight.grad, rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(wrapped[0].running_mean, plain.running_mean)
-        torch.testing.assert_close(wrapped[0].running_var, plain.running_var, rtol=1e-4, atol=1e-5)
-        assert int(wrapped[0].num_batches_tracked) == 3
-    big = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
-    global_batchnorm(big)
-    y = big(torch.randn(256, 2, 16, 16).mul(1.5).add(3).half())
-    assert y.dtype == torch.float16 and torch.isfinite(y).all() and y.abs().max() > 1
+    # an earlier test may have switched gradients off globally: on here, as it was after
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    try:
+        for momentum in (0.1, None):
+            torch.manual_seed(0)
+            plain = torch.nn.BatchNorm2d(5, eps=1e-3, momentum=momentum)
+            with torch.no_grad():
+                plain.weight.uniform_(0.5, 1.5)
+                plain.bias.uniform_(-1, 1)
+            wrapped = torch.nn.Sequential(torch.nn.BatchNorm2d(5, eps=1e-3, momentum=momentum))
+            wrapped[0].load_state_dict(plain.state_dict())
+            global_batchnorm(wrapped)
+            assert type(wrapped[0]) is GlobalBatchNorm2d
+            for _ in range(3):
+                x = (torch.randn(6, 5, 4, 4) * 3 + 10).requires_grad_(True)
+                xg = x.detach().clone().requires_grad_(True)
+                y, yg = plain(x), wrapped(xg)
+                torch.testing.assert_close(yg, y, rtol=1e-5, atol=1e-5)
+                (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+                (yg * torch.arange(yg.numel()).view_as(yg)).sum().backward()
+                torch.testing.assert_close(xg.grad, x.grad, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                wrapped[0].weight.grad, plain.weight.grad, rtol=1e-3, atol=1e-3
+            )
+            torch.testing.assert_close(wrapped[0].running_mean, plain.running_mean)
+            torch.testing.assert_close(
+                wrapped[0].running_var, plain.running_var, rtol=1e-4, atol=1e-5
+            )
+            assert int(wrapped[0].num_batches_tracked) == 3
+        big = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+        global_batchnorm(big)
+        y = big(torch.randn(256, 2, 16, 16).mul(1.5).add(3).half())
+        assert y.dtype == torch.float16 and torch.isfinite(y).all() and y.abs().max() > 1
+    finally:
+        torch.set_grad_enabled(previous)
