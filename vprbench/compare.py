@@ -59,11 +59,6 @@ def saved_width(record: dict) -> int:
         raise VPRBenchError(f"{path}: cannot read the run's predictions ({exc})") from None
 
 
-def compare_runs(a: dict, b: dict, ks: list[int]) -> list[PairedComparison]:
-    """See :func:`compare_with_resampling`; the comparisons only."""
-    return compare_with_resampling(a, b, ks)[0]
-
-
 def compare_with_resampling(
     a: dict, b: dict, ks: list[int]
 ) -> tuple[list[PairedComparison], Resampling]:

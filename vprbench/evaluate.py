@@ -91,6 +91,7 @@ def evaluate(
     if pca is not None:
         database, queries = pca.transform(database), pca.transform(queries)
     clusters = query_clusters(dataset, cluster)  # before the search: a bad --cluster fails early
+    cluster_key = canonical(cluster, dataset)  # None for the protocol's own rule: the old run ids
     groups = load_groups(dataset) if per_city else None
     if per_city and groups is None:
         raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
@@ -126,7 +127,7 @@ def evaluate(
         "no_positive_policy": no_positive_policy,
         "tags": tags,
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
-        **({"cluster": canonical(cluster, dataset)} if canonical(cluster, dataset) else {}),
+        **({"cluster": cluster_key} if cluster_key else {}),
         # another device's float rounding can reorder near-ties: a CUDA run keeps its own record
         **(
             {"search_device": str(device).split(":")[0]}
