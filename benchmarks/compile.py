@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from vprbench.extract import COMPILE_TOLERANCE
+from vprbench.extract.settings import COMPILE_TOLERANCE
 from vprbench.models import create_model, get_card
 from vprbench.yamlfile import parse_overrides
 

@@ -31,7 +31,8 @@ CHILD = """
 import hashlib, json, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 from vprbench.datasets.formatted import load_formatted
-from vprbench.extract import ExtractSettings, extract
+from vprbench.extract.settings import ExtractSettings
+from vprbench.extract.run import extract
 from pathlib import Path
 from vprbench import allocator
 import torch, vprbench.models.registry  # imported before the clock starts: not what is compared

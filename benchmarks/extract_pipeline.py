@@ -34,7 +34,7 @@ def make_dataset(root: Path, n: int):
     """``n`` queries that are noisy copies of ``n`` database JPEGs, formatted as 'bench'."""
     from vprbench.datasets.formatted import load_formatted
     from vprbench.datasets.manage import import_dataset
-    from vprbench.protocols import load_registry
+    from vprbench.datasets.protocols import load_registry
 
     src = vpr_bench_folder(root / "src", n)
     import_dataset(src, "vpr-bench", "bench", root / "data", load_registry())
@@ -49,7 +49,7 @@ def preprocessed(dataset, preprocess):
     from concurrent.futures import ThreadPoolExecutor
 
     from vprbench.datasets.images import ImageList, collate_images
-    from vprbench.extract import available_cpus
+    from vprbench.extract.settings import available_cpus
 
     out = []
     for split in (dataset.database, dataset.queries):
@@ -86,7 +86,8 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
     import numpy as np
     import torch
 
-    from vprbench.extract import WRITER_STAGES, ExtractSettings, default_workers, extract
+    from vprbench.extract.run import extract
+    from vprbench.extract.settings import WRITER_STAGES, ExtractSettings, default_workers
     from vprbench.models import create_model
     from vprbench.yamlfile import parse_overrides
 
@@ -156,7 +157,7 @@ def measure(args, root: Path, dataset, model_name: str, dtype: str, tensors: dic
 def settings_to_run(args, workers: str, device) -> list[tuple[str, str]]:
     """(decode, loader) pairs for one ``--workers`` value: loader processes only decode with PIL,
     and only when there are workers."""
-    from vprbench.extract import default_workers
+    from vprbench.extract.settings import default_workers
 
     count = default_workers(device) if workers == "auto" else int(workers)
     return [
@@ -169,7 +170,7 @@ def settings_to_run(args, workers: str, device) -> list[tuple[str, str]]:
 
 def slow_disk(seconds: float) -> None:
     """Every shard write takes ``seconds`` longer, as an fsync on a slow (network) disk would."""
-    from vprbench.cache import DescriptorCache
+    from vprbench.extract.cache import DescriptorCache
 
     write = DescriptorCache.write_shard
 

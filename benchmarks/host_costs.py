@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from extract_pipeline import make_dataset
 
-from vprbench.cache import Assembly, DescriptorCache
 from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
 from vprbench.datasets.images import ImageList, Preprocess
+from vprbench.extract.cache import Assembly, DescriptorCache
 
 
 def loader_costs(root: Path, n: int, batch: int, repeats: int) -> None:

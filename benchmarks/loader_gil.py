@@ -88,7 +88,7 @@ def main() -> None:
 
     from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
     from vprbench.datasets.images import ImageList, Preprocess, collate_images
-    from vprbench.loader import PREFETCH, ThreadedBatches, close_decoders, decoders
+    from vprbench.extract.loader import PREFETCH, ThreadedBatches, close_decoders, decoders
     from vprbench.models import create_model
 
     torch.set_num_threads(1)

@@ -36,7 +36,7 @@ def descriptors(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def child(mode: str, n: int, nq: int, dim: int) -> None:
-    from vprbench.search import exact_search
+    from vprbench.evaluate.search import exact_search
 
     db = descriptors(n, dim, 0)
     queries = db[:nq] + 0.01 * descriptors(nq, dim, 1)

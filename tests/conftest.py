@@ -67,8 +67,8 @@ def make_vpr_bench_folder(
 def tiny_dataset(tmp_path):
     """A formatted 12-database / 6-query dataset named 'tiny'; query 5 has no positives."""
     from vprbench.datasets.manage import import_dataset
+    from vprbench.datasets.protocols import load_registry
     from vprbench.paths import data_root
-    from vprbench.protocols import load_registry
 
     positives = [[0, 1], [2], [4, 5], [7], [11], []]
     folder = make_vpr_bench_folder(tmp_path / "tiny_src", 12, positives)

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import latex_compiles
-from vprbench.ablate import run_recipe
+from vprbench.ablate.recipe import load_recipe
+from vprbench.ablate.run import run_recipe
+from vprbench.ablate.variants import expand
 from vprbench.errors import VPRBenchError
-from vprbench.recipe import expand, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,7 +239,7 @@ def test_report_tables_equal_the_records_and_latex_compiles(
 
 def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):
     # What CI runs of the shipped recipes: every stage and switch on the embedded data, then the report.
-    from vprbench.report import write_report
+    from vprbench.report.write import write_report
 
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
     outcomes = run_recipe(recipe, isolated_dirs["results"], say=lambda m: None)
@@ -256,7 +257,7 @@ def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):
 
 
 def test_seeds_give_mean_and_spread_and_names_are_escaped():
-    from vprbench.report import caption, recall_table, to_latex, to_markdown
+    from vprbench.report.tables import caption, recall_table, to_latex, to_markdown
 
     rows = []
     for variant, seed, r1 in (
@@ -281,7 +282,7 @@ def test_seeds_give_mean_and_spread_and_names_are_escaped():
 
 
 def test_report_shows_the_bootstrap_intervals_with_ci():
-    from vprbench.report import to_latex, to_markdown
+    from vprbench.report.tables import to_latex, to_markdown
 
     rows = [{"recipe": "x", "variant": v, "seed": 0, "order": i, "model": "m", "protocol": "sped",
              "image_size": "224x224", "batch_size": None, "pca": None, "policy": "miss",
@@ -303,7 +304,7 @@ def test_report_keeps_the_newest_record_by_its_created_time_not_the_file_time(tm
     import json
     import os
 
-    from vprbench.report import load_records
+    from vprbench.report.records import load_records
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -333,7 +334,8 @@ def test_a_report_row_is_one_configuration(capsys, monkeypatch, isolated_dirs):
     import json
 
     from tests.test_cli import run
-    from vprbench.report import frame, load_records, recall_table, to_csv
+    from vprbench.report.records import frame, load_records
+    from vprbench.report.tables import recall_table, to_csv
 
     args = ["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--k", "1,5", "--json"]
     recalls = {}
@@ -358,7 +360,7 @@ def test_a_report_row_is_one_configuration(capsys, monkeypatch, isolated_dirs):
 
 def test_bold_goes_to_every_printed_best_value():
     """90.36 and 90.44 both print as 90.4: both are bold (only the unrounded larger one was)."""
-    from vprbench.report import to_latex
+    from vprbench.report.tables import to_latex
 
     rows = [{"recipe": "x", "variant": v, "seed": 0, "order": i, "model": "m", "protocol": "sped",
              "image_size": "224x224", "batch_size": None, "pca": None, "policy": "miss",
@@ -371,7 +373,8 @@ def test_bold_goes_to_every_printed_best_value():
 
 
 def test_mixed_input_sizes_are_marked_and_never_share_a_front():
-    from vprbench.report import caption, fronts_by_size, to_markdown
+    from vprbench.report.figures import fronts_by_size
+    from vprbench.report.tables import caption, to_markdown
 
     rows = [{"recipe": "x", "variant": v, "seed": 0, "order": i, "model": "m", "protocol": "sped",
              "image_size": size, "batch_size": None, "pca": None, "policy": "miss",

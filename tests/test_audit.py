@@ -9,9 +9,9 @@ import pytest
 from scipy.stats import binomtest
 
 from tests.test_cli import run
-from vprbench.audit import alternative_size
 from vprbench.datasets.formatted import load_formatted
-from vprbench.metrics import sign_flip_pvalue
+from vprbench.evaluate.audit import alternative_size
+from vprbench.evaluate.metrics import sign_flip_pvalue
 from vprbench.paths import data_root
 
 
@@ -71,7 +71,7 @@ def test_audit_on_the_embedded_sample(capsys, monkeypatch, isolated_dirs):
         "pca": lambda v: v["settings"]["pca"]["dim"] == 256 and v["model"]["descriptor_dim"] == 256,
         "search": lambda v: not v["settings"]["search"]["exact"],
     }
-    from vprbench.metrics import holm
+    from vprbench.evaluate.metrics import holm
 
     tested = [c for row in record["rows"] for c in row["comparisons"]]
     assert [c["p_holm"] for c in tested] == holm([c["p_value"] for c in tested])

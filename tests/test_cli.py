@@ -274,7 +274,7 @@ def test_bad_option_values(hand, capsys, monkeypatch):
 
 
 def test_loader_processes_from_the_command_line(hand, capsys, monkeypatch, isolated_dirs):
-    from vprbench.loader import close_decoders
+    from vprbench.extract.loader import close_decoders
 
     base = ["--model", "pixels", "--dataset", "hand", "--workers", "2"]
     try:
@@ -326,7 +326,7 @@ def test_d2vpr_through_the_cache_with_overrides_and_pca(hand, capsys, monkeypatc
 def test_batch_dependent_models_use_their_own_official_batch_size():
     from types import SimpleNamespace
 
-    from vprbench.extract import ExtractSettings, resolve_batch_size
+    from vprbench.extract.settings import ExtractSettings, resolve_batch_size
     from vprbench.models import get_card
 
     def dataset(protocol):

@@ -9,7 +9,7 @@ from scipy.stats import binom
 
 from tests.conftest import latex_compiles
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import mcnemar_exact, paired_comparison, recall_interval
+from vprbench.evaluate.metrics import mcnemar_exact, paired_comparison, recall_interval
 
 
 def test_recall_interval_of_independent_queries_is_the_exact_clopper_pearson_interval():
@@ -81,7 +81,7 @@ def test_compare_command_and_its_refusals(tiny_dataset, capsys, monkeypatch, iso
     code, _, err = run(["compare", a, other], capsys, monkeypatch)
     assert code == 1 and "count queries without positives differently" in err
     with pytest.raises(VPRBenchError, match="no such run record"):
-        from vprbench.compare import load_run
+        from vprbench.evaluate.compare import load_run
 
         load_run("nope", isolated_dirs["results"])
 
@@ -92,11 +92,12 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
     import pandas as pd
 
     from vprbench.datasets.manage import ensure_sample
-    from vprbench.evaluate import evaluate
-    from vprbench.extract import ExtractSettings, extract
+    from vprbench.datasets.protocols import load_registry
+    from vprbench.evaluate.run import evaluate
+    from vprbench.extract.run import extract
+    from vprbench.extract.settings import ExtractSettings
     from vprbench.paths import cache_root, data_root
-    from vprbench.protocols import load_registry
-    from vprbench.report import write_report
+    from vprbench.report.write import write_report
 
     ds = ensure_sample(data_root(), load_registry())
     variants = {"base": {}, "bicubic": {"interpolation": "bicubic"},
@@ -123,7 +124,7 @@ def test_report_marks_recalls_not_significantly_different_from_the_baseline(
     assert "| tiny [" in md
     # nordland-sample resamples moving blocks of 10 queries: the sign-flip test over blocks, then
     # Holm-Bonferroni over the 9 cells (3 variants x 3 k)
-    from vprbench.metrics import holm, sign_flip_pvalue
+    from vprbench.evaluate.metrics import holm, sign_flip_pvalue
 
     cells = []
     for name in ("bicubic", "imagenet", "tiny"):
@@ -178,7 +179,7 @@ def test_compare_refuses_a_k_beyond_the_saved_neighbours(capsys, monkeypatch):
 
 
 def test_holm_adjusted_p_values_worked_out_by_hand():
-    from vprbench.metrics import holm
+    from vprbench.evaluate.metrics import holm
 
     # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1: 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.5
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])

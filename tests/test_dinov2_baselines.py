@@ -124,7 +124,7 @@ def test_supervlad_layer_equals_the_official_per_cluster_loop():
 
 
 def test_supervlad_encoder_mixes_the_images_of_a_batch():
-    from vprbench.protocols import load_registry
+    from vprbench.datasets.protocols import load_registry
 
     torch.manual_seed(3)
     images = torch.rand(3, 3, 322, 322)

@@ -13,13 +13,15 @@ import pytest
 import torch
 
 from tests.conftest import BatchMean, make_vpr_bench_folder
-from vprbench.cache import DescriptorCache
 from vprbench.datasets.formatted import load_formatted
 from vprbench.datasets.manage import import_dataset
+from vprbench.datasets.protocols import load_registry
 from vprbench.errors import VPRBenchError
-from vprbench.extract import ExtractSettings, cache_key, extract
+from vprbench.extract.cache import DescriptorCache
+from vprbench.extract.request import cache_key
+from vprbench.extract.run import extract
+from vprbench.extract.settings import ExtractSettings
 from vprbench.paths import cache_root, data_root
-from vprbench.protocols import load_registry
 
 
 def test_second_run_reuses_the_cache(tiny_dataset):
@@ -98,8 +100,8 @@ def test_bad_image_error_names_the_file_and_skip_is_recorded(tiny_dataset):
 def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
     tiny_dataset, tmp_path
 ):
-    from vprbench import loader
-    from vprbench.loader import close_decoders
+    from vprbench.extract import loader
+    from vprbench.extract.loader import close_decoders
 
     bad = tiny_dataset.image_path(tiny_dataset.database[3])
     bad.write_bytes(b"\x89PNG broken")
@@ -139,8 +141,8 @@ def test_loader_processes_give_the_threads_bytes_and_share_their_cache_entry(
 def test_loader_defaults_to_processes_on_cuda_and_to_threads_without_shared_memory(
     tiny_dataset, tmp_path, monkeypatch
 ):
-    from vprbench import extract as extraction
-    from vprbench import loader
+    from vprbench.extract import loader
+    from vprbench.extract import settings as extraction
 
     assert extraction.default_loader("cuda", "pil", 15) == "processes"
     assert extraction.default_loader(torch.device("cuda:1"), "pil", 15) == "processes"
@@ -505,7 +507,7 @@ def test_torchrun_shares_the_batches_and_the_merge_equals_one_process(tiny_datas
 
 
 def test_compile_gives_the_eager_descriptors_under_the_same_key(tiny_dataset, tmp_path):
-    from vprbench.extract import COMPILE_TOLERANCE
+    from vprbench.extract.settings import COMPILE_TOLERANCE
 
     eager = extract(tiny_dataset, ExtractSettings(model="pixels"), tmp_path / "eager")
     compiled = extract(tiny_dataset, ExtractSettings(model="pixels", compile=True), tmp_path / "c")
@@ -569,7 +571,7 @@ def test_device_decoding_is_its_own_cache_entry(tiny_dataset, tmp_path):
 
 
 def test_a_computed_extraction_says_where_its_time_went(tiny_dataset):
-    from vprbench.extract import STAGES, WRITER_STAGES
+    from vprbench.extract.settings import STAGES, WRITER_STAGES
 
     first = extract(tiny_dataset, ExtractSettings(model="pixels", workers=1), cache_root())
     assert set(first.timings) == set(STAGES) and min(first.timings.values()) >= 0
@@ -614,7 +616,7 @@ def test_a_failed_shard_write_stops_the_extraction_and_a_rerun_completes_it(tiny
 
 
 def test_the_final_file_takes_added_batches_as_given_and_the_rest_from_their_shards(tmp_path):
-    from vprbench.cache import Assembly
+    from vprbench.extract.cache import Assembly
 
     cache = DescriptorCache(tmp_path)
     key = {"dataset": "d", "model": "m", "setting": 1}
@@ -642,7 +644,7 @@ def test_the_final_file_takes_added_batches_as_given_and_the_rest_from_their_sha
 
 
 def test_the_final_file_names_the_rows_no_shard_holds(tmp_path):
-    from vprbench.cache import Assembly
+    from vprbench.extract.cache import Assembly
 
     cache = DescriptorCache(tmp_path)
     key = {"dataset": "d", "model": "m"}

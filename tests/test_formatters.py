@@ -21,10 +21,10 @@ from vprbench.datasets.export import export_dataset
 from vprbench.datasets.formatted import load_formatted
 from vprbench.datasets.formatters import FORMATTERS
 from vprbench.datasets.manage import download_dataset, format_dataset
+from vprbench.datasets.protocols import FORMATTER_NAMES, default_registry_path, load_registry
 from vprbench.datasets.readers import read_gsv_cities, read_vdd
 from vprbench.errors import VPRBenchError
 from vprbench.paths import data_root
-from vprbench.protocols import FORMATTER_NAMES, default_registry_path, load_registry
 
 
 def registry_with(tmp_path, name, n_db, n_q, downloads=None):
@@ -478,7 +478,7 @@ def test_evaluate_msls_challenge_per_city_writes_predictions(
     # two database images per city cannot fill the 25 keys the official scorer reads per line
     assert "msls_predictions" not in record["files"]
     assert "fewer than 25 results" in record["notes"][0]
-    from vprbench.evaluate import msls_prediction_lines
+    from vprbench.evaluate.run import msls_prediction_lines
 
     ds = load_formatted("msls-challenge", data_root())
     indices = np.load(record["files"]["predictions"])["indices"]

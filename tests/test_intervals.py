@@ -9,7 +9,7 @@ import yaml
 from scipy.stats import binom
 
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import (
+from vprbench.evaluate.metrics import (
     Resampling,
     mcnemar_exact,
     paired_comparison,
@@ -150,8 +150,8 @@ def test_moving_blocks_worked_out_by_hand():
 def test_a_resampling_with_no_spread_falls_back_to_one_observation_per_cluster():
     # no hit at all, or no discordant query: every resample is alike, and the bootstrap would print
     # [0, 0]; counted per block instead (60 blocks of 10), as Clopper-Pearson and Tango give them
-    from vprbench.clusters import record_entry
-    from vprbench.metrics import clopper_pearson
+    from vprbench.evaluate.clusters import record_entry
+    from vprbench.evaluate.metrics import clopper_pearson
 
     blocks = Resampling("blocks", length=10)
     none = np.zeros(600, dtype=bool)
@@ -168,7 +168,7 @@ def test_a_resampling_with_no_spread_falls_back_to_one_observation_per_cluster()
 
 
 def test_every_shipped_protocol_names_its_cluster_rule_and_bad_rules_are_refused(tmp_path):
-    from vprbench.protocols import default_registry_path, load_registry
+    from vprbench.datasets.protocols import default_registry_path, load_registry
 
     raw = yaml.safe_load(default_registry_path().read_text())
     assert all("cluster" in entry for entry in raw["protocols"].values())
@@ -188,10 +188,10 @@ def test_every_shipped_protocol_names_its_cluster_rule_and_bad_rules_are_refused
 
 def test_pittsburgh_places_are_the_24_views_of_each_panorama(tmp_path, isolated_dirs, shared_data):
     """The real Pitts30k-test coordinates (Patch-NetVLAD .npz): 6,816 queries at 284 places."""
-    from vprbench.clusters import query_clusters
     from vprbench.datasets.formatted import load_formatted, write_formatted
     from vprbench.datasets.groundtruth import GroundTruth
-    from vprbench.protocols import load_registry
+    from vprbench.datasets.protocols import load_registry
+    from vprbench.evaluate.clusters import query_clusters
 
     npz = shared_data / "patchnetvlad" / "pitts30k_test.npz"
     with np.load(npz) as z:
@@ -221,9 +221,9 @@ def test_msls_sequences_are_read_from_seq_info_and_cluster_the_queries(tmp_path,
     import pandas as pd
 
     from tests.test_formatters import make_msls, registry_with
-    from vprbench.clusters import query_clusters
     from vprbench.datasets.formatted import load_formatted
     from vprbench.datasets.manage import format_dataset
+    from vprbench.evaluate.clusters import query_clusters
     from vprbench.paths import data_root
 
     src = make_msls(tmp_path / "msls")
@@ -250,7 +250,7 @@ def test_evaluate_records_the_protocols_cluster_rule_and_compare_refuses_mixed_r
     capsys, monkeypatch, isolated_dirs
 ):
     from tests.test_cli import run
-    from vprbench.metrics import hits_at_k
+    from vprbench.evaluate.metrics import hits_at_k
 
     code, out, _ = run(["evaluate", "--model", "pixels", "--dataset", "nordland-sample", "--k", "1,5",
                         "--json"], capsys, monkeypatch)  # fmt: skip
@@ -284,7 +284,8 @@ def test_evaluate_records_the_protocols_cluster_rule_and_compare_refuses_mixed_r
     newest = json.loads(out)
     assert newest["run_id"] != blocks["run_id"]
     # in a report the iid run is another row (other intervals), never a second seed of one row
-    from vprbench.report import frame, load_records, recall_table
+    from vprbench.report.records import frame, load_records
+    from vprbench.report.tables import recall_table
 
     df = frame(load_records(isolated_dirs["results"]))
     table = recall_table(df)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vprbench import loader
 from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD
 from vprbench.datasets.images import ImageList, Preprocess, collate_images, normalise_batch
 from vprbench.errors import VPRBenchError
-from vprbench.loader import (
+from vprbench.extract import loader
+from vprbench.extract.loader import (
     PREFETCH,
     InOrderCalls,
     ThreadedBatches,

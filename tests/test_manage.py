@@ -13,9 +13,9 @@ from vprbench.datasets.manage import (
     open_dataset,
     verify_dataset,
 )
+from vprbench.datasets.protocols import load_registry
 from vprbench.errors import VPRBenchError
 from vprbench.paths import data_root
-from vprbench.protocols import load_registry
 
 
 def test_import_writes_explicit_positives(tmp_path):

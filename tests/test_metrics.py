@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vprbench.metrics import first_hit_rank, recall_at_k
+from vprbench.evaluate.metrics import first_hit_rank, recall_at_k
 
 
 def test_recall_hand_made_case():

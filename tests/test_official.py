@@ -16,12 +16,14 @@ from tests.conftest import make_vpr_bench_folder
 from vprbench.cli import cli
 from vprbench.datasets.formatted import load_formatted
 from vprbench.datasets.manage import import_dataset
+from vprbench.datasets.protocols import BATCH_CONVENTIONS, load_registry
 from vprbench.errors import VPRBenchError
-from vprbench.extract import ExtractSettings, extract, resolve_preprocess
+from vprbench.evaluate.official import differences, pipeline
+from vprbench.extract.request import resolve_preprocess
+from vprbench.extract.run import extract
+from vprbench.extract.settings import ExtractSettings
 from vprbench.models import create_model, get_card
-from vprbench.official import differences, pipeline
 from vprbench.paths import cache_root, data_root
-from vprbench.protocols import BATCH_CONVENTIONS, load_registry
 
 
 @pytest.fixture
@@ -175,7 +177,7 @@ def test_differences_name_what_is_not_official():
 
 
 def test_record_carries_the_official_pipeline(tiny_dataset, tmp_path):
-    from vprbench.evaluate import evaluate
+    from vprbench.evaluate.run import evaluate
 
     settings = ExtractSettings(model="pixels", resize="unit", antialias=False)
     extracted = extract(tiny_dataset, settings, cache_root())
@@ -244,7 +246,7 @@ def test_device_decoding_follows_the_stage_and_native_resolution(tmp_path):
 
 
 def test_official_pca_alternative_stages_and_batch_sizes_in_differences():
-    from vprbench.official import pca_difference
+    from vprbench.evaluate.official import pca_difference
 
     assert get_card("d2vpr").pca_dim == 4096 and get_card("d2vpr-encoder").pca_dim == 4096
     assert pca_difference(4096, None) == ["no PCA (official: PCA-4096)"]

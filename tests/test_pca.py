@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from vprbench.cache import CachedDescriptors
 from vprbench.errors import VPRBenchError
-from vprbench.pca import fit_pca, fit_sample, load_or_fit_pca
+from vprbench.evaluate.pca import fit_pca, fit_sample, load_or_fit_pca
+from vprbench.extract.cache import CachedDescriptors
 
 
 def test_pca_recovers_a_known_subspace():

@@ -7,14 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprbench.profile import (
-    ProfileSettings,
-    count_flops,
-    flop_analysis,
-    parameter_groups,
-    profile_model,
-    reductions,
-)
+from vprbench.profile.flops import count_flops, flop_analysis, parameter_groups
+from vprbench.profile.run import ProfileSettings, profile_model, reductions
 
 
 class Toy(nn.Module):
@@ -194,7 +188,7 @@ class Branches(nn.Module):
 
 def test_unused_parameters_are_those_no_descriptor_depends_on():
     from vprbench.models import create_model
-    from vprbench.profile import unused_parameters
+    from vprbench.profile.flops import unused_parameters
 
     model = Branches()
     assert unused_parameters(model, (4, 4)) == {"local": (8 + 2) + (4 + 2), "token": 5}

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
+from vprbench.datasets.protocols import default_registry_path, get_protocol, load_registry
 from vprbench.errors import VPRBenchError
-from vprbench.protocols import default_registry_path, get_protocol, load_registry
 
 # counts, rule, threshold, unit, then the official inference batch size of CricaVPR (paper: 8 for Pitts,
 # 16 for the rest) and of D²-VPR (eval_encoder.py: SPED 3, AmsterTime/Pitts 8, MSLS-val/Nordland** 128,

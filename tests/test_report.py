@@ -22,7 +22,7 @@ def _row(variant, order=0, seed=0, r1=50.0, **extra):
 
 
 def test_settings_that_differ_between_variants_are_shown_per_row():
-    from vprbench.report import caption, to_markdown
+    from vprbench.report.tables import caption, to_markdown
 
     df = pd.DataFrame([_row("A", 0, r1=60.0), _row("B", 1, r1=50.0, pca=8.0),
                        _row("C", 2, r1=55.0, search="hnsw")])  # fmt: skip
@@ -37,7 +37,7 @@ def test_settings_that_differ_between_variants_are_shown_per_row():
 
 
 def test_latex_layout_label_alignment_and_rules(tmp_path):
-    from vprbench.report import to_latex
+    from vprbench.report.tables import to_latex
 
     rows = [_row("A", 0, r1=60.0), _row("B", 1, r1=50.0)]
     rows += [{**r, "protocol": "msls-val"} for r in rows]
@@ -56,8 +56,8 @@ def test_several_seeds_are_tested_across_seeds_with_holm_over_the_cells():
     """Welch's t-test worked out by hand, then Holm over the report's cells."""
     from scipy.stats import t as student
 
-    from vprbench.metrics import holm
-    from vprbench.report import against_baseline, caption, to_markdown
+    from vprbench.evaluate.metrics import holm
+    from vprbench.report.tables import against_baseline, caption, to_markdown
 
     base, a, b = [70.0, 72.0, 71.0], [50.0, 53.0, 56.0], [70.5, 71.5, 72.5]
     rows = [_row("base", 0, s, v) for s, v in enumerate(base)]
@@ -117,7 +117,7 @@ def _record(results, variant, seed, created, recall):
 
 
 def test_records_no_longer_in_the_recipe_or_failed_are_left_out_and_listed(tmp_path):
-    from vprbench.report import load_records
+    from vprbench.report.records import load_records
 
     recipe = tmp_path / "rec.yaml"
     recipe.write_text("name: rec\nbase:\n  model: pixels\n  protocols: [sped]\n"
@@ -150,7 +150,7 @@ def test_records_no_longer_in_the_recipe_or_failed_are_left_out_and_listed(tmp_p
 
 def _figures(monkeypatch):
     """Capture the figures the report would save: {name: matplotlib figure}."""
-    import vprbench.report as report
+    import vprbench.report.figures as report
 
     figures = {}
 
@@ -163,7 +163,7 @@ def _figures(monkeypatch):
 
 
 def test_figures_keep_the_table_order_distinct_styles_k_ticks_and_error_bars(tmp_path, monkeypatch):
-    from vprbench.report import efficiency, recall_curves, series_styles
+    from vprbench.report.figures import efficiency, recall_curves, series_styles
 
     names = [f"variant {i}" for i in range(12)]
     rows = []
@@ -197,7 +197,7 @@ def test_figures_keep_the_table_order_distinct_styles_k_ticks_and_error_bars(tmp
 def test_training_curves_one_panel_per_stage_and_shared_runs_name_every_variant(
     tmp_path, monkeypatch
 ):
-    from vprbench.report import training_curves
+    from vprbench.report.figures import training_curves
 
     def stage(name, losses):
         folder = tmp_path / name
@@ -228,7 +228,8 @@ def test_training_curves_one_panel_per_stage_and_shared_runs_name_every_variant(
 
 
 def test_backbone_only_weights_are_marked_as_partly_random(tmp_path):
-    from vprbench.report import caption, frame, load_records, to_markdown
+    from vprbench.report.records import frame, load_records
+    from vprbench.report.tables import caption, to_markdown
 
     results = tmp_path / "results"
     for variant, kind in (("trained", "full"), ("DINOv2 only", "backbone-init")):
@@ -245,7 +246,7 @@ def test_backbone_only_weights_are_marked_as_partly_random(tmp_path):
 
 def test_a_figure_saved_twice_is_the_same_bytes(tmp_path):
     """No creation date in the PDFs: re-running a report changes no figure that did not change."""
-    from vprbench.report import recall_curves
+    from vprbench.report.figures import recall_curves
 
     df = pd.DataFrame([_row("A", 0, r1=60.0), _row("B", 1, r1=50.0)])
     first = {p.name: p.read_bytes() for p in recall_curves(df, tmp_path)}

@@ -16,7 +16,8 @@ from torchvision.transforms import functional as TF
 from vprbench.datasets.images import load_array
 from vprbench.datasets.resize import resize_float, taps
 from vprbench.errors import VPRBenchError
-from vprbench.extract import ExtractSettings, resolve_preprocess
+from vprbench.extract.request import resolve_preprocess
+from vprbench.extract.settings import ExtractSettings
 from vprbench.models import get_card, list_models
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -132,7 +132,8 @@ def test_a_non_checkpoint_weights_file_is_one_line(tmp_path):
 
 def test_written_files_follow_the_umask(tmp_path, tiny_dataset):
     from vprbench.atomic import write_text
-    from vprbench.extract import ExtractSettings, extract
+    from vprbench.extract.run import extract
+    from vprbench.extract.settings import ExtractSettings
     from vprbench.paths import cache_root
 
     old = os.umask(0o022)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vprbench.search import exact_search
+from vprbench.evaluate.search import exact_search
 
 
 def _unit(rows):
@@ -27,7 +27,7 @@ def test_invalid_database_rows_are_never_returned_and_padding():
 
 
 def test_grouped_search_stays_within_each_group():
-    from vprbench.search import grouped_search
+    from vprbench.evaluate.search import grouped_search
 
     db = _unit([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9]])
     q = _unit([[1, 0], [1, 0]])
@@ -181,14 +181,14 @@ def test_torch_search_in_blocks_of_queries_equals_one_flat_index(monkeypatch):
     3 queries against chunks of 50 rows give faiss' neighbours and distances."""
     import faiss
 
-    from vprbench import search
+    from vprbench.evaluate import search
 
     rng = np.random.default_rng(5)
     database = rng.standard_normal((230, 24)).astype(np.float32)
     database /= np.linalg.norm(database, axis=1, keepdims=True)
     queries = rng.standard_normal((20, 24)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    monkeypatch.setattr(search, "DISTANCE_BYTES", 4 * 50 * 3)
+    monkeypatch.setattr(search, "DISTANCE_BYTES", 8 * 50 * 3)
     indices, distances = exact_search(database, queries, 10, backend="torch", chunk_rows=50)
     index = faiss.IndexFlatL2(24)
     index.add(database)

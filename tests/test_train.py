@@ -162,10 +162,11 @@ def test_checkpoint_round_trip_into_extract(tmp_path):
     from tests.conftest import make_vpr_bench_folder
     from vprbench.datasets.formatted import load_formatted
     from vprbench.datasets.manage import import_dataset
-    from vprbench.extract import ExtractSettings, extract
+    from vprbench.datasets.protocols import load_registry
+    from vprbench.extract.run import extract
+    from vprbench.extract.settings import ExtractSettings
     from vprbench.models import create_model
     from vprbench.paths import cache_root, data_root
-    from vprbench.protocols import load_registry
 
     make_gsv(tmp_path / "gsv")
     make_vpr_bench_folder(tmp_path / "val", 6, [[0], [1], [2]])

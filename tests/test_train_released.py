@@ -77,7 +77,7 @@ def test_randaugment_interpolates_bilinearly_in_both_stages():
 
 def test_each_stage_reads_its_released_cities(tmp_path):
     from vprbench.train import config_from
-    from vprbench.train.loop import stage_cities
+    from vprbench.train.config import stage_cities
 
     frames = tmp_path / "gsv" / "Dataframes"
     frames.mkdir(parents=True)
@@ -97,8 +97,8 @@ def test_each_stage_reads_its_released_cities(tmp_path):
 
 def test_best_metric_and_validation_sets_are_checked_before_training(tmp_path, isolated_dirs):
     from vprbench.datasets.manage import ensure_sample
+    from vprbench.datasets.protocols import load_registry
     from vprbench.paths import data_root
-    from vprbench.protocols import load_registry
     from vprbench.train import config_from, train
 
     ensure_sample(data_root(), load_registry())
@@ -117,7 +117,7 @@ def test_best_metric_and_validation_sets_are_checked_before_training(tmp_path, i
 
 def test_settings_that_do_not_change_the_weights_are_not_in_the_resume_key():
     from vprbench.train import config_from
-    from vprbench.train.loop import _same_run
+    from vprbench.train.config import same_run
 
     a = config_from("finetune", data="x", out="a", best_metric="R@1", val=["pitts30k-val"])
     b = config_from("finetune", data="x", out="b", best_metric="R@5", val=["msls-val"],
@@ -130,11 +130,11 @@ def test_settings_that_do_not_change_the_weights_are_not_in_the_resume_key():
     named = config_from("finetune", data="nordland-train-sample", out="a").resume_key()
     by_path = config_from("finetune", data=str(embedded_train_sample()), out="a").resume_key()
     assert named == by_path and named["data"] != a.resume_key()["data"]
-    assert _same_run(named, by_path, Path("last.pth"))
+    assert same_run(named, by_path, Path("last.pth"))
     # a checkpoint of an older format (global batches, nearest RandAugment) is not resumed
     old = {k: v for k, v in named.items() if k != "format"}
     with pytest.raises(VPRBenchError, match=r"last.pth: made by an older vprbench"):
-        _same_run(old, named, Path("last.pth"))
+        same_run(old, named, Path("last.pth"))
 
 
 def test_a_cut_short_last_metrics_line_is_dropped_and_a_bad_middle_one_named(tmp_path):
@@ -165,7 +165,7 @@ variants:
 
 
 def _recipe(tmp_path, finetune="{}", extra=""):
-    from vprbench.recipe import load_recipe
+    from vprbench.ablate.recipe import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(RECIPE.format(finetune=finetune, extra=extra))
@@ -173,9 +173,9 @@ def _recipe(tmp_path, finetune="{}", extra=""):
 
 
 def test_a_variant_that_cannot_be_distilled_is_refused_when_the_recipe_is_read(tmp_path):
+    from vprbench.ablate.variants import expand
     from vprbench.models import create_model
     from vprbench.models.registry import get_card, resolve_options
-    from vprbench.recipe import expand
 
     with pytest.raises(VPRBenchError, match=r"r.yaml:\d+: variant 'GeM': distillation matches "
                        r"descriptors element-wise, but teacher 'cricavpr' gives 10752-d and this "
@@ -193,7 +193,7 @@ def test_a_variant_that_cannot_be_distilled_is_refused_when_the_recipe_is_read(t
 
 
 def test_stage_settings_are_typed_and_checked_again_after_set(tmp_path):
-    from vprbench.recipe import expand
+    from vprbench.ablate.variants import expand
 
     recipe = _recipe(tmp_path, finetune="{lr: 2e-4, milestones: [10, 20]}")
     (variant,) = expand(recipe)
@@ -226,8 +226,8 @@ def test_stage_settings_are_typed_and_checked_again_after_set(tmp_path):
 def test_stage_keys_hold_what_changes_the_weights_and_nothing_else(tmp_path):
     import shutil
 
-    from vprbench.ablate import training_plan
-    from vprbench.recipe import expand
+    from vprbench.ablate.run import training_plan
+    from vprbench.ablate.variants import expand
     from vprbench.train.gsv import embedded_train_sample
 
     results = tmp_path / "results"
@@ -300,8 +300,8 @@ def test_torchrun_with_validation_finishes_and_validates_like_one_process(tmp_pa
 
     from tests.test_train import _cli, _train_args, make_gsv
     from vprbench.datasets.manage import ensure_sample
+    from vprbench.datasets.protocols import load_registry
     from vprbench.paths import data_root
-    from vprbench.protocols import load_registry
 
     ensure_sample(data_root(), load_registry())
     make_gsv(tmp_path / "gsv", places=8)

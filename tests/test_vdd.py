@@ -12,9 +12,9 @@ from vprbench.datasets.export import export_dataset
 from vprbench.datasets.formatted import load_formatted
 from vprbench.datasets.groundtruth import to_csr
 from vprbench.datasets.manage import format_dataset, import_dataset
+from vprbench.datasets.protocols import load_registry
 from vprbench.datasets.vdd import msls_name_prefix, pair_name
 from vprbench.paths import data_root
-from vprbench.protocols import load_registry
 
 N_PNV = 27592
 

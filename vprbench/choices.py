@@ -23,7 +23,7 @@ BATCH_ORDERS = ("official", "shuffled")
 # extraction device (nvJPEG on CUDA), the workers only reading the files (extract).
 DECODES = ("pil", "device")
 # What decodes with PIL (--decode pil): threads of the extracting process, or spawned processes that
-# write into shared memory (vprbench.loader.ProcessDecoders). The pixels are the same.
+# write into shared memory (vprbench.extract.loader.ProcessDecoders). The pixels are the same.
 LOADERS = ("threads", "processes")
 RESIZE_STAGES = ("pil", "uint8", "unit", "normalised")  # datasets.resize: where the resize happens
 SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")  # search
@@ -31,7 +31,7 @@ NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate
 EXPORT_FORMATS = ("gsv-cities", "vdd")  # datasets.export
 SAMPLE_NAME = "nordland-sample"  # datasets.manage: the embedded sample
-# How queries are resampled for intervals and paired tests (vprbench.clusters, metrics.Resampling).
+# How queries are resampled for intervals and paired tests (vprbench.evaluate.clusters, metrics.Resampling).
 CLUSTER_HELP = (
     "How queries are resampled for intervals and paired tests: 'protocol' (its datasets.yaml rule), "
     "'iid', 'place' (same coordinates), 'sequence' (MSLS sequences) or 'blocks:L' (moving blocks of L "

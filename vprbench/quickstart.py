@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vprbench.datasets.manage import SAMPLE_NAME, ensure_sample
-from vprbench.evaluate import evaluate
-from vprbench.extract import ExtractSettings, extract
-from vprbench.protocols import load_registry
+from vprbench.datasets.protocols import load_registry
+from vprbench.evaluate.run import evaluate
+from vprbench.extract.run import extract
+from vprbench.extract.settings import ExtractSettings
 
 QUICKSTART_MODELS = ("pixels", "effnet-lite0-gem")
 

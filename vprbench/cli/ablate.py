@@ -20,9 +20,10 @@ def ablate_cmd(recipe, dry_run, only, overrides, results_dir, cache_dir) -> None
     """Run an ablation recipe: train, extract, evaluate, profile each variant (every stage cached)."""
     from rich.table import Table
 
-    from vprbench.ablate import plan_lines, run_recipe, select
+    from vprbench.ablate.recipe import load_recipe
+    from vprbench.ablate.run import plan_lines, run_recipe, select
+    from vprbench.ablate.variants import expand
     from vprbench.paths import results_root
-    from vprbench.recipe import expand, load_recipe
     from vprbench.ui import console, print_table, whole
     from vprbench.yamlfile import parse_overrides
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vprbench.cli import _json_mode, cache_option, results_option, root_option
+from vprbench.cli.common import cache_option, json_mode, results_option, root_option
 
 
 @click.command("audit")
@@ -40,10 +40,10 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
     batch composition (batch-dependent models), image size, interpolation, normalisation, bf16, PCA,
     approximate search, the no-positive policy. Each change with its 95% interval and
     paired test, resampling the queries by the protocol's cluster rule."""
-    from vprbench.audit import run_audit
     from vprbench.errors import VPRBenchError
-    from vprbench.evaluate import parse_ks
-    from vprbench.extract import ExtractSettings
+    from vprbench.evaluate.audit import run_audit
+    from vprbench.evaluate.run import parse_ks
+    from vprbench.extract.settings import ExtractSettings
     from vprbench.paths import cache_root, data_root, results_root
     from vprbench.ui import audit_table, console, err_console, print_table, progress_bars
     from vprbench.yamlfile import parse_overrides
@@ -55,7 +55,7 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
     picked = [s.strip() for s in only.split(",") if s.strip()] if only else None
     base = ExtractSettings(model=model_name, weights=weights, overrides=parse_overrides(overrides),
                            device=device, workers=workers)  # fmt: skip
-    with _json_mode(as_json) as emit, progress_bars() as bars:
+    with json_mode(as_json) as emit, progress_bars() as bars:
         record, path = run_audit(dataset, base, k_values, data_root(root), cache_root(cache_dir),
                                  results_root(results_dir), image_size=image_size, pca_dim=pca_dim,
                                  pca_fit=pca_fit, only=picked, progress=bars, correction=correction,

@@ -28,8 +28,8 @@ import numpy as np
 from vprbench import __version__
 from vprbench.atomic import public_mode
 from vprbench.datasets.groundtruth import GroundTruth, from_csr, to_csr
+from vprbench.datasets.protocols import Protocol
 from vprbench.errors import VPRBenchError
-from vprbench.protocols import Protocol
 
 MANIFEST = "manifest.json"
 

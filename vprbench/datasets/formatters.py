@@ -23,9 +23,9 @@ from vprbench.datasets.groundtruth import (
     positives_within_radius,
     positives_within_window,
 )
+from vprbench.datasets.protocols import Protocol
 from vprbench.datasets.readers import IMAGE_SUFFIXES, read_vpr_bench
 from vprbench.errors import VPRBenchError
-from vprbench.protocols import Protocol
 
 MSLS_VAL_CITIES = ("cph", "sf")
 

@@ -22,8 +22,8 @@ from vprbench.datasets.formatted import (
     write_formatted,
 )
 from vprbench.datasets.groundtruth import GroundTruth
+from vprbench.datasets.protocols import GT_FORMATS, Protocol
 from vprbench.errors import VPRBenchError
-from vprbench.protocols import GT_FORMATS, Protocol
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -124,7 +124,7 @@ def format_dataset(
 ) -> tuple[Path, GroundTruth]:
     """Format a benchmark from the files of its official source (``datasets format NAME --from``)."""
     from vprbench.datasets.formatters import FORMATTERS
-    from vprbench.protocols import get_protocol
+    from vprbench.datasets.protocols import get_protocol
 
     protocol = get_protocol(name, registry)
     if protocol.formatter is None:
@@ -156,7 +156,7 @@ def download_dataset(
     """Fetch every archive of ``name`` (mirrors in order, resumable, checked), unpack them under
     ``<data_root>/_raw/<name>/``, then format and verify counts. Returns (folder, gt, fetch reports)."""
     from vprbench.datasets.download import Archive, discard, extract, fetch
-    from vprbench.protocols import get_protocol
+    from vprbench.datasets.protocols import get_protocol
 
     protocol = get_protocol(name, registry)
     if name == SAMPLE_NAME:  # embedded in the package: nothing to fetch

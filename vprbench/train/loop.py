@@ -11,14 +11,13 @@ A run directory (``--out``) holds:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -34,8 +33,14 @@ from vprbench.train.checkpoint import (
     set_rng_state,
     weights_payload,
 )
+from vprbench.train.config import (
+    TrainConfig,
+    check_out,
+    check_validation,
+    same_run,
+    stage_cities,
+)
 from vprbench.train.gsv import PlaceBatchSampler, PlaceImages, read_gsv_places, train_transform
-from vprbench.train.schedule import Schedule
 from vprbench.train.stages import (
     DISTILL_LOSSES,
     DistillLoss,
@@ -49,87 +54,6 @@ from vprbench.train.validate import validate
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Fault injection for the resume test: seconds to sleep after each step.
 _SLEEP_ENV = "VPRBENCH_FAULT_SLEEP_PER_STEP"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (written to config.json; a resume must match it)."""
-
-    stage: str  # "distill" | "finetune"
-    model: str
-    data: str
-    out: str
-    options: dict = field(default_factory=dict)
-    init: str | None = None  # weights to start from (finetune --init; distill: the student's)
-    teacher: str | None = None
-    teacher_weights: str | None = None
-    teacher_options: dict = field(default_factory=dict)
-    allow_random_teacher: bool = False
-    loss: str = "mse"  # distill: mse | cosine; finetune: multisimilarity
-    cities: list[str] | None = None
-    epochs: int = 20
-    max_steps: int | None = None
-    places_per_batch: int = 8
-    images_per_place: int = 4
-    image_size: tuple[int, int] = (224, 224)
-    optimizer: str = "adam"  # adam | adamw
-    lr: float = 2.5e-5
-    weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    warmup_steps: int = 0
-    warmup_as_released: bool = False
-    val: list[str] = field(default_factory=list)
-    val_every_steps: int | None = None  # None: after every epoch
-    best_metric: str = "R@1"
-    device: str = "cpu"
-    dtype: str = "fp32"
-    workers: int = 0
-    seed: int = 0
-    checkpoint_every: int = 100  # steps; also at every epoch end
-    val_batch_size: int = 32
-    augment: str = "released"  # or "none": resize and normalise only
-    batching: str = "in-city"  # which places share a batch (gsv.BATCHINGS; released per stage)
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.lr, tuple(self.milestones), self.gamma, self.warmup_steps,
-                        self.warmup_as_released)  # fmt: skip
-
-    def resume_key(self) -> dict:
-        """What must be equal for --resume to continue a run: what changes the weights, with the
-        data and weights files by content (their paths may change), and the checkpoint format.
-        Workers, the device and validation (which runs with the RNG forked, so it draws nothing the
-        training would) may change too."""
-        from vprbench.train.fingerprint import data_fingerprint, weights_fingerprint
-
-        key = asdict(self)
-        for name in NOT_IN_RESUME_KEY:
-            key.pop(name)
-        key["data"] = data_fingerprint(self.data)
-        key["init"] = weights_fingerprint(self.init)
-        key["teacher_weights"] = weights_fingerprint(self.teacher_weights)
-        key["format"] = RESUME_FORMAT
-        return json.loads(json.dumps(key))
-
-
-# TrainConfig fields that do not change the trained weights: left out of the resume key (and of
-# ablate's stage key), so that correcting one of them never costs a run.
-NOT_IN_RESUME_KEY = ("out", "workers", "device", "val", "val_every_steps", "val_batch_size",
-                     "best_metric", "checkpoint_every")  # fmt: skip
-# The resume key's format. 2: in-city batches, bilinear RandAugment, the released
-# distillation cities, files by content. A run of an older format trained otherwise: not resumable.
-RESUME_FORMAT = 2
-
-
-def _same_run(saved: dict, key: dict, path: Path) -> bool:
-    """Whether a checkpoint's resume key ``saved`` matches ``key``; refuses one of another format."""
-    if saved.get("format") != RESUME_FORMAT:
-        raise VPRBenchError(
-            f"{path}: made by an older vprbench, which trained otherwise (global batches, "
-            "nearest-neighbour RandAugment, every city): it cannot be resumed; start the run again "
-            "in another --out"
-        )
-    return saved == key
 
 
 @dataclass
@@ -168,14 +92,6 @@ def _distributed() -> tuple[int, int]:
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    if resume:
-        if not (out / "last.pth").is_file():
-            raise VPRBenchError(f"{out}: --resume, but there is no last.pth to resume from")
-    elif any((out / name).exists() for name in ("last.pth", "best.pth", "summary.json")):
-        raise VPRBenchError(f"{out}: already holds a run; use --resume or another --out")
-
-
 def train(
     config: TrainConfig,
     resume: bool = False,
@@ -183,10 +99,10 @@ def train(
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> dict:
     """Run (or resume) one training stage; returns the summary written to summary.json."""
-    from vprbench.protocols import load_registry
+    from vprbench.datasets.protocols import load_registry
 
     out = Path(config.out)
-    _check_out(out, resume)
+    check_out(out, resume)
     if config.dtype not in DTYPES:
         raise VPRBenchError(f"--dtype must be one of {list(DTYPES)}, got {config.dtype!r}")
     if config.stage == "distill" and config.loss not in DISTILL_LOSSES:
@@ -232,7 +148,7 @@ def train(
     else:
         loss_fn = MultiSimilarity(distributed=world > 1)
         log_loss = loss_fn.logged
-    first_val = _check_validation(config, registry)  # fail before training, not after an epoch
+    first_val = check_validation(config, registry)  # fail before training, not after an epoch
     allocator.reuse_freed_memory()  # as extraction: freed buffers reused (vprbench.allocator)
     if world > 1 and model.batch_dependent:
         raise VPRBenchError(
@@ -270,7 +186,7 @@ def train(
     resume_key = config.resume_key()  # once: it hashes the data frames and weights files
     if resume:
         ckpt = load_checkpoint(out / "last.pth")
-        if not _same_run(ckpt["config"], resume_key, out / "last.pth"):
+        if not same_run(ckpt["config"], resume_key, out / "last.pth"):
             raise VPRBenchError(f"{out / 'last.pth'}: was made with another configuration; "
                                 "resume with the same options")  # fmt: skip
         module.load_state_dict(ckpt["model_state_dict"])
@@ -436,55 +352,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if entry["step"] <= step:
             kept.append(line)
     write_text(path, "".join(line + "\n" for line in kept))
-
-
-def stage_cities(config: TrainConfig) -> tuple[list[str] | None, str]:
-    """The cities a stage reads, and why: ``--cities`` if given; else the released list of the stage
-    (distillation: its 23 named cities, in its order, where the folder holds them all; fine-tuning:
-    every Dataframes/*.csv)."""
-    from vprbench.train.gsv import RELEASED_DISTILL_CITIES, resolve_data_root
-
-    if config.cities:
-        return list(config.cities), "--cities"
-    if config.stage != "distill":
-        return None, "every Dataframes/*.csv, as the released fine-tuning (cities='all')"
-    frames = resolve_data_root(config.data) / "Dataframes"
-    absent = [c for c in RELEASED_DISTILL_CITIES if not (frames / f"{c}.csv").is_file()]
-    if not absent:
-        return list(RELEASED_DISTILL_CITIES), "the released distillation's 23 cities, in its order"
-    return None, (f"every Dataframes/*.csv: the released distillation's 23 cities are not all here "
-                  f"({len(absent)} missing, e.g. {absent[0]})")  # fmt: skip
-
-
-def _check_validation(config: TrainConfig, registry) -> str | None:
-    """Open every --val dataset and check --best-metric against the first, before training: a typo
-    must not cost an epoch. Returns the first --val name (None without validation)."""
-    import re
-
-    from vprbench.choices import DEFAULT_KS
-    from vprbench.datasets.manage import open_dataset
-    from vprbench.paths import data_root
-
-    found = re.fullmatch(r"R@(\d+)", config.best_metric)
-    if not config.val:
-        return None
-    datasets = [open_dataset(name, data_root(), registry) for name in config.val]
-    ks = [k for k in DEFAULT_KS if k <= len(datasets[0].database)] or [1]
-    if not found or int(found.group(1)) not in ks:
-        raise VPRBenchError(
-            f"--best-metric {config.best_metric!r}: validation on {config.val[0]} (the first --val) "
-            f"reports {', '.join(f'R@{k}' for k in ks)}"
-        )
-    return config.val[0]
-
-
-def config_from(stage: str, **values) -> TrainConfig:
-    """A TrainConfig from the stage's released defaults updated with ``values`` (None = default)."""
-    from vprbench.train.defaults import STAGE_DEFAULTS
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise VPRBenchError(f"unknown training option(s) {unknown}")
-    merged = {**STAGE_DEFAULTS[stage], **{k: v for k, v in values.items() if v is not None}}
-    return TrainConfig(stage=stage, **merged)

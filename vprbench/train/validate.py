@@ -20,8 +20,9 @@ def validate(model, names: list[str], config, registry, rank: int = 0, world: in
     validation's descriptors to the disk cache). With ``world`` > 1 every rank calls it. ``device``:
     where the model trains (this rank's GPU), default ``config.device``."""
     from vprbench.datasets.manage import open_dataset
-    from vprbench.evaluate import DEFAULT_KS, evaluate
-    from vprbench.extract import ExtractSettings, extract
+    from vprbench.evaluate.run import DEFAULT_KS, evaluate
+    from vprbench.extract.run import extract
+    from vprbench.extract.settings import ExtractSettings
     from vprbench.models.registry import WeightsInfo
     from vprbench.paths import data_root
 

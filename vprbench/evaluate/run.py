@@ -11,11 +11,9 @@ import numpy as np
 
 from vprbench import __version__
 from vprbench.atomic import write_npz, write_text
-from vprbench.cache import key_digest
 from vprbench.choices import DEFAULT_KS
 from vprbench.datasets.formatted import FormattedDataset, load_groups
-from vprbench.extract import ExtractResult
-from vprbench.metrics import (
+from vprbench.evaluate.metrics import (
     NO_POSITIVE_POLICIES,
     Resampling,
     first_hit_rank,
@@ -23,14 +21,16 @@ from vprbench.metrics import (
     recall_at_k,
     recall_interval,
 )
-from vprbench.pca import PCA
-from vprbench.search import (
+from vprbench.evaluate.pca import PCA
+from vprbench.evaluate.search import (
     SEARCHES,
     approximate_params,
     default_backend,
     exact_search,
     grouped_search,
 )
+from vprbench.extract.cache import key_digest
+from vprbench.extract.settings import ExtractResult
 
 SEARCH_INDEX = {
     "exact": "exact L2 over database chunks with a running top-k (torch matmul top-k, or "
@@ -72,9 +72,9 @@ def evaluate(
     (recipe, variant, seed, training runs) go into the record and its id. ``search``: "exact" (every
     official evaluation; on a CUDA ``device`` in torch) or an approximate faiss index (hnsw, ivf-flat,
     ivf-pq), whose recall loss against exact search is recorded. ``cluster``: how the intervals
-    resample the queries ("protocol": the protocol's rule in datasets.yaml; vprbench.clusters).
+    resample the queries ("protocol": the protocol's rule in datasets.yaml; vprbench.evaluate.clusters).
     Returns (record, record path)."""
-    from vprbench.clusters import canonical, query_clusters, record_entry, resampling_of
+    from vprbench.evaluate.clusters import canonical, query_clusters, record_entry, resampling_of
 
     if no_positive_policy not in NO_POSITIVE_POLICIES:
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
@@ -182,7 +182,7 @@ def evaluate(
         "settings": {
             "preprocess": extracted.preprocess.as_dict(),
             "dtype": cached.key["dtype"],
-            # the card's official pipeline and what this run does otherwise (vprbench.official)
+            # the card's official pipeline and what this run does otherwise (vprbench.evaluate.official)
             "official": _official(extracted.official, pca),
             "batch_size": extracted.batch_size,
             "batch_size_source": extracted.batch_size_source,
@@ -304,7 +304,7 @@ def _official(official: dict, pca: PCA | None) -> dict | None:
     here, after extraction)."""
     if not official:
         return None
-    from vprbench.official import pca_difference
+    from vprbench.evaluate.official import pca_difference
 
     extra = pca_difference(official.get("pca_dim"), pca.dim if pca else None)
     return {**official, "differences": official["differences"] + extra}

@@ -22,17 +22,19 @@ import numpy as np
 
 from vprbench import __version__
 from vprbench.atomic import write_text
-from vprbench.cache import key_digest
-from vprbench.clusters import describe_record, run_resampling, same_resampling
-from vprbench.compare import query_outcomes
+from vprbench.choices import NORMALISATIONS
 from vprbench.datasets import manage
 from vprbench.datasets.images import RESIZE_WHERE
 from vprbench.errors import VPRBenchError
-from vprbench.evaluate import evaluate
-from vprbench.extract import NORMALISATIONS, SHUFFLE_SEED, ExtractResult, ExtractSettings, extract
-from vprbench.metrics import hits_at_k, paired_comparison
-from vprbench.pca import load_or_fit_pca
-from vprbench.search import HNSW
+from vprbench.evaluate.clusters import describe_record, run_resampling, same_resampling
+from vprbench.evaluate.compare import query_outcomes
+from vprbench.evaluate.metrics import hits_at_k, paired_comparison
+from vprbench.evaluate.pca import load_or_fit_pca
+from vprbench.evaluate.run import evaluate
+from vprbench.evaluate.search import HNSW
+from vprbench.extract.cache import key_digest
+from vprbench.extract.run import extract
+from vprbench.extract.settings import SHUFFLE_SEED, ExtractResult, ExtractSettings
 
 SETTINGS = (
     "batch-size",
@@ -176,7 +178,7 @@ CORRECTIONS = {
 def _correct(rows: list[dict], correction: str) -> int:
     """Adds ``p_holm`` to every tested comparison of ``rows`` and bases ``significant`` on it
     (``correction`` "holm"); returns the number of tests in the family."""
-    from vprbench.metrics import holm
+    from vprbench.evaluate.metrics import holm
 
     tested = [c for row in rows for c in row["comparisons"] if c["p_value"] is not None]
     adjusted = (
@@ -256,7 +258,7 @@ def run_audit(
                             "their defaults")  # fmt: skip
     if pca_dim < 1:
         raise VPRBenchError(f"--pca-dim must be positive, got {pca_dim}")
-    from vprbench.protocols import load_registry
+    from vprbench.datasets.protocols import load_registry
 
     registry = load_registry()
     dataset = manage.open_dataset(dataset_name, data_dir, registry)

@@ -13,7 +13,8 @@ from typing import Any
 
 def official_preprocess(card):
     """The :class:`~vprbench.datasets.images.Preprocess` the card's official evaluation uses."""
-    from vprbench.extract import ExtractSettings, resolve_preprocess
+    from vprbench.extract.request import resolve_preprocess
+    from vprbench.extract.settings import ExtractSettings
 
     return resolve_preprocess(card, ExtractSettings(model=card.name))
 
@@ -100,7 +101,7 @@ def pipeline(card, registry=None) -> dict[str, Any]:
         "source": card.pipeline_source,
     }
     if card.batch_dependent and card.batch_convention:
-        from vprbench.protocols import BATCH_CONVENTIONS, load_registry
+        from vprbench.datasets.protocols import BATCH_CONVENTIONS, load_registry
 
         registry = registry or load_registry()
         sizes = {

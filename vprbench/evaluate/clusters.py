@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from vprbench.datasets.formatted import FormattedDataset, load_coordinates, load_sequences
+from vprbench.datasets.protocols import CLUSTER_RULES
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import IID, LEVEL, Resampling
-from vprbench.protocols import CLUSTER_RULES
+from vprbench.evaluate.metrics import IID, LEVEL, Resampling
 
 
 def parse_cluster(text: str) -> tuple[str | None, int | None]:
@@ -43,7 +43,7 @@ def query_clusters(dataset: FormattedDataset, spec: str = "protocol") -> dict:
     rule, length = parse_cluster(spec)
     source = "--cluster"
     if rule is None:
-        from vprbench.protocols import get_protocol, load_registry
+        from vprbench.datasets.protocols import get_protocol, load_registry
 
         name = dataset.manifest.get("protocol")
         registry = load_registry()

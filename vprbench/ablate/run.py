@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vprbench.ablate.recipe import Recipe, Variant
+from vprbench.ablate.variants import expand, stage_settings
 from vprbench.atomic import write_text
 from vprbench.errors import VPRBenchError
-from vprbench.recipe import Recipe, Variant, expand, stage_settings
 
 Say = Callable[[str], None]
 
@@ -97,9 +98,9 @@ def stage_key(stage: str, config: dict, previous: str | None = None) -> str:
     from dataclasses import asdict
 
     from vprbench.train import config_from
+    from vprbench.train.config import NOT_IN_RESUME_KEY
     from vprbench.train.defaults import STAGE_DEFAULTS
     from vprbench.train.fingerprint import data_fingerprint, weights_fingerprint
-    from vprbench.train.loop import NOT_IN_RESUME_KEY
 
     values = {k: v for k, v in config.items() if k != "image_size"}
     if "image_size" in config:
@@ -138,10 +139,11 @@ def _run_training(plan: StagePlan, cache_dir: Path | None, say: Say) -> None:
 def run_variant(variant: Variant, results_dir: Path, cache_dir: Path | None, say: Say) -> Outcome:
     """Train (if asked), extract, evaluate on every protocol, profile. Raises on failure."""
     from vprbench.datasets.manage import open_dataset
-    from vprbench.evaluate import DEFAULT_KS, evaluate
-    from vprbench.extract import ExtractSettings, extract
+    from vprbench.datasets.protocols import load_registry
+    from vprbench.evaluate.run import DEFAULT_KS, evaluate
+    from vprbench.extract.run import extract
+    from vprbench.extract.settings import ExtractSettings
     from vprbench.paths import cache_root, data_root
-    from vprbench.protocols import load_registry
 
     outcome = Outcome(variant)
     plans = training_plan(variant, results_dir)
@@ -165,7 +167,7 @@ def run_variant(variant: Variant, results_dir: Path, cache_dir: Path | None, say
         recall = record["results"]["recall"]
         say(f"  {name}: " + "  ".join(f"R@{k} {100 * v:.2f}" for k, v in recall.items()))
     if variant.profile:
-        from vprbench.profile import ProfileSettings, profile_model
+        from vprbench.profile.run import ProfileSettings, profile_model
 
         record = profile_model(variant.model, variant.options,
                                ProfileSettings(image_size=None if variant.image_size == "native"

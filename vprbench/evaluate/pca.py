@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from vprbench.atomic import write_npz
-from vprbench.cache import CachedDescriptors, canonical_json, key_digest
 from vprbench.errors import VPRBenchError
+from vprbench.extract.cache import CachedDescriptors, canonical_json, key_digest
 
 MAX_FIT_IMAGES = 2**14  # the official fit uses at most 16,384 images
 

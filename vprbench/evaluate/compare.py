@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vprbench.clusters import run_resampling, same_resampling
 from vprbench.errors import VPRBenchError
-from vprbench.metrics import PairedComparison, Resampling, hits_at_k, paired_comparison
+from vprbench.evaluate.clusters import run_resampling, same_resampling
+from vprbench.evaluate.metrics import PairedComparison, Resampling, hits_at_k, paired_comparison
 
 
 def load_run(spec: str, results_dir: Path) -> dict:

@@ -1,0 +1,167 @@
+"""`vprbench extract` and `vprbench evaluate`: descriptors into the cache, then recall@k into a run
+record."""
+
+from __future__ import annotations
+
+import click
+
+from vprbench.choices import (
+    CLUSTER_HELP,
+    DEFAULT_KS,
+    NO_POSITIVE_POLICIES,
+    SEARCHES,
+)
+from vprbench.cli.common import (
+    describe_intervals,
+    extraction_options,
+    json_mode,
+    results_option,
+    run_extract,
+    settings_from_options,
+)
+from vprbench.errors import VPRBenchError
+from vprbench.paths import cache_root, results_root
+from vprbench.ui import (
+    console,
+    err_console,
+    print_table,
+    recall_table,
+)
+
+
+def _describe_extract(result) -> None:
+    d = result.descriptors
+    state = (
+        f"computed in {result.seconds:.1f}s" if result.computed else "cached, nothing recomputed"
+    )
+    console.print(
+        f"{result.model.name}: {d.shape('database')[0]:,} database + {d.shape('queries')[0]:,} "
+        f"query descriptors of dim {d.shape('database')[1]} ({state}) -> {d.path}",
+        soft_wrap=True,
+    )
+    if result.model.batch_dependent:
+        console.print(
+            f"batch-dependent model: batch size {result.batch_size} ({result.batch_size_source}), "
+            f"{result.batch_order}",
+            soft_wrap=True,
+        )
+    console.print(f"preprocessing: {result.preprocess.describe()}", soft_wrap=True)
+    for difference in (result.official or {}).get("differences", []):
+        err_console.print(f"[yellow]not the official pipeline:[/] {difference}", soft_wrap=True)
+    skipped = int((~d.database_valid).sum() + (~d.queries_valid).sum())
+    if skipped:
+        err_console.print(f"[yellow]{skipped} unreadable image(s) skipped (--on-bad-image skip)[/]")
+
+
+@click.command("extract")
+@extraction_options
+def extract_cmd(dataset, root, cache_dir, **options) -> None:
+    """Extract descriptors of a dataset into the HDF5 cache (resumable)."""
+    _, result = run_extract(dataset, settings_from_options(**options), root, cache_dir)
+    _describe_extract(result)
+
+
+@click.command("evaluate")
+@extraction_options
+@click.option("--k", "ks", default=",".join(map(str, DEFAULT_KS)), show_default=True)
+@click.option("--pca", "pca_dim", type=int, default=None, help="Reduce descriptors to DIM by PCA.")
+@click.option("--pca-fit", default=None, help="Dataset whose descriptors the PCA is fitted on.")
+@click.option(
+    "--per-city", is_flag=True, help="MSLS challenge: retrieve each query within its city."
+)
+@click.option(
+    "--no-positive-policy",
+    type=click.Choice(NO_POSITIVE_POLICIES),
+    default="miss",
+    show_default=True,
+    help="miss: queries without positives count as misses; exclude: drop them.",
+)
+@click.option(
+    "--search",
+    type=click.Choice(SEARCHES),
+    default="exact",
+    show_default=True,
+    help="exact (as every official evaluation; on the GPU with --device cuda) or an approximate "
+    "faiss index; the recall it loses against exact search is printed and recorded.",
+)
+@click.option("--cluster", default="protocol", show_default=True, help=CLUSTER_HELP)
+@results_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout only."
+)
+def evaluate_cmd(
+    dataset,
+    root,
+    cache_dir,
+    ks,
+    pca_dim,
+    pca_fit,
+    per_city,
+    no_positive_policy,
+    search,
+    cluster,
+    results_dir,
+    as_json,
+    **options,
+) -> None:
+    """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
+    with json_mode(as_json) as emit:
+        emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
+                       no_positive_policy, search, results_dir, options, cluster))  # fmt: skip
+
+
+def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
+              search, results_dir, options, cluster="protocol") -> dict:  # fmt: skip
+    from vprbench.evaluate.pca import load_or_fit_pca
+    from vprbench.evaluate.run import evaluate, parse_ks
+
+    try:
+        k_values = parse_ks(ks)
+    except ValueError as exc:
+        raise VPRBenchError(str(exc)) from exc
+    if (pca_dim is None) != (pca_fit is None):
+        raise VPRBenchError("--pca DIM and --pca-fit DATASET go together")
+    settings = settings_from_options(**options)
+    ds, result = run_extract(dataset, settings, root, cache_dir)
+    _describe_extract(result)
+    pca = None
+    if pca_dim is not None:
+        _, fit_on = run_extract(pca_fit, settings, root, cache_dir)
+        pca = load_or_fit_pca(cache_root(cache_dir), fit_on.descriptors, pca_dim)
+        console.print(f"PCA to {pca.dim} dims, fitted on {pca_fit}: {pca.path}", soft_wrap=True)
+    try:
+        record, path = evaluate(
+            ds,
+            result,
+            k_values,
+            no_positive_policy,
+            results_root(results_dir),
+            settings.device,
+            pca,
+            per_city,
+            search=search,
+            cluster=cluster,
+        )
+    except ValueError as exc:
+        raise VPRBenchError(str(exc)) from exc
+    shown = set((result.official or {}).get("differences", []))  # printed with the extraction
+    for difference in (record["settings"]["official"] or {}).get("differences", []):
+        if difference not in shown:
+            err_console.print(f"[yellow]not the official pipeline:[/] {difference}", soft_wrap=True)
+    if record["results"]["ground_truth"]:
+        print_table(recall_table([record]))
+        describe_intervals(record)
+    else:
+        console.print(
+            f"'{dataset}' has no ground truth here: predictions written, no recall computed"
+        )
+    loss = record["results"].get("search_loss")
+    if loss:
+        shown = ", ".join(f"R@{k} {100 * v:+.2f}" for k, v in loss.items())
+        console.print(
+            f"{search} search lost against exact search (points): {shown}", soft_wrap=True
+        )
+    for label, file in record["files"].items():
+        console.print(f"{label}: {file}", soft_wrap=True)
+    console.print(f"run record: {path}", soft_wrap=True)
+    return record
