@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint example clean
+.PHONY: install demo test docs lint example clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: install
 test: install
 	$(BIN)/ruff check vprbench tests benchmarks scripts
 	$(BIN)/python -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The documentation site (MkDocs, Material theme) into build/site; strict: a broken link, a missing
+# page or a page left out of the navigation fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The example report in results/examples/quickstart: the quickstart ablation, then its tables and figures.
 example: install

@@ -18,7 +18,7 @@ from vprbench.datasets.formatted import load_formatted
 from vprbench.datasets.manage import import_dataset
 from vprbench.datasets.protocols import BATCH_CONVENTIONS, load_registry
 from vprbench.errors import VPRBenchError
-from vprbench.evaluate.official import differences, pipeline
+from vprbench.extract.official import differences, pipeline
 from vprbench.extract.request import resolve_preprocess
 from vprbench.extract.run import extract
 from vprbench.extract.settings import ExtractSettings
@@ -246,7 +246,7 @@ def test_device_decoding_follows_the_stage_and_native_resolution(tmp_path):
 
 
 def test_official_pca_alternative_stages_and_batch_sizes_in_differences():
-    from vprbench.evaluate.official import pca_difference
+    from vprbench.extract.official import pca_difference
 
     assert get_card("d2vpr").pca_dim == 4096 and get_card("d2vpr-encoder").pca_dim == 4096
     assert pca_difference(4096, None) == ["no PCA (official: PCA-4096)"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vprbench.ablate.recipe import Recipe, Variant
+from vprbench.ablate.schema import Recipe, Variant
 from vprbench.ablate.variants import expand, stage_settings
 from vprbench.atomic import write_text
 from vprbench.errors import VPRBenchError

@@ -8,7 +8,7 @@ import copy
 import itertools
 import json
 
-from vprbench.ablate.recipe import (
+from vprbench.ablate.schema import (
     DEFAULTS,
     SETTINGS,
     STAGE_KEYS,

@@ -54,7 +54,7 @@ def models_info(name: str) -> None:
     """The model card of NAME, as JSON, with its whole official evaluation pipeline
     (official_pipeline: input size or native resolution, where the resize happens, interpolation,
     antialias, precision, inference batch sizes, the released file for each benchmark, sources)."""
-    from vprbench.evaluate.official import pipeline
+    from vprbench.extract.official import pipeline
     from vprbench.models import get_card
 
     card = get_card(name)

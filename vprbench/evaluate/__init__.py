@@ -3,6 +3,5 @@
 ``run`` (``evaluate()``: one model on one protocol, its run record), ``search`` (faiss and torch exact
 search, approximate indexes), ``metrics`` (recall@k, intervals and paired tests: pure numpy, no I/O),
 ``clusters`` (how a protocol's queries are resampled), ``pca`` (whitening fitted on another set),
-``official`` (the card's official pipeline against what a run did), ``compare`` (two runs on the same
-queries), ``audit`` (how much recall moves with each setting papers differ in).
+``compare`` (two runs on the same queries), ``audit`` (how much recall moves with each setting papers differ in).
 """

@@ -182,7 +182,7 @@ def evaluate(
         "settings": {
             "preprocess": extracted.preprocess.as_dict(),
             "dtype": cached.key["dtype"],
-            # the card's official pipeline and what this run does otherwise (vprbench.evaluate.official)
+            # the card's official pipeline and what this run does otherwise (vprbench.extract.official)
             "official": _official(extracted.official, pca),
             "batch_size": extracted.batch_size,
             "batch_size_source": extracted.batch_size_source,
@@ -304,7 +304,7 @@ def _official(official: dict, pca: PCA | None) -> dict | None:
     here, after extraction)."""
     if not official:
         return None
-    from vprbench.evaluate.official import pca_difference
+    from vprbench.extract.official import pca_difference
 
     extra = pca_difference(official.get("pca_dim"), pca.dim if pca else None)
     return {**official, "differences": official["differences"] + extra}

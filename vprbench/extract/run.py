@@ -123,7 +123,7 @@ def extract(
     cache = DescriptorCache(cache_dir)
     key = cache_key(model, dataset, preprocess, settings, batch_size, images)
 
-    from vprbench.evaluate.official import differences, official_preprocess
+    from vprbench.extract.official import differences, official_preprocess
 
     official_batch = None
     if model.batch_dependent and card.batch_convention:

@@ -98,7 +98,7 @@ class ExtractResult:
     # Where a computed extraction's wall time went, in seconds (see STAGES); empty when cached.
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     # The card's official pipeline next to this run: {"dtype", "preprocess", "differences"}
-    # (vprbench.evaluate.official); empty for a result read from an older request record
+    # (vprbench.extract.official); empty for a result read from an older request record
     official: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
