@@ -159,6 +159,32 @@ def test_hnsw_runs_and_records_the_efsearch_faiss_uses(capsys, monkeypatch):
     assert json.loads(out)["settings"]["search"]["params"]["efSearch"] == 20
 
 
+def _matmul_ties_copies(database, queries, chunk_rows) -> bool:
+    """Whether torch's float32 q @ x.T, chunk by chunk as the torch path computes it, gives the
+    copies (rows r, r + 40, r + 80) of one database row the same value."""
+    import torch
+
+    q = torch.from_numpy(queries)
+    parts = [q @ torch.from_numpy(database[s : s + chunk_rows]).T
+             for s in range(0, len(database), chunk_rows)]  # fmt: skip
+    scores = torch.cat(parts, dim=1)
+    return bool(
+        (scores[:, :40] == scores[:, 40:80]).all() and (scores[:, :40] == scores[:, 80:]).all()
+    )
+
+
+def test_lowest_index_topk_orders_exact_ties_by_index():
+    """Exact ties, within the k and across the k-th value, come in ascending column order."""
+    import torch
+
+    from vprbench.evaluate.search import _lowest_index_topk
+
+    dist = torch.tensor([[3.0, 1.0, 2.0, 1.0, 1.0, 0.5], [2.0, 2.0, 2.0, 2.0, 0.0, 9.0]])
+    d, i = _lowest_index_topk(dist, 3)
+    assert i.tolist() == [[5, 1, 3], [4, 0, 1]]
+    assert d.tolist() == [[0.5, 1.0, 1.0], [0.0, 2.0, 2.0]]
+
+
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_exact_ties_keep_the_lowest_database_index_on_every_backend(backend):
     """Three copies of each database descriptor: faiss returns the lowest-indexed copies first, and
@@ -169,6 +195,16 @@ def test_exact_ties_keep_the_lowest_database_index_on_every_backend(backend):
     database = np.concatenate([base, base, base])  # row r, r + 40 and r + 80 are the same
     queries = base[:10] + 0.01 * rng.standard_normal((10, 16)).astype(np.float32)
     for chunk_rows in (None, 7):
+        if (
+            backend == "torch"
+            and chunk_rows
+            and not _matmul_ties_copies(database, queries, chunk_rows)
+        ):
+            pytest.skip(
+                "this CPU's float32 matrix product gives copies of one row different "
+                "distances by their position in a chunk (MKL on an AMD EPYC): no exact tie "
+                "to order; _lowest_index_topk is tested on exact ties directly"
+            )
         indices, _ = exact_search(database, queries, 5, backend=backend, chunk_rows=chunk_rows)
         assert indices[:, :3].tolist() == [[q, q + 40, q + 80] for q in range(10)]
         second = indices[:, 3]
@@ -188,7 +224,7 @@ def test_torch_search_in_blocks_of_queries_equals_one_flat_index(monkeypatch):
     database /= np.linalg.norm(database, axis=1, keepdims=True)
     queries = rng.standard_normal((20, 24)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    monkeypatch.setattr(search, "DISTANCE_BYTES", 8 * 50 * 3)
+    monkeypatch.setattr(search, "DISTANCE_BYTES", 4 * 50 * 3)
     indices, distances = exact_search(database, queries, 10, backend="torch", chunk_rows=50)
     index = faiss.IndexFlatL2(24)
     index.add(database)

@@ -64,31 +64,28 @@ def _flat_chunks(database, queries, k, keep, chunk_rows):
 
 
 def _torch_chunks(database, queries, k, keep, chunk_rows, device):
-    """Exact top-k by ||q||^2 + ||x||^2 - 2 q.x on ``device``, one chunk of database rows
+    """Exact top-k by ||q||^2 + ||x||^2 - 2 q.x in float32 on ``device``, one chunk of database rows
     at a time, for blocks of queries whose distances to a chunk fit DISTANCE_BYTES: the memory beyond
     the descriptors is one chunk and one block of distances, whatever the number of queries (was
-    three query x chunk matrices: 8.5 GiB for Nordland**'s 27,592 queries). The arithmetic is in
-    float64 (the float32 products are exact there): in float32 the matrix product rounded one
-    database row's distance differently by its position in the chunk (an AMD EPYC under MKL: copies
-    of one row 0.00115871 and 0.00115895 from a query in chunks of 7), which broke exact ties."""
+    three query x chunk matrices: 8.5 GiB for Nordland**'s 27,592 queries)."""
     import torch
 
     dev = torch.device(device)
     out_d, out_i = [], []
-    block = max(1, DISTANCE_BYTES // (8 * min(chunk_rows, max(1, len(keep)))))
+    block = max(1, DISTANCE_BYTES // (4 * min(chunk_rows, max(1, len(keep)))))
     for q_start in range(0, len(queries), block):
-        q = torch.from_numpy(queries[q_start : q_start + block]).to(dev, torch.float64)
+        q = torch.from_numpy(queries[q_start : q_start + block]).to(dev)
         q_norm = (q * q).sum(1, keepdim=True)
         best_d = best_i = None
         for start in range(0, len(keep), chunk_rows):
             rows = keep[start : start + chunk_rows]
-            x = torch.from_numpy(_as_float32(database[rows])).to(dev, torch.float64)
+            x = torch.from_numpy(_as_float32(database[rows])).to(dev, non_blocking=True)
             dist = q_norm + (x * x).sum(1)[None, :]  # the one block of distances, filled in place
             dist.addmm_(q, x.T, alpha=-2.0).clamp_min_(0)
             d, local = _lowest_index_topk(dist, min(k, len(rows)))
             del dist
             local = local.cpu().numpy()
-            best_d, best_i = _merge(best_d, best_i, d.float().cpu().numpy(), rows[local], k)
+            best_d, best_i = _merge(best_d, best_i, d.cpu().numpy(), rows[local], k)
         out_d.append(best_d)
         out_i.append(best_i)
     return np.concatenate(out_d), np.concatenate(out_i)
