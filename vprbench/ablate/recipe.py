@@ -1,5 +1,6 @@
-"""Ablation recipes (recipes/*.yaml): a typed schema that rejects what it does not know, with file and
-line, and a pure ``expand(recipe) -> list[Variant]`` that runs nothing.
+"""Reading an ablation recipe (recipes/*.yaml): ``load_recipe`` checks it against the schema
+(``ablate.schema``: what it does not know is rejected with file and line) and expands every
+combination once (``ablate.variants.expand``, pure, runs nothing), before anything runs.
 
     name: drm                      # default: the file's stem
     description: ...
