@@ -141,9 +141,13 @@ def model_sections() -> str:
             ),
             (
                 "preprocessing",
-                f"{size}, {c.interpolation}, resize `{c.resize}`"
-                f"{', antialiased' if c.antialias else ', not antialiased'}, mean {list(c.mean)}, "
-                f"std {list(c.std)}",
+                (
+                    f"{size} (no resize)"
+                    if c.native_resolution
+                    else f"{size}, {c.interpolation}, resize `{c.resize}`"
+                    + (", antialiased" if c.antialias else ", not antialiased")
+                )
+                + f", mean {list(c.mean)}, std {list(c.std)}",
             ),
             ("precision", c.dtype + (f"; PCA to {c.pca_dim}" if c.pca_dim else "")),
             (

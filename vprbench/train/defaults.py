@@ -1,4 +1,4 @@
-"""The released defaults of each stage (../shared/reference/d2vpr.md section 4), with the sources.
+"""The released defaults of each stage as the official D2VPR scripts set them, with the sources.
 
 distill   D2VPR parser.py:7-64, distillation.py: 8 places x 4 images, 224x224, Adam 2.5e-5 (its StepLR
           is never stepped: constant), 20 epochs, MSE on descriptors, teacher CricaVPR, student d2vpr
