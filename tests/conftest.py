@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vprbench.models.registry import VPRModel
+from vprbench.models.base import VPRModel
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VPRBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -113,7 +113,7 @@ def batchmean_model():
     )
     register_model(card)(build)
     yield card.name
-    registry._REGISTRY.pop(card.name)
+    registry._REGISTERED.pop(card.name)
 
 
 def latex_compiles(table: Path, workdir: Path) -> bool:

@@ -166,7 +166,7 @@ def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
     code, _, err = run(["extract", "--model", "vlad", "--dataset", "hand"], capsys, monkeypatch)
     assert code == 1
     assert (
-        "unknown model 'vlad'; valid names: boq-dinov2, boq-resnet50, cosplace, cricavpr, "
+        "unknown model 'vlad'; did you mean 'netvlad'? valid names: boq-dinov2, boq-resnet50, cosplace, cricavpr, "
         "cricavpr-noencoder, d2vpr, d2vpr-encoder, dinov2-gem, effnet-lite0-gem, eigenplaces, mixvpr, "
         "netvlad, netvlad-pca, pixels, salad, selavpr, supervlad" in one_line_error(err)
     )

@@ -160,3 +160,19 @@ def test_readme_names_every_registered_model_and_protocol():
     missing = [n for n in [*list_models(), *load_registry()] if f"`{n}`" not in readme]
     assert not missing, f"README.md's tables leave out {missing}"
     assert readme.count("\n") <= 150, "README.md is read in five minutes: at most about 150 lines"
+
+
+def test_user_facing_text_names_no_development_set_up():
+    """README, the docs and the package's messages are read in a user's clone, which has no
+    ../shared folder, no issue tracker of ours and no sessions: none of them is referred to."""
+    pattern = re.compile(r"\.\./shared/(?!data\b)|shared/reference|[Ii]ssue \d|previous session|"
+                         r"this session|review-e1cc")  # fmt: skip
+    files = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted((REPO / "vprbench").rglob("*.py")), *sorted((REPO / "vprbench").rglob("*.yaml"))]  # fmt: skip
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []

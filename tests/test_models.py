@@ -41,7 +41,7 @@ def test_registry_names_and_cards():
     assert card.options == {"backbone": "vitb14"} and not card.batch_dependent
     with pytest.raises(
         VPRBenchError,
-        match="unknown model 'vlad'; valid names: boq-dinov2, boq-resnet50, cosplace, cricavpr, ",
+        match=r"unknown model 'vlad'; did you mean 'netvlad'\? valid names: boq-dinov2, boq-resnet50, ",
     ):
         get_card("vlad")
 
@@ -293,3 +293,18 @@ def test_old_torch_is_named_not_blamed_on_the_file(tmp_path, monkeypatch):
     monkeypatch.delattr(torch.serialization, "safe_globals")  # as on torch 2.4
     with pytest.raises(VPRBenchError, match=r"needs torch >= 2.6 .* this is torch 2.4.0"):
         read_checkpoint(tmp_path / "plain.pth")
+
+
+def test_every_card_states_its_licence_and_protocol():
+    """A user can tell from `models info` under which terms a model runs and how its paper
+    evaluated it (or that it is a vprbench reference with no paper protocol)."""
+    lacking = [
+        (name, field)
+        for name in list_models()
+        for field in ("licence", "protocol", "reference")
+        if len(getattr(get_card(name), field).strip()) < 3
+    ]
+    assert lacking == []
+    assert get_card("d2vpr").licence.startswith("none stated: tony19980810/D2VPR has no LICENSE")
+    assert get_card("cricavpr").licence.startswith("MIT")
+    assert get_card("dinov2-gem").licence.startswith("Apache-2.0")

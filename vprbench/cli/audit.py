@@ -42,7 +42,7 @@ def audit_cmd(model_name, dataset, weights, overrides, device, workers, ks, only
     paired test, resampling the queries by the protocol's cluster rule."""
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate.audit import run_audit
-    from vprbench.evaluate.run import parse_ks
+    from vprbench.evaluate.metrics import parse_ks
     from vprbench.extract.settings import ExtractSettings
     from vprbench.paths import cache_root, data_root, results_root
     from vprbench.ui import audit_table, console, err_console, print_table, progress_bars

@@ -183,14 +183,17 @@ def settings_from_options(
     antialias=None,
 ):
     from vprbench.extract.settings import ExtractSettings
+    from vprbench.models.card import check_model_request
     from vprbench.yamlfile import parse_overrides
 
     if native_resolution and image_size:
         raise click.UsageError("--native-resolution and --image-size exclude each other")
+    parsed = parse_overrides(overrides)
+    check_model_request(model_name, parsed, weights)  # before torch is imported
     return ExtractSettings(
         model=model_name,
         weights=weights,
-        overrides=parse_overrides(overrides),
+        overrides=parsed,
         image_size="native" if native_resolution else tuple(image_size) if image_size else None,
         resize=resize_stage,
         antialias=antialias,
@@ -210,10 +213,11 @@ def settings_from_options(
 
 def run_extract(dataset_name, settings, root, cache_dir):
     from vprbench.datasets import manage
-    from vprbench.extract.run import extract
 
     registry = load_registry()
     dataset = manage.open_dataset(dataset_name, data_root(root), registry)
+    from vprbench.extract.run import extract  # torch: after the arguments are known to be usable
+
     with progress_bars() as bars:
         result = extract(dataset, settings, cache_root(cache_dir), progress=bars)
     return dataset, result

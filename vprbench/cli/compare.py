@@ -27,8 +27,7 @@ def compare_cmd(run_a, run_b, ks, results_dir, correction, as_json) -> None:
 
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate.compare import compare_with_resampling, load_run
-    from vprbench.evaluate.metrics import holm
-    from vprbench.evaluate.run import parse_ks
+    from vprbench.evaluate.metrics import holm, parse_ks
     from vprbench.paths import results_root
     from vprbench.ui import console, print_table, whole
 

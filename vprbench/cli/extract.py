@@ -112,8 +112,7 @@ def evaluate_cmd(
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
               search, results_dir, options, cluster="protocol") -> dict:  # fmt: skip
-    from vprbench.evaluate.pca import load_or_fit_pca
-    from vprbench.evaluate.run import evaluate, parse_ks
+    from vprbench.evaluate.metrics import parse_ks
 
     try:
         k_values = parse_ks(ks)
@@ -121,8 +120,11 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
         raise VPRBenchError(str(exc)) from exc
     if (pca_dim is None) != (pca_fit is None):
         raise VPRBenchError("--pca DIM and --pca-fit DATASET go together")
-    settings = settings_from_options(**options)
+    settings = settings_from_options(**options)  # checks the model and weights: no torch yet
     ds, result = run_extract(dataset, settings, root, cache_dir)
+    from vprbench.evaluate.pca import load_or_fit_pca
+    from vprbench.evaluate.run import evaluate
+
     _describe_extract(result)
     pca = None
     if pca_dim is not None:

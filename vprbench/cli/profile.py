@@ -46,17 +46,22 @@ def profile_cmd(models, image_size, batch_size, dtype, device, threads, override
 
 def _profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
              repeats, reference, force, results_dir) -> dict:  # fmt: skip
-    import torch
-
-    from vprbench.profile.run import ProfileSettings, profile_model, reductions
+    from vprbench.models.card import check_model_request
     from vprbench.yamlfile import parse_overrides
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VPRBenchError("--device cuda requested, but CUDA is not available here")
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise VPRBenchError("--batch-size and --repeats must be >= 1, --warmup >= 0")
     reference = reference or models[0]
     names = list(dict.fromkeys([*models, reference]))
+    for name in names:  # before torch is imported
+        check_model_request(name, parse_overrides(overrides))
+
+    import torch
+
+    from vprbench.profile.run import ProfileSettings, profile_model, reductions
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VPRBenchError("--device cuda requested, but CUDA is not available here")
     settings = ProfileSettings(
         tuple(image_size) if image_size else None, batch_size, dtype, device, threads, warmup,
         repeats, pca_dim,

@@ -33,7 +33,7 @@ def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, co
                label, results_dir) -> None:  # fmt: skip
     """Tables and figures from the run records (and profiles) under the results folder."""
     from vprbench.errors import VPRBenchError
-    from vprbench.evaluate.run import parse_ks
+    from vprbench.evaluate.metrics import parse_ks
     from vprbench.paths import results_root
     from vprbench.report.write import write_report
     from vprbench.ui import console

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from vprbench.errors import VPRBenchError
-
 
 def _shared_options(func):
     """Options both stages take (defaults: the stage's released ones, vprbench/train/defaults.py)."""
@@ -51,13 +49,14 @@ def _shared_options(func):
 
 
 def _config(stage: str, model: str, overrides, **values):
-    from vprbench.models import get_card
-    from vprbench.models.registry import resolve_options
+    from vprbench.models.card import check_model_request
     from vprbench.train import config_from
     from vprbench.yamlfile import parse_overrides
 
-    card = get_card(model)
-    resolve_options(card, parse_overrides(overrides))  # validates the keys and types now
+    # the model, its switches and the weights files are checked now, before torch is imported
+    check_model_request(model, parse_overrides(overrides), values.get("init"))
+    if values.get("teacher"):
+        check_model_request(values["teacher"], None, values.get("teacher_weights"))
     cities = values.pop("cities")
     values["cities"] = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
     values["val"] = list(values["val"])
@@ -156,8 +155,6 @@ def distill_cmd(teacher, teacher_weights, allow_random_teacher, student, init, l
 def finetune_cmd(model, init, warmup_steps, warmup_as_released, overrides, resume, cache_dir,
                  **values) -> None:  # fmt: skip
     """Stage 2: MultiSimilarity fine-tuning (loss and miner from pytorch-metric-learning)."""
-    if init is not None and not Path(init).exists() and "://" not in init and init != "official":
-        raise VPRBenchError(f"{init}: --init file not found")
     config = _config("finetune", model, overrides, init=init, warmup_steps=warmup_steps,
                      warmup_as_released=warmup_as_released or None, **values)  # fmt: skip
     _run(config, resume, cache_dir)

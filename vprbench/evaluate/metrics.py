@@ -378,3 +378,14 @@ def paired_comparison(
         only_b=only_b,
         p_value=p,
     )
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"1,5,10"`` -> [1, 5, 10]; raises ValueError with the offending part."""
+    ks = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--k expects positive integers separated by commas, got {part!r}")
+        ks.append(int(part))
+    return sorted(set(ks))

