@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import latex_compiles
 from vprbench.ablate.recipe import load_recipe
@@ -249,6 +250,19 @@ def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):
         for o in outcomes
     }
     assert len(trained["distill + finetune"]) == 2 and trained["no training"] == []
+    # a finished stage keeps its weights, not the optimiser state: the disk --dry-run announced
+    from vprbench.ablate.disk import stage_bytes
+    from vprbench.ablate.run import training_plan
+
+    stages = {
+        p.folder: p for v in expand(recipe) for p in training_plan(v, isolated_dirs["results"])
+    }
+    assert len(stages) == 11
+    for folder, plan in stages.items():
+        used = sum(f.stat().st_size for f in folder.iterdir())
+        expected = stage_bytes(plan.stage, plan.config)[0]
+        assert expected <= used <= 1.01 * expected + 100_000, (folder, used, expected)
+        assert "optimizer_state_dict" not in torch.load(folder / "last.pth", weights_only=True)
     paths = write_report(isolated_dirs["results"], tmp_path / "report", ["latex", "markdown", "csv"],
                          recipe="quickstart", queries=[0, 200])  # fmt: skip
     table = pd.read_csv(tmp_path / "report" / "quickstart.csv")

@@ -259,8 +259,10 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(last, weights_only=True)["vprbench"]
+    killed = torch.load(last, weights_only=True)
+    killed_at = killed["vprbench"]
     assert 4 <= killed_at["step"] < 7 and killed_at["batch"] != 0
+    assert {"optimizer_state_dict", "scaler_state_dict", "rng"} <= set(killed)  # can still resume
     assert not (tmp_path / "killed" / "summary.json").exists()  # does not read as finished
     resumed = _cli([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
@@ -273,6 +275,20 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
         assert torch.equal(a["model_state_dict"][key], value), key
     loss = lambda run: _losses(tmp_path / run)  # noqa: E731
     assert loss("killed") == loss("clean")
+    # a finished run keeps its weights, not the optimiser state (Adam: twice the weights)
+    assert b["finished"] is True and not {"optimizer_state_dict", "scaler_state_dict", "rng"} & set(
+        b
+    )
+    weights = sum(v.numel() * v.element_size() for v in b["model_state_dict"].values())
+    assert (tmp_path / "clean" / "last.pth").stat().st_size < 1.1 * weights + 100_000
+    assert killed_at and last.stat().st_size < 1.1 * weights + 100_000
+    # and a --resume of the finished run has nothing to do: same weights, same metrics
+    before = (tmp_path / "clean" / "metrics.jsonl").read_text()
+    again = _cli([*_train_args(tmp_path, "clean", 7), "--resume"])
+    assert again.returncode == 0, again.stderr
+    c = torch.load(tmp_path / "clean" / "last.pth", weights_only=True)
+    assert all(torch.equal(c["model_state_dict"][k], v) for k, v in b["model_state_dict"].items())
+    assert (tmp_path / "clean" / "metrics.jsonl").read_text() == before
     # resuming with other options is refused
     other = _cli([*_train_args(tmp_path, "clean", 9), "--resume"])
     assert other.returncode == 1 and "another configuration" in other.stderr
@@ -281,7 +297,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     make_gsv(tmp_path / "gsv")
     bad = _cli([*_train_args(tmp_path, "a", 2)[:-2], "--init", str(tmp_path / "missing.pth")])
-    assert bad.returncode == 1 and "missing.pth: --init file not found" in bad.stderr
+    assert bad.returncode == 1 and "missing.pth: weights file not found" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "a").exists()
     big_k = _train_args(tmp_path, "b", 2)
     big_k[big_k.index("--images-per-place") + 1] = "9"

@@ -1,9 +1,13 @@
-"""Rendering helpers for the command line: progress bars and tables (rich)."""
+"""Rendering helpers for the command line: progress (a rich bar on a terminal, steady plain lines in
+logs and pipes) and tables (rich)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -12,21 +16,131 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
+# Seconds between two progress lines of one task when stderr is not a terminal
+PROGRESS_INTERVAL_S = 30.0
+
+
+def progress_interval() -> float:
+    """``VPRBENCH_PROGRESS_INTERVAL`` (seconds), else :data:`PROGRESS_INTERVAL_S`."""
+    value = os.environ.get("VPRBENCH_PROGRESS_INTERVAL")
+    try:
+        return max(0.0, float(value)) if value else PROGRESS_INTERVAL_S
+    except ValueError:
+        return PROGRESS_INTERVAL_S
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+@dataclass
+class _Line:
+    description: str
+    total: int | None
+    unit: str
+    status: str
+    started: float
+    completed: int = 0
+    base: int = 0  # what was already done when the rate's clock started
+    last_line: float | None = None
+    finished: bool = False
+
+
+class LineProgress:
+    """Progress for logs and pipes: rich's bar redraws one line, which a log file or a pipe shows as
+    nothing or as noise. Per task, one plain line when it starts, then at most one every
+    ``interval`` seconds, and one when it completes: what, done/total (percent), rate and ETA, and
+    the task's status text. Offers the parts of rich's ``Progress`` that vprbench uses."""
+
+    def __init__(self, console: Console, interval: float | None = None, clock=time.monotonic):
+        self.console = console
+        self.interval = progress_interval() if interval is None else interval
+        self._clock = clock
+        self._tasks: dict[int, _Line] = {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: int | None = None, unit: str = "it",
+                 status: str = "", **_) -> int:  # fmt: skip
+        task = len(self._tasks)
+        self._tasks[task] = _Line(description, total, unit, status, self._clock())
+        return task
+
+    def advance(self, task: int, n: int = 1) -> None:
+        self.update(task, advance=n)
+
+    def update(self, task: int, *, description: str | None = None, completed: int | None = None,
+               advance: int | None = None, total: int | None = None, status: str | None = None,
+               **_) -> None:  # fmt: skip
+        line = self._tasks[task]
+        if description is not None:
+            line.description = description
+        if total is not None:
+            line.total = total
+        if status is not None:
+            line.status = status
+        if completed is not None:
+            if completed < line.completed:  # counting again (the next epoch): a new rate and ETA
+                line.started, line.finished, line.base = self._clock(), False, completed
+            line.completed = completed
+        if advance:
+            line.completed += advance
+        now = self._clock()
+        done = line.total is not None and line.completed >= line.total
+        due = line.last_line is None or now - line.last_line >= self.interval
+        if (done and not line.finished) or (due and not done):
+            line.finished = done
+            line.last_line = now
+            self.console.print(self.describe(line, now), soft_wrap=True, highlight=False)
+
+    @staticmethod
+    def describe(line: _Line, now: float) -> str:
+        elapsed = now - line.started
+        parts = [line.description + ":"]
+        if line.total:
+            parts.append(
+                f"{line.completed:,}/{line.total:,} ({100 * line.completed / line.total:.0f}%)"
+            )
+        else:
+            parts.append(f"{line.completed:,}")
+        if elapsed > 0 and line.completed > line.base:
+            rate = (line.completed - line.base) / elapsed
+            parts.append(f"{rate:.1f} {line.unit}/s")
+            if line.total and line.completed < line.total:
+                parts.append(f"ETA {_duration((line.total - line.completed) / rate)}")
+            else:
+                parts.append(f"in {_duration(elapsed)}")
+        if line.status:
+            parts.append(line.status)
+        return " ".join(parts)
+
+
+def live_progress(*columns, to: Console | None = None):
+    """A rich ``Progress`` with ``columns`` when ``to`` (stderr by default) is a terminal, else a
+    :class:`LineProgress`; ``VPRBENCH_PROGRESS=lines|bar`` overrides the choice."""
+    to = to or err_console
+    mode = os.environ.get("VPRBENCH_PROGRESS")
+    if mode == "lines" or (mode != "bar" and not to.is_terminal):
+        return LineProgress(to)
+    return Progress(*columns, console=to, transient=False)
+
 
 @contextlib.contextmanager
-def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """Yields ``factory(label, total) -> advance(n)``; bars render on stderr."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
+def progress_bars(unit: str = "images") -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Yields ``factory(label, total, unit=unit) -> advance(n)``; progress renders on stderr (see
+    :func:`live_progress`)."""
+    with live_progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     ) as progress:
 
-        def factory(label: str, total: int) -> Callable[[int], None]:
-            task = progress.add_task(label, total=total)
+        def factory(label: str, total: int, unit: str = unit) -> Callable[[int], None]:
+            task = progress.add_task(label, total=total, unit=unit)
             return lambda n: progress.advance(task, n)
 
         yield factory

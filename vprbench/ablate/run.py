@@ -121,7 +121,7 @@ def stage_key(stage: str, config: dict, previous: str | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _run_training(plan: StagePlan, cache_dir: Path | None, say: Say) -> None:
+def _run_training(plan: StagePlan, cache_dir: Path | None, say: Say, progress=None) -> None:
     from vprbench.train import config_from, train
 
     state = plan.state
@@ -133,11 +133,37 @@ def _run_training(plan: StagePlan, cache_dir: Path | None, say: Say) -> None:
     if "image_size" in plan.config:
         values["image_size"] = tuple(plan.config["image_size"])
     config = config_from(plan.stage, out=str(plan.folder), **values)
-    train(config, resume=state != "to run", cache_dir=cache_dir)
+    train(
+        config,
+        resume=state != "to run",
+        cache_dir=cache_dir,
+        on_step=_epoch_progress(plan, progress),
+    )
 
 
-def run_variant(variant: Variant, results_dir: Path, cache_dir: Path | None, say: Say) -> Outcome:
-    """Train (if asked), extract, evaluate on every protocol, profile. Raises on failure."""
+def _epoch_progress(plan: StagePlan, progress):
+    """A training callback that shows each epoch's steps through ``progress`` (a factory of
+    ``advance`` callbacks, as extraction takes), or None."""
+    if progress is None:
+        return None
+    current: dict = {}
+
+    def on_step(info) -> None:
+        if current.get("epoch") != info.epoch:
+            current["epoch"] = info.epoch
+            current["advance"] = progress(
+                f"  {plan.stage} epoch {info.epoch + 1}", info.batches_per_epoch, unit="steps"
+            )
+        current["advance"](1)
+
+    return on_step
+
+
+def run_variant(
+    variant: Variant, results_dir: Path, cache_dir: Path | None, say: Say, progress=None
+) -> Outcome:
+    """Train (if asked), extract, evaluate on every protocol, profile. Raises on failure.
+    ``progress``: a factory ``(label, total) -> advance(n)`` that shows the long steps."""
     from vprbench.datasets.manage import open_dataset
     from vprbench.datasets.protocols import load_registry
     from vprbench.evaluate.run import DEFAULT_KS, evaluate
@@ -148,7 +174,7 @@ def run_variant(variant: Variant, results_dir: Path, cache_dir: Path | None, say
     outcome = Outcome(variant)
     plans = training_plan(variant, results_dir)
     for plan in plans:
-        _run_training(plan, cache_dir, say)
+        _run_training(plan, cache_dir, say, progress)
     weights = str(plans[-1].folder / "last.pth") if plans else variant.weights
     tags = {"recipe": variant.recipe, "variant": variant.name, "seed": variant.seed,
             "variant_index": variant.index,
@@ -159,7 +185,7 @@ def run_variant(variant: Variant, results_dir: Path, cache_dir: Path | None, say
                                dtype=variant.dtype, device=variant.device)  # fmt: skip
     for name in variant.protocols:
         dataset = open_dataset(name, data_root(), registry)
-        result = extract(dataset, settings, cache_root(cache_dir))
+        result = extract(dataset, settings, cache_root(cache_dir), progress=progress)
         ks = [k for k in DEFAULT_KS if k <= int(result.descriptors.database_valid.sum())]
         record, path = evaluate(dataset, result, ks, results_dir=results_dir, device=variant.device,
                                 tags=tags)  # fmt: skip
@@ -189,20 +215,44 @@ def plan_lines(recipe: Recipe, variants: list[Variant], results_dir: Path) -> li
     path = state_path(results_dir, recipe.name)
     if path.is_file():
         done = {o["key"]: o for o in json.loads(path.read_text())["outcomes"] if not o["error"]}
+    from vprbench.ablate.disk import descriptor_bytes, size, stage_bytes
+
     lines = []
+    kept, peak, descriptors, unknown = 0, 0, 0, []
+    planned: set[Path] = set()  # a stage shared by variants is trained (and counted) once
     for v in variants:
         lines.append(
             f"{v.name} (seed {v.seed}): model {v.model} {json.dumps(v.options, sort_keys=True)}"
         )
         for plan in training_plan(v, results_dir):
-            lines.append(f"  train {plan.stage}: {plan.state}")
+            state, disk = plan.state, ""
+            if state != "cached" and plan.folder not in planned:
+                planned.add(plan.folder)
+                finished, running = stage_bytes(plan.stage, plan.config)
+                kept, peak = kept + finished, max(peak, kept + running)
+                disk = f" ({size(finished)} when finished, up to {size(running)} while running)"
+            lines.append(f"  train {plan.stage}: {state}{disk}")
         previous = done.get(_outcome_key(v))
         evaluated = previous is not None and all(Path(r).is_file() for r in previous["records"])
         lines.append(
             f"  evaluate on {', '.join(v.protocols)}: {'cached' if evaluated else 'to run'}"
         )
+        if not evaluated:
+            for name in v.protocols:
+                n = descriptor_bytes(v.model, v.options, name)
+                if n is None:
+                    unknown.append(name)
+                else:
+                    descriptors += n
         if v.profile:
             lines.append("  profile: cached by key (measured once per model, options and size)")
+    lines.append(
+        f"disk: {size(kept)} of training folders under {results_dir / 'train'} (at most "
+        f"{size(max(peak, kept))} while a stage runs), and up to {size(descriptors)} of descriptors "
+        "in the cache (less where a variant's descriptors are cached already)"
+        + (f"; descriptors of {', '.join(sorted(set(unknown)))} not counted (counts not known "
+           "before formatting)" if unknown else "")
+    )  # fmt: skip
     return lines
 
 
@@ -217,6 +267,7 @@ def run_recipe(
     only: list[str] | None = None,
     overrides: dict | None = None,
     say: Say = print,
+    progress=None,
 ) -> list[Outcome]:
     """Run every (variant, seed) of ``recipe`` (or those named in ``only``); a failure is kept with
     its error and the rest go on. The state of each is written to results/ablations/<recipe>.json."""
@@ -225,7 +276,7 @@ def run_recipe(
     for i, variant in enumerate(variants, start=1):
         say(f"[{i}/{len(variants)}] {variant.name} (seed {variant.seed})")
         try:
-            outcome = run_variant(variant, results_dir, cache_dir, say)
+            outcome = run_variant(variant, results_dir, cache_dir, say, progress)
         except Exception as exc:  # one variant's failure, whatever it is, must not stop the rest
             outcome = Outcome(variant, error=f"{type(exc).__name__}: {exc}")
             say(f"  FAILED: {outcome.error}")

@@ -24,7 +24,7 @@ def ablate_cmd(recipe, dry_run, only, overrides, results_dir, cache_dir) -> None
     from vprbench.ablate.run import plan_lines, run_recipe, select
     from vprbench.ablate.variants import expand
     from vprbench.paths import results_root
-    from vprbench.ui import console, print_table, whole
+    from vprbench.ui import console, print_table, progress_bars, whole
     from vprbench.yamlfile import parse_overrides
 
     parsed = load_recipe(recipe)
@@ -36,8 +36,10 @@ def ablate_cmd(recipe, dry_run, only, overrides, results_dir, cache_dir) -> None
         for line in plan_lines(parsed, variants, results):
             console.print(line, soft_wrap=True, highlight=False)
         return
-    outcomes = run_recipe(parsed, results, cache_dir, list(only), sets,
-                          say=lambda m: console.print(m, soft_wrap=True, highlight=False))  # fmt: skip
+    with progress_bars() as bars:
+        outcomes = run_recipe(parsed, results, cache_dir, list(only), sets,
+                              say=lambda m: console.print(m, soft_wrap=True, highlight=False),
+                              progress=bars)  # fmt: skip
     table = Table(title=f"ablation {parsed.name}")
     for column in ("variant", "seed", "status", "records"):
         table.add_column(column, no_wrap=column != "status")

@@ -70,22 +70,16 @@ def _config(stage: str, model: str, overrides, **values):
 
 
 def _run(config, resume: bool, cache_dir) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from vprbench.train import train
-    from vprbench.ui import console, err_console
+    from vprbench.ui import console, err_console, live_progress
 
-    with Progress(
+    with live_progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"), console=err_console,
+        TextColumn("{task.fields[status]}"),
     ) as progress:  # fmt: skip
-        task = progress.add_task(f"{config.stage} epoch 1", total=None, status="")
+        task = progress.add_task(f"{config.stage} epoch 1", total=None, status="", unit="batches")
 
         def on_step(info) -> None:
             progress.update(

@@ -4,7 +4,9 @@ the evaluation code path, checkpoints a run resumes from exactly, and torch.dist
 A run directory (``--out``) holds:
     config.json     the whole resolved configuration, vprbench version, git revision, machine
     metrics.jsonl   one JSON object per step (step, epoch, loss, lr, images/s) and per validation
-    last.pth        everything to resume (weights, optimiser, scaler, RNG states, position, best)
+    last.pth        while running: everything to resume (weights, optimiser, scaler, RNG states,
+                    position, best); once finished, the weights, position and best only (a finished
+                    run has nothing left to resume, and the optimiser state is twice the weights)
     best.pth        the weights of the best validation, when validating
     summary.json    written last: a run without it is not finished
 """
@@ -190,9 +192,10 @@ def train(
             raise VPRBenchError(f"{out / 'last.pth'}: was made with another configuration; "
                                 "resume with the same options")  # fmt: skip
         module.load_state_dict(ckpt["model_state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        scaler.load_state_dict(ckpt["scaler_state_dict"])
-        set_rng_state(ckpt["rng"], rank, world, device)
+        if not ckpt.get("finished"):  # a finished run's last.pth keeps the weights only
+            optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+            scaler.load_state_dict(ckpt["scaler_state_dict"])
+            set_rng_state(ckpt["rng"], rank, world, device)
         state = {k: ckpt["vprbench"][k] for k in ("step", "epoch", "batch")}
         state["best"] = ckpt["best"]
         best = state["best"] or {}
@@ -310,6 +313,12 @@ def train(
                 time.sleep(sleep)
             if done or epoch_end:
                 break
+    if rank == 0:  # finished: last.pth keeps what --weights and a repeated --resume read
+        final = weights_payload(
+            module, {**meta, **{k: state[k] for k in ("step", "epoch", "batch")}}
+        )
+        final.update(best=state["best"], config=resume_key, finished=True)
+        save_checkpoint(out / "last.pth", final)
     summary = {"steps": state["step"], "epochs_completed": state["epoch"], "best": state["best"],
                "parameters": {"trainable": trainable, "total": total},
                "last": str(out / "last.pth"), "random_teacher": random_teacher,
