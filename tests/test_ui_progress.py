@@ -94,6 +94,9 @@ def test_extract_into_a_pipe_prints_progress_lines(tmp_path):
         # interval 0: a line when the split starts, one per batch of 200 images, and the last one
         # with the time taken
         assert [line.split(": ")[1].split(" (")[0] for line in ours] == [
-            "0/600", "200/600", "400/600", "600/600"
+            "0/600",
+            "200/600",
+            "400/600",
+            "600/600",
         ], done.stderr
         assert "images/s ETA" in ours[1] and "images/s in " in ours[-1]

@@ -178,7 +178,12 @@ def run_variant(
     weights = str(plans[-1].folder / "last.pth") if plans else variant.weights
     tags = {"recipe": variant.recipe, "variant": variant.name, "seed": variant.seed,
             "variant_index": variant.index,
-            "variant_key": variant.key(), "train": [str(p.folder) for p in plans]}  # fmt: skip
+            "variant_key": variant.key(), "train": [str(p.folder) for p in plans],
+            # trained from random weights, or taught by a random teacher: starred in the tables
+            "random_start": bool(plans) and (
+                plans[0].config.get("init") is None
+                or any(p.config.get("allow_random_teacher") and not p.config.get("teacher_weights")
+                       for p in plans))}  # fmt: skip
     registry = load_registry()
     settings = ExtractSettings(model=variant.model, weights=weights, overrides=variant.options,
                                image_size=variant.image_size, batch_size=variant.batch_size,

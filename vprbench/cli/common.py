@@ -183,7 +183,7 @@ def settings_from_options(
     antialias=None,
 ):
     from vprbench.extract.settings import ExtractSettings
-    from vprbench.models.card import check_model_request
+    from vprbench.models.registry import check_model_request
     from vprbench.yamlfile import parse_overrides
 
     if native_resolution and image_size:

@@ -26,7 +26,7 @@ def compare_cmd(run_a, run_b, ks, results_dir, correction, as_json) -> None:
     from rich.table import Table
 
     from vprbench.errors import VPRBenchError
-    from vprbench.evaluate.compare import compare_with_resampling, load_run
+    from vprbench.evaluate.compare import compare_with_resampling, load_run, run_labels
     from vprbench.evaluate.metrics import holm, parse_ks
     from vprbench.paths import results_root
     from vprbench.ui import console, print_table, whole
@@ -54,12 +54,14 @@ def compare_cmd(run_a, run_b, ks, results_dir, correction, as_json) -> None:
         comparisons = [asdict(r) | {"p_holm": p if correction == "holm" else None,
                                     "significant": p < 0.05}
                        for r, p in zip(rows, adjusted, strict=True)]  # fmt: skip
-        click.echo(json.dumps({"a": a["run_id"], "b": b["run_id"], "protocol": a["protocol"]["name"],
+        labels = dict(zip("ab", run_labels(a, b), strict=True))
+        click.echo(json.dumps({"a": a["run_id"], "b": b["run_id"], "labels": labels,
+                               "protocol": a["protocol"]["name"],
                                "statistics": statistics, "comparisons": comparisons},
                               indent=2))  # fmt: skip
         return
-    name = lambda r: (r.get("ablation") or {}).get("variant") or r["model"]["name"]  # noqa: E731
-    table = Table(title=f"{name(a)} (A) vs {name(b)} (B) on {a['protocol']['name']}")
+    label_a, label_b = run_labels(a, b)
+    table = Table(title=f"{label_a} (A) vs {label_b} (B) on {a['protocol']['name']}")
     for column in (
         "k",
         "A",

@@ -25,7 +25,12 @@ from vprbench.ui import (
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads (default: the cores the load average leaves free).",
+)
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Option for every model."
 )
@@ -46,7 +51,7 @@ def profile_cmd(models, image_size, batch_size, dtype, device, threads, override
 
 def _profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
              repeats, reference, force, results_dir) -> dict:  # fmt: skip
-    from vprbench.models.card import check_model_request
+    from vprbench.models.registry import check_model_request
     from vprbench.yamlfile import parse_overrides
 
     if batch_size < 1 or repeats < 1 or warmup < 0:
@@ -76,6 +81,20 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
         )
     print_table(profile_table(records, settings))
     print_table(breakdown_table(records))
+    for r in records:
+        threads, load = r.get("threads"), r.get("load_average") or {}
+        if threads:
+            before = load.get("before")
+            shown = (
+                f", load average {before:.2f} before timing"
+                if before is not None and "load average" not in threads["source"]
+                else ""
+            )
+            console.print(f"{r['model']}: timed with {threads['used']} thread(s) "
+                          f"({threads['source']}){shown}{' (cached)' if r['cached'] else ''}",
+                          soft_wrap=True)  # fmt: skip
+        for warning in r.get("warnings", []):
+            err_console.print(f"[yellow]{r['model']}: {warning}[/]", soft_wrap=True)
     for row in reductions(records, reference):
         if row["model"] != reference and None not in (row["params"], row["flops"], row["latency"]):
             console.print(

@@ -49,7 +49,7 @@ def _shared_options(func):
 
 
 def _config(stage: str, model: str, overrides, **values):
-    from vprbench.models.card import check_model_request
+    from vprbench.models.registry import check_model_request
     from vprbench.train import config_from
     from vprbench.yamlfile import parse_overrides
 

@@ -96,3 +96,59 @@ def compare_with_resampling(
     return [
         paired_comparison(hits_at_k(ra, k)[ea], hits_at_k(rb, k)[eb], k, resampling) for k in ks
     ], resampling
+
+
+def run_labels(a: dict, b: dict) -> tuple[str, str]:
+    """Names for two run records that tell them apart: the variant or model name, then, where those
+    are equal, what differs: the weights, the model options, the pipeline settings, the training
+    run, and at last the run id."""
+    base = [(r.get("ablation") or {}).get("variant") or r["model"]["name"] for r in (a, b)]
+    if base[0] != base[1]:
+        return base[0], base[1]
+    for facet in (_weights_facet, _options_facet, _settings_facet, _training_facet):
+        shown = [facet(a, b), facet(b, a)]
+        if shown[0] != shown[1]:
+            return tuple(f"{base[0]} ({s})" for s in shown)  # type: ignore[return-value]
+    return a["run_id"], b["run_id"]
+
+
+def _weights_facet(r: dict, _: dict) -> str:
+    w = r["model"]["weights"]
+    if w.get("random_init"):
+        return "random init"
+    source = str(w.get("source") or "built-in weights")
+    name = Path(source.split("#", 1)[0]).name or source
+    if w.get("sha256"):
+        return f"weights {name} {w['sha256'][:8]}"
+    return f"weights {name}"
+
+
+def _options_facet(r: dict, other: dict) -> str:
+    mine, theirs = r["model"].get("options") or {}, other["model"].get("options") or {}
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    return ", ".join(f"{k}={mine.get(k)}" for k in differ)
+
+
+def _settings_facet(r: dict, other: dict) -> str:
+    def flat(record: dict) -> dict:
+        s = record["settings"]
+        pre = s.get("preprocess") or {}
+        size = pre.get("image_size")
+        return {
+            "size": "native" if size is None else "x".join(map(str, size)),
+            "resize": pre.get("resize"), "antialias": pre.get("antialias"),
+            "interpolation": pre.get("interpolation"), "dtype": s.get("dtype"),
+            "batch": s.get("batch_size"), "order": s.get("batch_order"),
+            "pca": (s.get("pca") or {}).get("dim"), "search": (s.get("search") or {}).get("kind"),
+        }  # fmt: skip
+
+    mine, theirs = flat(r), flat(other)
+    return ", ".join(f"{k} {mine[k]}" for k in mine if mine[k] != theirs[k])
+
+
+def _training_facet(r: dict, _: dict) -> str:
+    ablation = r.get("ablation") or {}
+    train = ablation.get("train") or []
+    parts = [f"seed {ablation['seed']}"] if "seed" in ablation else []
+    parts += [Path(t).name for t in train]
+    return ", ".join(parts)

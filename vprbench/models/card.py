@@ -184,17 +184,3 @@ def weights_target(
                 "'official:NAME')"
             )
     return spec, None, None
-
-
-def check_model_request(
-    name: str, overrides: dict[str, Any] | None = None, weights: str | None = None
-) -> ModelCard:
-    """The card of ``name`` once its options and weights are known to be usable: the checks every
-    command runs on its arguments before it imports torch."""
-    from vprbench.models.registry import get_card
-
-    card = get_card(name)
-    resolve_options(card, overrides or {})
-    if weights is not None:
-        weights_target(card, weights)
-    return card

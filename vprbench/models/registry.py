@@ -15,7 +15,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vprbench.errors import VPRBenchError
-from vprbench.models.card import ModelCard, Release, WeightsInfo, WeightSource, resolve_options  # noqa: F401
+from vprbench.models.card import (  # noqa: F401  (re-exported)
+    ModelCard,
+    Release,
+    WeightsInfo,
+    WeightSource,
+    resolve_options,
+    weights_target,
+)
 from vprbench.yamlfile import parse_overrides  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -130,3 +137,15 @@ def _meta_of(weights) -> dict | None:
         return read_checkpoint(weights, with_meta=True)[1]
     except VPRBenchError:
         return None
+
+
+def check_model_request(
+    name: str, overrides: dict[str, Any] | None = None, weights: str | None = None
+) -> ModelCard:
+    """The card of ``name`` once its options and weights are known to be usable: the checks every
+    command runs on its arguments before it imports torch."""
+    card = get_card(name)
+    resolve_options(card, overrides or {})
+    if weights is not None:
+        weights_target(card, weights)
+    return card

@@ -18,6 +18,7 @@ from vprbench import __version__, allocator
 from vprbench.atomic import write_text
 from vprbench.errors import VPRBenchError
 from vprbench.extract.cache import key_digest
+from vprbench.extract.settings import available_cpus
 from vprbench.models.registry import create_model, get_card, resolve_options
 from vprbench.profile.flops import (
     count_flops,
@@ -25,7 +26,14 @@ from vprbench.profile.flops import (
     tdda_offset_passes,
     unused_parameters,
 )
-from vprbench.profile.timing import machine, measure_latency, measure_memory
+from vprbench.profile.timing import (
+    free_cores,
+    load_average,
+    machine,
+    measure_latency,
+    measure_memory,
+    timing_warnings,
+)
 
 
 @dataclass
@@ -61,7 +69,12 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
     card = get_card(name)
     options = resolve_options(card, overrides)
     image_size = tuple(s.image_size or card.image_size)
-    threads = s.threads or torch.get_num_threads()
+    if s.threads:
+        threads, threads_source = s.threads, "--threads"
+    elif s.device.startswith("cuda"):
+        threads, threads_source = torch.get_num_threads(), "torch's default (CUDA device)"
+    else:
+        threads, threads_source = free_cores()
     s = ProfileSettings(**{**asdict(s), "threads": threads})
     key = profile_key(name, options, s, image_size)
     path = Path(results_dir) / "profiles" / f"{name}__{key_digest(key)}.json"
@@ -80,7 +93,9 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
     unused = unused_parameters(model, image_size)
     flops = count_flops(model, image_size)
     x = torch.rand(s.batch_size, 3, *image_size, device=s.device)
+    load_before = load_average()
     latency = measure_latency(model.to(s.device), x, s.dtype, s.warmup, s.repeats)
+    load = {"before": load_before, "after": load_average(), "cores": available_cpus()}
     memory = measure_memory({"model": name, "options": options, "image_size": list(image_size),
                              "batch": s.batch_size, "dtype": s.dtype, "device": s.device,
                              "threads": threads})  # fmt: skip
@@ -114,6 +129,11 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
             "tdda_offset_passes": tdda_offset_passes(model),
         },
         "latency": {**latency, "excludes": "data loading and decoding (input tensor in memory)"},
+        "threads": {"used": threads, "source": threads_source},
+        "load_average": load,
+        "warnings": timing_warnings(latency, threads, load_before, load["cores"])
+        if s.device == "cpu"
+        else [],
         "memory": memory,
         "settings": {**asdict(s), "image_size": list(image_size)},
         "machine": key["machine"],

@@ -122,6 +122,50 @@ def measure_memory(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def free_cores() -> tuple[int, str]:
+    """CPU threads to time with when none is asked for: the cores this process may use less the
+    ones the load average says are busy, at least 1; and why, in words. On a shared machine the
+    default of torch (one thread per core) competes with the other processes, and its latency
+    measures that competition (a 2-core machine under load gave 4,500 ms for a model that takes
+    129 ms on one free core)."""
+    from vprbench.extract.settings import available_cpus
+
+    cores, load = available_cpus(), load_average()
+    if load is None:
+        return cores, f"{cores} cores (no load average on this OS)"
+    free = max(1, min(cores, int(cores - load + 0.5)))
+    return free, f"{free} of {cores} cores free (1-minute load average {load:.2f})"
+
+
+def timing_warnings(latency: dict, threads: int, load: float | None, cores: int) -> list[str]:
+    """What makes a latency untrustworthy: a machine busy beside the measurement, or a wide spread
+    between the repeats."""
+    out = []
+    if load is not None and load + threads > cores + 0.5:
+        out.append(
+            f"the machine was busy: load average {load:.2f} on {cores} cores with {threads} "
+            "thread(s) timed, so latency includes waiting for the CPU; rerun when it is idle, or "
+            "with fewer --threads"
+        )
+    median = latency["batch_ms_median"]
+    spread = (latency["batch_ms_p75"] - latency["batch_ms_p25"]) / median if median else 0.0
+    if spread > 0.25 or latency["batch_ms_max"] > 2 * latency["batch_ms_min"]:
+        out.append(
+            f"wide spread: p25-p75 {latency['batch_ms_p25']:.1f}-{latency['batch_ms_p75']:.1f} ms "
+            f"around a median of {median:.1f} ms, min {latency['batch_ms_min']:.1f}, max "
+            f"{latency['batch_ms_max']:.1f}: more --repeats, or an idle machine"
+        )
+    return out
+
+
 def machine() -> dict:
     cpu = platform.processor()
     if os.path.exists("/proc/cpuinfo"):

@@ -201,8 +201,10 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
             "pca": (settings.get("pca") or {}).get("dim"),
             "policy": settings["no_positive_policy"],
             # a backbone-only checkpoint (DINOv2) leaves the DRM and aggregator random: marked too
+            # and so does a training that started from random weights or a random teacher
             "random_init": r["model"]["weights"]["random_init"]
-            or r["model"]["weights"].get("kind") == "backbone-init",
+            or r["model"]["weights"].get("kind") == "backbone-init"
+            or bool(tags.get("random_start")),
             "params_m": profile["params"]["total"] / 1e6 if profile else np.nan,
             "gflops": profile["flops"]["gflops_per_image"] if profile else np.nan,
             "latency_ms": profile["latency"]["image_ms_median"] if profile else np.nan,

@@ -154,8 +154,9 @@ def caption(df: pd.DataFrame, ci: bool = False, latex: bool = True) -> str:
             text += (f" $^\\ddagger$: not tested ({tests['untested']} cell(s): one seed on one side "
                      "and several on the other, or no seed-to-seed variation on either).")  # fmt: skip
     if df["random_init"].any():
-        text += (" Rows marked * ran at random initialisation, in whole or in part (backbone-only "
-                 "weights leave the DRM and aggregator random).")  # fmt: skip
+        text += (" Rows marked * start from random weights, in whole or in part: not trained, "
+                 "trained from a random initialisation or distilled from a random teacher, or "
+                 "with backbone-only weights (the DRM and aggregator random).")  # fmt: skip
     if not latex:  # plain text (Markdown, the terminal)
         for tex, plain in (("\\%", "%"), ("$\\pm$", "±"), ("$^\\dagger$", "†"),
                            ("$^\\ddagger$", "‡"), ("$p \\geq 0.05$", "p ≥ 0.05")):  # fmt: skip
@@ -287,7 +288,27 @@ def to_latex(df: pd.DataFrame, label: str = "tab:ablation", ci: bool = False) ->
     text = styler.to_latex(hrules=True, caption=caption(df, ci), label=label, convert_css=True,
                            multicol_align="c", position_float="centering",
                            column_format="l" + "r" * len(cells.columns))  # fmt: skip
-    return _cmidrules(text, [len(list(g)) for _, g in _groupby_first(cells.columns)])
+    text = _cmidrules(text, [len(list(g)) for _, g in _groupby_first(cells.columns)])
+    return LATEX_PREAMBLE + _caption_below(text)
+
+
+# What the table needs from the document it is \input into, said where a reader of the file looks
+LATEX_PREAMBLE = (
+    "% Written by vprbench report. Needs in the preamble: \\usepackage{booktabs} (\\toprule,\n"
+    "% \\midrule, \\cmidrule, \\bottomrule). Bold best values use \\bfseries; no other package.\n"
+)
+
+
+def _caption_below(text: str) -> str:
+    """The caption and label after the tabular: LaTeX's \\abovecaptionskip separates a caption
+    from what is above it and nothing separates it from what follows, so a caption above a booktabs
+    table touches its top rule in a plain article (pandas writes it above)."""
+    lines = text.splitlines()
+    moved = [line for line in lines if line.startswith(("\\caption{", "\\label{"))]
+    rest = [line for line in lines if line not in moved]
+    end = rest.index("\\end{tabular}") + 1
+    out = rest[:end] + moved + rest[end:]
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
 def _groupby_first(columns: pd.MultiIndex):
