@@ -81,7 +81,10 @@ class _FeatureMixer(nn.Module):
         return x + self.mix(x)
 
 
-class _MixVPRAggregator(nn.Module):
+class MixVPRAggregator(nn.Module):
+    """MixVPR (amaralibey/MixVPR models/aggregators/mixvpr.py): feature mixers over the h x w
+    positions, then channel and row projections: [B, C, h, w] -> [B, out_channels x out_rows], L2."""
+
     def __init__(self, channels=1024, h=20, w=20, out_channels=1024, depth=4, out_rows=4) -> None:
         super().__init__()
         self.mix = nn.Sequential(*[_FeatureMixer(h * w) for _ in range(depth)])
@@ -100,7 +103,7 @@ class MixVPR(VPRModel):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = _CroppedResNet()
-        self.aggregator = _MixVPRAggregator()
+        self.aggregator = MixVPRAggregator()
         self.descriptor_dim = 4096
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

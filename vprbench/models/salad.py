@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vprbench.models.base import VPRModel
-from vprbench.models.cards.salad import SALAD_CARD
+from vprbench.models.cards.salad import CLIQUEMINING_CARD, SALAD_CARD
 from vprbench.models.common import register_with_weights
 from vprbench.models.vit import DINOv2ViT, image_grid
 
@@ -78,3 +78,4 @@ class SALAD(VPRModel):
 
 
 register_with_weights(SALAD_CARD, SALAD)
+register_with_weights(CLIQUEMINING_CARD, SALAD)  # the same network, its own weights

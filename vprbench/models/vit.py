@@ -142,10 +142,17 @@ class DINOv2ViT(nn.Module):
 
     ``forward(x, take)`` returns the token sequences [B, 1 + H/14 * W/14, C] after the 1-indexed blocks
     in ``take`` (default: the last), and the patch grid (H/14, W/14). ``final_norm`` adds DINOv2's last
-    LayerNorm as ``self.norm`` (the caller applies it; D²-VPR's student has none).
+    LayerNorm as ``self.norm`` (the caller applies it; D²-VPR's student has none); ``mask_token``
+    keeps DINOv2's pre-training mask token, which no forward pass uses.
     """
 
-    def __init__(self, arch: str, adapters: bool | str = False, final_norm: bool = True) -> None:
+    def __init__(
+        self,
+        arch: str,
+        adapters: bool | str = False,
+        final_norm: bool = True,
+        mask_token: bool = True,
+    ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise VPRBenchError(f"DINOv2 backbone must be one of {sorted(ARCHS)}, got {arch!r}")
@@ -159,9 +166,8 @@ class DINOv2ViT(nn.Module):
         self.patch_embed = PatchEmbed(dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + STORED_GRID**2, dim))
-        self.mask_token = nn.Parameter(
-            torch.zeros(1, dim)
-        )  # pre-training only; kept for strict keys
+        # pre-training only; kept for strict keys (MegaLoc's own ViT has none: ``mask_token=False``)
+        self.mask_token = nn.Parameter(torch.zeros(1, dim)) if mask_token else None
         self.blocks = nn.ModuleList(Block(dim, heads, adapter) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else None
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

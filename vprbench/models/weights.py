@@ -139,6 +139,26 @@ def _numpy_safe_globals() -> list:
 _NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 
 
+# Lightning's AttributeDict (a plain dict subclass), in which a Lightning ``.ckpt`` may keep its
+# ``hyper_parameters`` beside the ``state_dict`` (CliqueMining, DINO-Mix), where each Lightning version
+# defines it: read as a plain dict, then dropped. Lightning need not be installed, and nothing runs.
+_LIGHTNING_ATTRIBUTE_DICT = (
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
+)
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file: an 8-byte little-endian header length, then a JSON
+    header that starts with '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8
+
+
 def _require_safe_globals() -> None:
     """``torch.serialization.safe_globals`` with (object, name) pairs exists from torch 2.6, the
     floor pyproject.toml declares: an older torch is said to be one, never blamed on the file."""
@@ -168,11 +188,22 @@ def read_checkpoint(path: str | Path, with_meta: bool = False):
     """The state dict inside a released checkpoint file, unwrapped and without ``module.``.
 
     Loaded with ``weights_only=True`` (no arbitrary code), allowing the numpy values that released
-    checkpoints carry beside the weights; only the state dict is kept. ``with_meta``: also return the
+    checkpoints carry beside the weights and Lightning's hyper-parameter dict; only the state dict is
+    kept. A safetensors file (MegaLoc's ``model.safetensors``) is read as one. ``with_meta``: also return the
     ``vprbench`` block of a checkpoint written by `vprbench train` (model name and options), or None."""
+    if is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except SafetensorError as exc:
+            raise VPRBenchError(f"{path}: not a readable safetensors file ({exc})") from None
+        return (obj, None) if with_meta else obj
     _require_safe_globals()
+    allowed = _numpy_safe_globals() + [(dict, name) for name in _LIGHTNING_ATTRIBUTE_DICT]
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
         raise VPRBenchError(f"{path}: {_why_unreadable(exc)}") from None

@@ -13,8 +13,10 @@ from vprbench.models.card import ModelCard
 FAMILIES = (
     "baselines",
     "boq",
+    "dino_mix",
     "d2vpr",
     "dinov2",
+    "megaloc",
     "netvlad",
     "resnet_vpr",
     "salad",

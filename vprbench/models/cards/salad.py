@@ -28,3 +28,30 @@ SALAD_CARD = ModelCard(
 
 
 CARDS = {SALAD_CARD.name: SALAD_CARD}
+
+CLIQUEMINING_CARD = ModelCard(
+    name="cliquemining",
+    description="CliqueMining: the SALAD network (DINOv2-B/14 + optimal-transport aggregation, "
+    "8,448-d) trained with CliqueMining's hard batches.",
+    image_size=(322, 322),
+    descriptor_dim=8448,
+    dtype="fp16",
+    pipeline_source="serizba/cliquemining eval.py:19-30 (T.Resize on the PIL image, bilinear, then "
+    "ToTensor, Normalize) with SALAD's README --image_size 322 322 (the CliqueMining README says "
+    "to evaluate as SALAD does); eval.py:62 runs under torch.autocast(float16); eval.py:68-86 "
+    "builds SALAD (num_clusters 64, cluster_dim 128, token_dim 256, norm_layer True) and loads "
+    "torch.load(ckpt)['state_dict']. Commit f7c4e8f",
+    weights=WeightSource(
+        note="the Lightning checkpoint of the Google Drive link in the CliqueMining README (its "
+        "state_dict holds backbone.model.* and aggregator.*, as SALAD's; read with the safe "
+        "loader, Lightning's hyper-parameters dropped); pass it as a file"
+    ),
+    reference="Izquierdo & Civera, Close, But Not There: Boosting Geographic Distance Sensitivity "
+    "in Visual Place Recognition (ECCV 2024)",
+    licence="GPL-3.0 (serizba/cliquemining LICENSE)",
+    protocol="as SALAD: 322x322 PIL bilinear, fp16 autocast; no PCA. The paper reports MSLS-val, "
+    "Nordland, Pitts and SPED at 322x322 with the same evaluation code",
+)
+
+
+CARDS[CLIQUEMINING_CARD.name] = CLIQUEMINING_CARD
