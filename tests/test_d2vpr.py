@@ -292,7 +292,7 @@ def test_small_inputs_and_errors():
         model(torch.rand(1, 3, 154, 154))
     with pytest.raises(VPRBenchError, match="multiple of 14"):
         build("d2vpr")(torch.rand(1, 3, 50, 50))
-    with pytest.raises(VPRBenchError, match="aggregator must be one of"):
+    with pytest.raises(VPRBenchError, match="option .aggregator. must be one of"):
         build("d2vpr", aggregator="netvlad")
 
 

@@ -97,7 +97,9 @@ def test_official_weights_follow_the_chosen_dim(monkeypatch):
         "https://github.com/gmberton/EigenPlaces/releases/download/v1.0/ResNet50_512_eigenplaces.pth",
         "https://github.com/gmberton/CosPlace/releases/download/v1.0/ResNet50_2048_cosplace.pth",
     ]
-    with pytest.raises(VPRBenchError, match=r"dim must be one of \[128, 256, 512, 1024, 2048\]"):
+    with pytest.raises(
+        VPRBenchError, match=r"option .dim. must be one of \[128, 256, 512, 1024, 2048\]"
+    ):
         create_model("eigenplaces", dim=64)
     with pytest.raises(VPRBenchError, match="has no official weights URL"):
         create_model("mixvpr", weights="official")

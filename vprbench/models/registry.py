@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vprbench.choices import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
 from vprbench.errors import VPRBenchError
 from vprbench.models.card import (  # noqa: F401  (re-exported)
     ModelCard,
