@@ -140,8 +140,9 @@ _NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 
 
 # Lightning's AttributeDict (a plain dict subclass), in which a Lightning ``.ckpt`` may keep its
-# ``hyper_parameters`` beside the ``state_dict`` (CliqueMining, DINO-Mix), where each Lightning version
-# defines it: read as a plain dict, then dropped. Lightning need not be installed, and nothing runs.
+# ``hyper_parameters`` beside the ``state_dict`` (CliqueMining, DINO-Mix), where each Lightning
+# version defines it: read as a plain dict, then dropped. Lightning need not be installed, and
+# nothing runs.
 _LIGHTNING_ATTRIBUTE_DICT = (
     "pytorch_lightning.utilities.parsing.AttributeDict",
     "lightning_fabric.utilities.data.AttributeDict",
@@ -188,9 +189,9 @@ def read_checkpoint(path: str | Path, with_meta: bool = False):
     """The state dict inside a released checkpoint file, unwrapped and without ``module.``.
 
     Loaded with ``weights_only=True`` (no arbitrary code), allowing the numpy values that released
-    checkpoints carry beside the weights and Lightning's hyper-parameter dict; only the state dict is
-    kept. A safetensors file (MegaLoc's ``model.safetensors``) is read as one. ``with_meta``: also return the
-    ``vprbench`` block of a checkpoint written by `vprbench train` (model name and options), or None."""
+    checkpoints carry beside the weights and Lightning's hyper-parameter dict; only the state dict
+    is kept. A safetensors file (MegaLoc's ``model.safetensors``) is read as one. ``with_meta``:
+    also return the ``vprbench`` block of a checkpoint written by `vprbench train` (model name and options), or None."""
     if is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file

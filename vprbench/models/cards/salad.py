@@ -27,8 +27,6 @@ SALAD_CARD = ModelCard(
 )
 
 
-CARDS = {SALAD_CARD.name: SALAD_CARD}
-
 CLIQUEMINING_CARD = ModelCard(
     name="cliquemining",
     description="CliqueMining: the SALAD network (DINOv2-B/14 + optimal-transport aggregation, "
@@ -54,4 +52,4 @@ CLIQUEMINING_CARD = ModelCard(
 )
 
 
-CARDS[CLIQUEMINING_CARD.name] = CLIQUEMINING_CARD
+CARDS = {card.name: card for card in (SALAD_CARD, CLIQUEMINING_CARD)}
