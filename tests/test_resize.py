@@ -25,9 +25,11 @@ BASE = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _normalised_then_resized(antialias):
-    """Lu-Feng's datasets_ws.py (CricaVPR, SelaVPR, SuperVLAD) and D2VPR's: base_transform, then
-    transforms.functional.resize of the float tensor with no antialias argument, which is False for
-    tensors under their torchvision 0.15 and True under D2VPR's 0.18."""
+    """Lu-Feng's datasets_ws.py (CricaVPR, SelaVPR, SuperVLAD), DINO-Mix's eval_files/datasets_ws.py
+    and D2VPR's: base_transform, then transforms.functional.resize of the float tensor with no
+    antialias argument, which is False for tensors under their torchvision 0.15 (DINO-Mix: 0.14) and
+    True under D2VPR's 0.18. VPR-methods-evaluation's test_dataset.py (MegaLoc) does the same with
+    transforms.Resize(size, antialias=True) after Normalize."""
     return lambda path, size: TF.resize(
         BASE(Image.open(path).convert("RGB")), list(size), antialias=antialias
     )
@@ -63,6 +65,9 @@ OFFICIAL = {
     "d2vpr": (_normalised_then_resized(True), (224, 224)),
     "d2vpr-encoder": (_normalised_then_resized(True), (224, 224)),
     "salad": (_pil("bilinear"), (322, 322)),
+    "cliquemining": (_pil("bilinear"), (322, 322)),  # cliquemining eval.py input_transform
+    "megaloc": (_normalised_then_resized(True), (322, 322)),
+    "dino-mix": (_normalised_then_resized(False), (224, 224)),
     "mixvpr": (_pil("bilinear"), (320, 320)),
     "netvlad-pca": (_pil("bilinear"), (480, 640)),
     "boq-resnet50": (_boq, (384, 384)),
