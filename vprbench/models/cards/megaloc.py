@@ -37,9 +37,10 @@ MEGALOC_CARD = ModelCard(
     "arXiv 2502.17237)",
     licence="MIT (gmberton/MegaLoc LICENSE)",
     protocol="322x322: the normalised tensor resized with antialiasing, as VPR-methods-evaluation "
-    "resizes with --image_size 322 322 (its issue 19 evaluated MegaLoc so); VPR-methods-"
-    "evaluation's own default does not resize and lets the model round each side to a multiple of "
-    "14 (--native-resolution here: the model's forward does that rounding); fp32; no PCA. "
+    "resizes with --image_size 322 322 (gmberton/VPR-methods-evaluation#19 evaluated MegaLoc so); "
+    "VPR-methods-evaluation's own default does not resize and lets the model round each side to a "
+    "multiple of 14 (--native-resolution here: the model's forward does that rounding); fp32; no "
+    "PCA. "
     f"Follows megaloc_model.py at commit {MEGALOC_COMMIT}",
 )
 
