@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.official_keys import dinov2_keys, random_state
 from vprbench.errors import VPRBenchError
 from vprbench.models import create_model, get_card
 from vprbench.models.card import weights_target
@@ -23,29 +24,6 @@ def build(name: str, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return create_model(name, **kw)
-
-
-def dinov2_keys(prefix: str, mask_token: bool, norm: bool) -> dict[str, tuple]:
-    """The keys and shapes of facebookresearch/dinov2's ViT-B/14 (vision_transformer.py: vit_base,
-    block_chunks 0), as MegaLoc's megaloc_model.py DINOv2 and the hub model name them."""
-    d = 768
-    keys = {"cls_token": (1, 1, d), "pos_embed": (1, 1 + 37 * 37, d),
-            "patch_embed.proj.weight": (d, 3, 14, 14), "patch_embed.proj.bias": (d,)}  # fmt: skip
-    if mask_token:
-        keys["mask_token"] = (1, d)
-    for i in range(12):
-        b = f"blocks.{i}."
-        keys.update({
-            b + "norm1.weight": (d,), b + "norm1.bias": (d,),
-            b + "attn.qkv.weight": (3 * d, d), b + "attn.qkv.bias": (3 * d,),
-            b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,), b + "ls1.gamma": (d,),
-            b + "norm2.weight": (d,), b + "norm2.bias": (d,),
-            b + "mlp.fc1.weight": (4 * d, d), b + "mlp.fc1.bias": (4 * d,),
-            b + "mlp.fc2.weight": (d, 4 * d), b + "mlp.fc2.bias": (d,), b + "ls2.gamma": (d,),
-        })  # fmt: skip
-    if norm:
-        keys.update({"norm.weight": (d,), "norm.bias": (d,)})
-    return {prefix + k: v for k, v in keys.items()}
 
 
 def megaloc_keys() -> dict[str, tuple]:
@@ -76,11 +54,6 @@ def dino_mix_keys() -> dict[str, tuple]:
     keys.update({"aggregator.channel_proj.weight": (1024, 768), "aggregator.channel_proj.bias": (1024,),
                  "aggregator.row_proj.weight": (4, 256), "aggregator.row_proj.bias": (4,)})  # fmt: skip
     return keys
-
-
-def random_state(keys: dict[str, tuple], seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: 0.02 * torch.randn(shape, generator=g) for k, shape in keys.items()}
 
 
 def test_exact_sizes_and_cards():

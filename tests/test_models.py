@@ -28,8 +28,11 @@ def test_registry_names_and_cards():
         "d2vpr-encoder",
         "dino-mix",
         "dinov2-gem",
+        "edtformer",
         "effnet-lite0-gem",
         "eigenplaces",
+        "fol",
+        "fol-base",
         "megaloc",
         "mixvpr",
         "netvlad",
@@ -37,6 +40,8 @@ def test_registry_names_and_cards():
         "pixels",
         "salad",
         "selavpr",
+        "selavpr++",
+        "selavpr++-base",
         "supervlad",
     ]
     card = get_card("dinov2-gem")

@@ -68,6 +68,12 @@ OFFICIAL = {
     "cliquemining": (_pil("bilinear"), (322, 322)),  # cliquemining eval.py input_transform
     "megaloc": (_normalised_then_resized(True), (322, 322)),
     "dino-mix": (_normalised_then_resized(False), (224, 224)),
+    "edtformer": (_normalised_then_resized(False), (322, 322)),  # datasets_ws.py, torchvision 0.15
+    "fol": (_normalised_then_resized(False), (504, 504)),  # datasets.py, parser.py --resize 504
+    "fol-base": (_normalised_then_resized(False), (322, 322)),  # the README's 322x322 table
+    # SelaVPRplusplus datasets_ws.py; no pinned torchvision: the lab's 0.15 (see the card)
+    "selavpr++": (_normalised_then_resized(False), (322, 322)),
+    "selavpr++-base": (_normalised_then_resized(False), (322, 322)),
     "mixvpr": (_pil("bilinear"), (320, 320)),
     "netvlad-pca": (_pil("bilinear"), (480, 640)),
     "boq-resnet50": (_boq, (384, 384)),

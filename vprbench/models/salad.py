@@ -23,7 +23,7 @@ def sinkhorn_with_dustbin(scores: torch.Tensor, dustbin: torch.Tensor, iters: in
     dust-bin row of value ``dustbin``: rows get mass 1/(M+N) each, the dust bin (N-M)/(M+N), columns
     1/(M+N); returns the log plan [B, M+1, N] scaled by M+N (SuperGlue's formulation)."""
     b, m, n = scores.shape
-    couplings = torch.cat([scores, dustbin.expand(b, 1, n)], dim=1)
+    couplings = torch.cat([scores, dustbin.expand(b, 1, n)], dim=1)  # a scalar, or [B, 1, N]
     norm = -torch.log(scores.new_tensor(float(m + n)))
     log_mu = torch.cat([norm.expand(m), (torch.log(scores.new_tensor(float(n - m))) + norm)[None]])
     log_nu = norm.expand(n)
@@ -36,7 +36,11 @@ def sinkhorn_with_dustbin(scores: torch.Tensor, dustbin: torch.Tensor, iters: in
 
 
 class SALADAggregator(nn.Module):
-    def __init__(self, channels=768, clusters=64, cluster_dim=128, token_dim=256) -> None:
+    """``learned_dustbin`` False: no ``dust_bin`` parameter; the caller passes a dust-bin score per
+    feature instead (FoL's, [B, 1, N])."""
+
+    def __init__(self, channels=768, clusters=64, cluster_dim=128, token_dim=256,
+                 learned_dustbin: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.clusters = clusters
         self.token_features = nn.Sequential(nn.Linear(channels, 512), nn.ReLU(),
@@ -46,13 +50,16 @@ class SALADAggregator(nn.Module):
                                               nn.Conv2d(512, cluster_dim, 1))  # fmt: skip
         self.score = nn.Sequential(nn.Conv2d(channels, 512, 1), nn.Identity(), nn.ReLU(),
                                    nn.Conv2d(512, clusters, 1))  # fmt: skip
-        self.dust_bin = nn.Parameter(torch.tensor(1.0))
+        self.dust_bin = nn.Parameter(torch.tensor(1.0)) if learned_dustbin else None
 
-    def forward(self, features: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, token: torch.Tensor, dustbin: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        dustbin = self.dust_bin if dustbin is None else dustbin
         f = self.cluster_features(features).flatten(2)  # [B, l, N]
         scores = self.score(features).flatten(2)  # [B, m, N]
         t = self.token_features(token)
-        plan = torch.exp(sinkhorn_with_dustbin(scores, self.dust_bin, 3))[:, :-1]  # [B, m, N]
+        plan = torch.exp(sinkhorn_with_dustbin(scores, dustbin, 3))[:, :-1]  # [B, m, N]
         local = torch.einsum("bln,bmn->blm", f, plan)  # per cluster: sum of assigned features
         out = torch.cat([F.normalize(t, dim=-1), F.normalize(local, dim=1).flatten(1)], dim=-1)
         return F.normalize(out, dim=-1)

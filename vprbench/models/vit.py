@@ -1,5 +1,6 @@
-"""DINOv2 vision transformers with the official parameter layout, and CricaVPR's conv adapters or
-SelaVPR's MLP adapters.
+"""DINOv2 vision transformers with the official parameter layout, with CricaVPR's conv adapters or
+SelaVPR's MLP adapters inside the blocks, or a side chain of adapters beside them (EDTformer's
+low-rank parallel adapters, SelaVPR++'s memory-efficient MultiConv adaptation).
 
 Built from timm's layers (Attention, Mlp, LayerScale) so that every key equals the official
 ``dinov2_vit*14_pretrain.pth`` key (``cls_token``, ``pos_embed`` stored for 518x518, ``mask_token``,
@@ -29,6 +30,7 @@ ARCHS = {  # name: (embed dim, heads, blocks); MLPs are 4x wide (DINOv2 vision_t
     "vitl14": (1024, 16, 24),
 }
 ADAPTERS = ("crica", "sela")
+SIDE_CHAINS = ("edtformer", "selavpr++")
 
 
 class BasicConv2d(nn.Module):
@@ -90,6 +92,21 @@ class MLPAdapter(nn.Module):
         return x + out if self.skip else out
 
 
+class SideAdapter(nn.Module):
+    """EDTformer's low-rank parallel adapter (Tong-Jin01/EDTformer backbone/LadderAdapter.py
+    SideAdapter, D_hidden_features 4, GELU, skip, alpha 0.5): z + 0.5 * D_fc2(GELU(D_fc1(z)))."""
+
+    ALPHA = 0.5
+
+    def __init__(self, width: int, hidden: int = 4) -> None:
+        super().__init__()
+        self.D_fc1 = nn.Linear(width, hidden)
+        self.D_fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ALPHA * self.D_fc2(F.gelu(self.D_fc1(x)))
+
+
 class Block(nn.Module):
     """A DINOv2 block. With CricaVPR's adapter ("crica"), the MLP branch becomes
     ls2(mlp(n) + 0.2 * adapter(n)). With SelaVPR's ("sela"), a serial adapter (``adapter1``, with
@@ -144,6 +161,14 @@ class DINOv2ViT(nn.Module):
     in ``take`` (default: the last), and the patch grid (H/14, W/14). ``final_norm`` adds DINOv2's last
     LayerNorm as ``self.norm`` (the caller applies it; D²-VPR's student has none); ``mask_token``
     keeps DINOv2's pre-training mask token, which no forward pass uses.
+
+    ``side_chain`` runs a chain of adapters (``self.adapters``) beside the frozen blocks, which are
+    left unchanged: y starts as the tokens after ``side_start`` blocks, and after each later block
+    (output x) becomes A(y + x) ("edtformer": EDTformer vision_transformer.py forward_features, an
+    adapter per block from the embeddings) or y + M(y + x) ("selavpr++": SelaVPRplusplus
+    model/vision_transformer.py forward_features without hashing, a MultiConv adapter per block from
+    the embeddings for ViT-B, and for ViT-L from the 8th block's output over the last 16 blocks).
+    The output is then y (only the last: ``take`` must be left out).
     """
 
     def __init__(
@@ -152,6 +177,7 @@ class DINOv2ViT(nn.Module):
         adapters: bool | str = False,
         final_norm: bool = True,
         mask_token: bool = True,
+        side_chain: str | None = None,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
@@ -160,6 +186,10 @@ class DINOv2ViT(nn.Module):
         if adapter is not None and adapter not in ADAPTERS:
             raise VPRBenchError(
                 f"DINOv2 adapters must be one of {list(ADAPTERS)}, got {adapters!r}"
+            )
+        if side_chain is not None and side_chain not in SIDE_CHAINS:
+            raise VPRBenchError(
+                f"DINOv2 side chain must be one of {list(SIDE_CHAINS)}, got {side_chain!r}"
             )
         dim, heads, depth = ARCHS[arch]
         self.embed_dim = dim
@@ -170,6 +200,13 @@ class DINOv2ViT(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, dim)) if mask_token else None
         self.blocks = nn.ModuleList(Block(dim, heads, adapter) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else None
+        self.side_chain = side_chain
+        # selavpr++ on ViT-L: 16 adapters over blocks 9-24 (the official n_blocks == 24 branch)
+        self.side_start = 8 if side_chain == "selavpr++" and depth == 24 else 0
+        if side_chain == "edtformer":
+            self.adapters = nn.ModuleList(SideAdapter(dim) for _ in range(depth))
+        elif side_chain == "selavpr++":
+            self.adapters = nn.ModuleList(MulConvAdapter(dim) for _ in range(depth - self.side_start))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
@@ -204,6 +241,10 @@ class DINOv2ViT(nn.Module):
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(grid)
+        if self.side_chain is not None:
+            if take is not None:
+                raise VPRBenchError("a DINOv2 side chain returns only its last output (no `take`)")
+            return [self._side_chain(tokens, grid)], grid
         take = (len(self.blocks),) if take is None else take
         outputs = []
         for i, block in enumerate(self.blocks, start=1):
@@ -211,6 +252,20 @@ class DINOv2ViT(nn.Module):
             if i in take:
                 outputs.append(tokens)
         return outputs, grid
+
+    def _side_chain(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        side = tokens if self.side_start == 0 else None
+        for i, block in enumerate(self.blocks, start=1):
+            tokens = block(tokens, grid)
+            if i == self.side_start:
+                side = tokens
+            elif i > self.side_start:
+                adapter = self.adapters[i - self.side_start - 1]
+                if self.side_chain == "edtformer":
+                    side = adapter(side + tokens)
+                else:
+                    side = side + adapter(side + tokens, grid)
+        return side
 
 
 def init_adapters(backbone: DINOv2ViT) -> None:

@@ -16,11 +16,14 @@ FAMILIES = (
     "dino_mix",
     "d2vpr",
     "dinov2",
+    "edtformer",
+    "fol",
     "megaloc",
     "netvlad",
     "resnet_vpr",
     "salad",
     "selavpr",
+    "selavpr_plusplus",
     "supervlad",
 )
 

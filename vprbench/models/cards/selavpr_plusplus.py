@@ -1,0 +1,70 @@
+"""Cards of SelaVPR++'s standard (floating-point, single-branch) models, DINOv2-L and DINOv2-B.
+
+No torch here: `vprbench models list|info` and argument checks read the cards without importing
+the model code."""
+
+from __future__ import annotations
+
+from vprbench.models.card import ModelCard, WeightSource
+
+_HF = "https://huggingface.co/fenglu96/SelaVPRplusplus/resolve/main/"
+_PIPELINE = (
+    "Lu-Feng/SelaVPRplusplus datasets_ws.py:18-21 (base_transform: ToTensor, Normalize) then "
+    ":90-94 (transforms.functional.resize of the normalised tensor, no antialias argument) at "
+    "parser.py:53's --resize 322 322. The repository pins no torchvision; vprbench follows the "
+    "torchvision 0.15 of the same lab's SelaVPR, CricaVPR and EDTformer (antialias=False for "
+    "tensors): --antialias gives torchvision >= 0.17's default. model/network.py "
+    "GeoLocalizationNet (hashing and rerank off, aggregation gem), model/vision_transformer.py "
+    "forward_features (the MultiConv adapter chain), model/adapter.py MulConvAdapter. Commit 56bd921"
+)
+_PROTOCOL = (
+    "322x322 (parser.py --resize), the normalised tensor resized without antialiasing, "
+    "hard_resize for queries and database; fp32; no PCA. The hashing and re-ranking models "
+    "(SelaVPRplusplus_*_rerank.pth) need the binary branch: not these cards. Trained on the "
+    "authors' unified dataset; the README's R@1: "
+)
+
+SELAVPR_PP_CARD = ModelCard(
+    name="selavpr++",
+    description="SelaVPR++ (standard VPR): DINOv2-L/14 with a side chain of 16 MultiConv adapters "
+    "over its last 16 blocks (memory-efficient adaptation), final norm, a linear 1024 -> 1024 on "
+    "the patch tokens, L2 over channels, GeM, a linear to 4,096, L2.",
+    image_size=(322, 322),
+    descriptor_dim=4096,
+    interpolation="bilinear",
+    resize="normalised",
+    antialias=False,
+    pipeline_source=_PIPELINE,
+    weights=WeightSource(
+        url=_HF + "SelaVPRplusplus_large.pth",
+        note="the README's model table (hubconf.py loads the same file from the GitHub release "
+        "SelaVPR++): model_state_dict of a DataParallel model; no sha256 is published",
+    ),
+    reference="Lu et al., SelaVPR++: Towards Seamless Adaptation of Foundation Models for "
+    "Efficient Place Recognition (IEEE T-PAMI 2025, arXiv 2502.16601)",
+    licence="MIT (Lu-Feng/SelaVPRplusplus LICENSE)",
+    protocol=_PROTOCOL + "Pitts30k 94.4, MSLS-val 94.3, Nordland 97.0",
+)
+
+SELAVPR_PP_BASE_CARD = ModelCard(
+    name="selavpr++-base",
+    description="SelaVPR++ (standard VPR) on DINOv2-B/14: 12 MultiConv adapters beside all 12 "
+    "blocks, a linear 768 -> 768, GeM, a linear to 2,048, L2.",
+    image_size=(322, 322),
+    descriptor_dim=2048,
+    interpolation="bilinear",
+    resize="normalised",
+    antialias=False,
+    pipeline_source=_PIPELINE,
+    weights=WeightSource(
+        url=_HF + "SelaVPRplusplus_base.pth",
+        note="the README's model table (hubconf.py: the GitHub release's copy): model_state_dict "
+        "of a DataParallel model; no sha256 is published",
+    ),
+    reference=SELAVPR_PP_CARD.reference,
+    licence=SELAVPR_PP_CARD.licence,
+    protocol=_PROTOCOL + "Pitts30k 93.3, MSLS-val 94.3, Nordland 94.7",
+)
+
+
+CARDS = {card.name: card for card in (SELAVPR_PP_CARD, SELAVPR_PP_BASE_CARD)}
