@@ -9,7 +9,9 @@ import torch
 VIT = {"vitb14": (768, 12), "vitl14": (1024, 24)}  # embed dim, blocks (vision_transformer.py)
 
 
-def dinov2_keys(prefix: str, mask_token: bool, norm: bool, arch: str = "vitb14") -> dict[str, tuple]:
+def dinov2_keys(
+    prefix: str, mask_token: bool, norm: bool, arch: str = "vitb14"
+) -> dict[str, tuple]:
     """The keys and shapes of facebookresearch/dinov2's ViT (vision_transformer.py: vit_base /
     vit_large, block_chunks 0, layer scale), as the hub model and the VPR repositories name them."""
     d, depth = VIT[arch]

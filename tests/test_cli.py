@@ -167,10 +167,15 @@ def test_unknown_model_and_dataset(hand, capsys, monkeypatch):
     code, _, err = run(["extract", "--model", "vlad", "--dataset", "hand"], capsys, monkeypatch)
     assert code == 1
     line = one_line_error(err)
-    assert "unknown model 'vlad'; did you mean 'netvlad'? valid names: boq-dinov2, boq-resnet50, " in line
+    assert (
+        "unknown model 'vlad'; did you mean 'netvlad'? valid names: boq-dinov2, boq-resnet50, "
+        in line
+    )
     # every registered name, sorted, so a new model card only adds to the list
     names = line.split("valid names: ")[1].split(", ")
-    assert names == sorted(list_models()) and {"netvlad", "d2vpr", "pixels", "cricavpr"} <= set(names)
+    assert names == sorted(list_models()) and {"netvlad", "d2vpr", "pixels", "cricavpr"} <= set(
+        names
+    )
     code, _, err = run(["extract", "--model", "pixels", "--dataset", "handd"], capsys, monkeypatch)
     assert code == 1 and "unknown dataset 'handd'; valid names:" in one_line_error(err)
 

@@ -155,8 +155,8 @@ def attention(x, mem, w, b, wo, bo, heads):
     out-projection."""
     d = x.shape[-1]
     q = x @ w[:d].T + b[:d]
-    k = mem @ w[d:2 * d].T + b[d:2 * d]
-    v = mem @ w[2 * d:].T + b[2 * d:]
+    k = mem @ w[d : 2 * d].T + b[d : 2 * d]
+    v = mem @ w[2 * d :].T + b[2 * d :]
     split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
     q, k, v = split(q), split(k), split(v)
     weights = (q @ k.transpose(-2, -1) / math.sqrt(d // heads)).softmax(-1)
@@ -191,8 +191,12 @@ def test_edtformer_is_the_official_formula():
                            heads=16)  # fmt: skip
             q = F.layer_norm(q + ca, (768,), s[p + "norm2.weight"], s[p + "norm2.bias"])
         out = F.linear(q, s["channel_proj.weight"], s["channel_proj.bias"])  # [B, 64, 256]
-        out = F.linear(out.permute(0, 2, 1), s["row_proj.weight"], s["row_proj.bias"])  # [B, 256, 16]
-        torch.testing.assert_close(model(x), F.normalize(out.flatten(1), dim=-1), rtol=1e-4, atol=1e-5)
+        out = F.linear(
+            out.permute(0, 2, 1), s["row_proj.weight"], s["row_proj.bias"]
+        )  # [B, 256, 16]
+        torch.testing.assert_close(
+            model(x), F.normalize(out.flatten(1), dim=-1), rtol=1e-4, atol=1e-5
+        )
 
 
 def log_optimal_transport(scores, alpha, iters):

@@ -206,7 +206,9 @@ class DINOv2ViT(nn.Module):
         if side_chain == "edtformer":
             self.adapters = nn.ModuleList(SideAdapter(dim) for _ in range(depth))
         elif side_chain == "selavpr++":
-            self.adapters = nn.ModuleList(MulConvAdapter(dim) for _ in range(depth - self.side_start))
+            self.adapters = nn.ModuleList(
+                MulConvAdapter(dim) for _ in range(depth - self.side_start)
+            )
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
