@@ -15,6 +15,8 @@ model: the ``module.`` prefix is stripped by vprbench's checkpoint reader).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,11 +49,13 @@ class SACA(nn.Module):
 
 
 class Decoder(nn.Module):
-    """nn.TransformerDecoder(SA_CA, num_layers=2) without a final norm: its ``layers.N`` keys."""
+    """nn.TransformerDecoder(SA_CA, num_layers=2) without a final norm: its ``layers.N`` keys, deep
+    copies of one layer (so they start from the same weights, as the official ones do)."""
 
     def __init__(self, layers: int = 2) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(SACA() for _ in range(layers))
+        layer = SACA()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

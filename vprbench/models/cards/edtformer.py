@@ -18,7 +18,7 @@ EDTFORMER_CARD = ModelCard(
     resize="normalised",
     antialias=False,
     pipeline_source="Tong-Jin01/EDTformer datasets_ws.py:16-19 (base_transform: ToTensor, "
-    "Normalize) then :59-60 (transforms.functional.resize of the normalised tensor, no antialias "
+    "Normalize) then BaseDataset.__getitem__ :107-116 (transforms.functional.resize of the normalised tensor, no antialias "
     "argument) at parser.py:32's --resize 322 322; requirements.txt pins torchvision==0.15.0, where "
     "that default is antialias=False for tensors. network.py VPRNet, SACA.py SA_CA, "
     "backbone/vision_transformer.py forward_features (the adapter chain), "
@@ -26,8 +26,8 @@ EDTFORMER_CARD = ModelCard(
     weights=WeightSource(
         url="https://github.com/Tong-Jin01/EDTformer/releases/download/v1.0.0/EDTformer.pth",
         note="hubconf.py EDTformer(): the file's model_state_dict, saved from a DataParallel model "
-        "(module. prefixes); the README's Google Drive link holds the same file name. No sha256 is "
-        "published",
+        "(module. prefixes), loaded strictly; the README also links a Google Drive copy. No sha256 "
+        "is published",
     ),
     reference="Jin et al., EDTformer: An Efficient Decoder Transformer for Visual Place "
     "Recognition (IEEE TCSVT 2025)",

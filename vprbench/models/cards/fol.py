@@ -36,7 +36,9 @@ FOL_CARD = ModelCard(
     weights=WeightSource(
         url=_HF + "FoL_large.pth",
         note="hubconf.py fol_vitl14(): the file's model_state_dict, module. prefixes stripped; no "
-        "sha256 is published",
+        "sha256 is published. The official loaders are not strict (hubconf.py strict=False, "
+        "util.py); vprbench is, with the key list of FoLNet's structure (train.py saves the whole "
+        "model), so a file that differs fails by name instead of running half-loaded",
     ),
     reference="Wang et al., Focus on Local: Finding Reliable Discriminative Regions for Visual "
     "Place Recognition (AAAI 2025, arXiv 2504.09881)",
@@ -60,7 +62,9 @@ FOL_BASE_CARD = ModelCard(
     weights=WeightSource(
         url=_HF + "FoL_base.pth",
         note="hubconf.py fol_vitb14(): the file's model_state_dict, module. prefixes stripped; no "
-        "sha256 is published",
+        "sha256 is published. The official loaders are not strict (hubconf.py strict=False, "
+        "util.py); vprbench is, with the key list of FoLNet's structure (train.py saves the whole "
+        "model), so a file that differs fails by name instead of running half-loaded",
     ),
     reference=FOL_CARD.reference,
     licence=FOL_CARD.licence,

@@ -37,11 +37,12 @@ SELAVPR_PP_CARD = ModelCard(
     pipeline_source=_PIPELINE,
     weights=WeightSource(
         url=_HF + "SelaVPRplusplus_large.pth",
-        note="the README's model table (hubconf.py loads the same file from the GitHub release "
-        "SelaVPR++): model_state_dict of a DataParallel model; no sha256 is published",
+        note="the README's model table (hubconf.py loads a file of the same name from the GitHub "
+        "release SelaVPR++, strictly): model_state_dict of a DataParallel model; no sha256 is "
+        "published",
     ),
     reference="Lu et al., SelaVPR++: Towards Seamless Adaptation of Foundation Models for "
-    "Efficient Place Recognition (IEEE T-PAMI 2025, arXiv 2502.16601)",
+    "Efficient Place Recognition (IEEE T-PAMI 48(3), 2026; arXiv 2502.16601)",
     licence="MIT (Lu-Feng/SelaVPRplusplus LICENSE)",
     protocol=_PROTOCOL + "Pitts30k 94.4, MSLS-val 94.3, Nordland 97.0",
 )
@@ -58,8 +59,8 @@ SELAVPR_PP_BASE_CARD = ModelCard(
     pipeline_source=_PIPELINE,
     weights=WeightSource(
         url=_HF + "SelaVPRplusplus_base.pth",
-        note="the README's model table (hubconf.py: the GitHub release's copy): model_state_dict "
-        "of a DataParallel model; no sha256 is published",
+        note="the README's model table (hubconf.py: a file of the same name in the GitHub "
+        "release): model_state_dict of a DataParallel model; no sha256 is published",
     ),
     reference=SELAVPR_PP_CARD.reference,
     licence=SELAVPR_PP_CARD.licence,
