@@ -316,3 +316,5 @@ def test_every_card_states_its_licence_and_protocol():
     assert get_card("d2vpr").licence.startswith("none stated: tony19980810/D2VPR has no LICENSE")
     assert get_card("cricavpr").licence.startswith("MIT")
     assert get_card("dinov2-gem").licence.startswith("Apache-2.0")
+    # a repository without a LICENSE file is not given one (amaralibey/MixVPR has none)
+    assert get_card("mixvpr").licence.startswith("none stated: amaralibey/MixVPR has no LICENSE")

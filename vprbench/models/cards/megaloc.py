@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from vprbench.models.card import ModelCard, WeightSource
 
-# The official code this card follows: megaloc_model.py at this commit (unchanged since 4a23a2b,
-# 2026-01-21, which fixed the position-embedding interpolation of non-square inputs and moved the
-# weights to safetensors; tools that load the hub model unpinned before that date ran other code)
+# The official code this card follows: megaloc_model.py at this commit (unchanged since 2026-01-21:
+# 4a23a2b fixed the position-embedding interpolation of non-square inputs, swapping (W, H) for
+# (H, W), and e31e8e0 moved the weights to safetensors; tools that load the hub model unpinned
+# before that date ran other code)
 MEGALOC_COMMIT = "1af071c"
 
 MEGALOC_CARD = ModelCard(

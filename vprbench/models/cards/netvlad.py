@@ -59,13 +59,14 @@ NETVLAD_PCA_CARD = ModelCard(
             "pitts_WPCA4096.pth.tar",
             ("pitts30k-test",),
             url=_PNV_URL + "pitts_WPCA4096.pth.tar",
-            note="trained on Pitts30k; the README's wget and download_models.py:40 save it as "
+            note="trained on Pitts30k; the README's wget and download_models.py:46-48 save it as "
             "pittsburgh_WPCA4096.pth.tar",
             aliases=("pittsburgh_WPCA4096.pth.tar",),
         ),
     ),  # fmt: skip
     reference="Hausler et al., Patch-NetVLAD (CVPR 2021)",
-    licence="MIT",
+    licence="MIT (the code: QVPR/Patch-NetVLAD LICENSE; the README states no licence for the "
+    "weights)",
     protocol="480x640 PIL bilinear; the WPCA layer's 4,096-d descriptor is Patch-NetVLAD's global "
     "retrieval stage, before its patch-level re-ranking (which vprbench does not run): the paper's "
     "numbers include that re-ranking. A model Patch-NetVLAD retrained, not the NetVLAD paper's",

@@ -78,7 +78,8 @@ MIXVPR_CARD = ModelCard(
         "MixVPR README (a bare state dict); pass it as a file"
     ),
     reference="Ali-bey et al., MixVPR (WACV 2023)",
-    licence="MIT",
+    licence="none stated: amaralibey/MixVPR has no LICENSE file and its README states none "
+    "(commit 4043915); ask the authors before redistributing its code or weights",
     protocol="320x320 PIL bilinear (the validation path of the published recalls), fp16; no PCA",
 )
 

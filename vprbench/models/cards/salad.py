@@ -36,7 +36,7 @@ CLIQUEMINING_CARD = ModelCard(
     dtype="fp16",
     pipeline_source="serizba/cliquemining eval.py:19-30 (T.Resize on the PIL image, bilinear, then "
     "ToTensor, Normalize) with SALAD's README --image_size 322 322 (the CliqueMining README says "
-    "to evaluate as SALAD does); eval.py:62 runs under torch.autocast(float16); eval.py:68-86 "
+    "to evaluate as SALAD does); eval.py:62 runs under torch.autocast(float16); eval.py:70-87 "
     "builds SALAD (num_clusters 64, cluster_dim 128, token_dim 256, norm_layer True) and loads "
     "torch.load(ckpt)['state_dict']. Commit f7c4e8f",
     weights=WeightSource(
