@@ -27,6 +27,10 @@ FAMILIES = {
     "nordland": ("protocols/nordland.md", "Nordland", r"nordland"),
     "sped": ("protocols/sped.md", "SPED", r"sped"),
     "amstertime": ("protocols/amstertime.md", "AmsterTime", r"amstertime"),
+    "tokyo247": ("protocols/tokyo247.md", "Tokyo 24/7", r"tokyo247"),
+    "sf-xl": ("protocols/sf-xl.md", "SF-XL", r"sf-xl"),
+    "svox": ("protocols/svox.md", "SVOX", r"svox"),
+    "more": ("protocols/more.md", "Eynsham, St Lucia, Baidu Mall", r"eynsham|st-lucia|baidu-mall"),
 }
 MARKER = re.compile(r"^<!-- vprbench:([a-z-]+)(?: ([\w./-]+))? -->$", re.M)
 
@@ -62,6 +66,17 @@ def protocol_sections(family: str) -> str:
             ("positives", f"{p.positive_summary()} ({p.positive_rule}, from {p.gt_source})"),
             ("ground-truth formats", ", ".join(f"`{f}`" for f in p.gt_formats)),
             ("layout", f"database `{p.database_layout}`, queries `{p.queries_layout}`"),
+            *(
+                (
+                    (
+                        "shared database",
+                        f"`{p.database_shared}`: extracted once for all its query sets",
+                    ),
+                )
+                if p.database_shared
+                else ()
+            ),
+            *((("images", p.image_rule),) if p.image_rule else ()),
             ("intervals resample", f"`{p.cluster_spec()}`"),
             ("batch order", f"`{p.batch_order}`; official batch sizes: {batch}"),
             ("source files", ", ".join(f"`{f}`" for f in p.source_files) or "none"),

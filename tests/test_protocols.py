@@ -20,7 +20,17 @@ EXPECTED = {
     "pitts250k-test": (83952, 8280, "utm-radius", 25, "m", 8, 8, "listed"),
     "amstertime": (None, None, "same-index", 0, "index", 16, 8, "vdd-pairs"),
     "nordland-sample": (600, 600, "explicit", 1, "index", 16, 64, "listed"),
-}
+    "tokyo247": (75984, 315, "utm-radius", 25, "m", 16, 64, "listed"),
+    "sf-xl-test-v1": (None, 1000, "utm-radius", 25, "m", 16, 64, "listed"),
+    "sf-xl-test-v2": (None, 598, "utm-radius", 25, "m", 16, 64, "listed"),
+    "sf-xl-night": (None, 466, "utm-radius", 25, "m", 16, 64, "listed"),
+    "sf-xl-occlusion": (None, 76, "utm-radius", 25, "m", 16, 64, "listed"),
+    **{f"svox-{c}": (None, None, "utm-radius", 25, "m", 16, 64, "listed")
+       for c in ("night", "overcast", "rain", "snow", "sun")},
+    "eynsham": (23935, None, "utm-radius", 25, "m", 16, 64, "listed"),
+    "st-lucia": (None, None, "utm-radius", 25, "m", 16, 64, "listed"),
+    "baidu-mall-10m": (None, None, "utm-radius", 10, "m", 16, 64, "listed"),
+}  # fmt: skip
 FORMATTERS = {
     "pitts30k-test": ("netvlad-mat", ("pitts30k_test.mat",)),
     "pitts250k-test": ("netvlad-mat", ("pitts250k_test.mat",)),
@@ -32,6 +42,9 @@ FORMATTERS = {
     "nordland-pnv": ("nordland-pnv", ("summer", "winter", "cleanImageNames.txt")),
     "sped": ("vpr-bench", ("ground_truth_new.npy",)),
     "amstertime": ("pairs", ("new", "old")),
+    "tokyo247": ("vdd", ("images/test/database", "images/test/queries")),
+    "sf-xl-night": ("vdd", ("test/database", "test/queries_night")),
+    "svox-sun": ("vdd", ("images/test/gallery", "images/test/queries_sun")),
 }
 
 

@@ -89,12 +89,16 @@ def datasets_info(name: str, root: Path | None) -> None:
         table = Table(title=f"Protocol {name}", show_header=False)
         for label, value in (
             ("description", p.description),
-            ("database", f"{p.database_count} ({p.database_layout})"),
-            ("queries", f"{p.queries_count} ({p.queries_layout})"),
+            (
+                "database",
+                f"{_count(p.database_count)} ({p.database_layout})" + _shared(p, registry),
+            ),
+            ("queries", f"{_count(p.queries_count)} ({p.queries_layout})"),
             ("positive", f"{p.positive_summary()} (rule {p.positive_rule})"),
             ("ground truth", f"{p.gt_source} [formats: {', '.join(p.gt_formats)}]"),
             ("inference batch", _batch_sizes(p)),
             ("batch order", p.batch_order),
+            *((("images", p.image_rule),) if p.image_rule else ()),
             ("licence", p.licence),
             ("obtain", p.obtain),
         ):
@@ -103,6 +107,20 @@ def datasets_info(name: str, root: Path | None) -> None:
     if name in formatted:
         console.print(f"[bold]Formatted copy[/] at {folder / name}:")
         console.print_json(json.dumps(load_formatted(name, folder).manifest))
+
+
+def _count(count: int | None) -> str:
+    return "not asserted" if count is None else f"{count:,}"
+
+
+def _shared(p, registry) -> str:
+    """The shared database a protocol's database is, and who else reads it."""
+    from vprbench.datasets.protocols import sharing_database
+
+    if p.database_shared is None:
+        return ""
+    others = ", ".join(sharing_database(p, registry))
+    return f"; shared database '{p.database_shared}', also of {others}"
 
 
 def _batch_sizes(p) -> str:

@@ -9,6 +9,8 @@ a GroundTruth whose image paths are relative to ``image_root``. A missing file i
 - ``vpr-bench``    a VPR-Bench folder (``ref/``, ``query/``, ``ground_truth_new.npy``): Nordland*, SPED
 - ``nordland-pnv`` ``summer/`` and ``winter/`` frame folders plus ``cleanImageNames.txt``
 - ``pairs``        two folders of identically named images (AmsterTime: ``new/`` database, ``old/`` queries)
+- ``vdd``          a VDD-formatted tree (VPR-datasets-downloader's file names hold UTM): the database and
+                   query folders named in ``files`` (``images/test/database``; SF-XL ``test/queries_v1``)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from vprbench.datasets.groundtruth import (
     positives_within_window,
 )
 from vprbench.datasets.protocols import Protocol
-from vprbench.datasets.readers import IMAGE_SUFFIXES, read_vpr_bench
+from vprbench.datasets.readers import IMAGE_SUFFIXES, read_vdd_folders, read_vpr_bench
 from vprbench.errors import VPRBenchError
 
 MSLS_VAL_CITIES = ("cph", "sf")
@@ -353,6 +355,37 @@ def format_pairs(root: Path, protocol: Protocol, files: list[str]) -> GroundTrut
     )
 
 
+def _find_folder(root: Path, relative: str) -> Path:
+    """``root/relative``, or the one folder below ``root`` whose path ends with ``relative``."""
+    direct = root / relative
+    if direct.is_dir():
+        return direct
+    found = sorted(p for p in root.rglob(Path(relative).name) if p.is_dir()
+                   and p.as_posix().endswith("/" + relative.strip("/")))  # fmt: skip
+    if not found:
+        raise VPRBenchError(f"{root}: missing folder {relative}/")
+    if len(found) > 1:
+        raise VPRBenchError(
+            f"{root}: several {relative}/ folders found: {', '.join(map(str, found[:3]))}"
+        )
+    return found[0]
+
+
+def format_vdd(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
+    """A VDD tree: the database folder ``files[0]`` and the query folder ``files[1]``, siblings (so a
+    shared database is one folder for all its query sets); positives within the protocol's radius of
+    the UTM in VDD's file names (``@east@north@zone@...``)."""
+    if len(files) != 2:
+        raise VPRBenchError(f"protocol '{protocol.name}': the vdd formatter needs two folders")
+    database, queries = _find_folder(root, files[0]), _find_folder(root, files[1])
+    if database.parent != queries.parent:
+        raise VPRBenchError(
+            f"{root}: {files[0]}/ and {files[1]}/ must sit in the same folder ({database.parent} "
+            f"and {queries.parent})"
+        )
+    return read_vdd_folders(database.parent, database.name, queries.name, protocol.threshold)
+
+
 FORMATTERS = {
     "netvlad-mat": format_netvlad_mat,
     "msls": format_msls,
@@ -361,4 +394,5 @@ FORMATTERS = {
     "vpr-bench": format_vpr_bench,
     "nordland-pnv": format_nordland_pnv,
     "pairs": format_pairs,
+    "vdd": format_vdd,
 }

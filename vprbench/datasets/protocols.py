@@ -59,6 +59,7 @@ FORMATTER_NAMES = (
     "vpr-bench",
     "nordland-pnv",
     "pairs",
+    "vdd",
 )
 
 _REQUIRED = {
@@ -70,7 +71,13 @@ _REQUIRED = {
     "licence": str,
     "obtain": str,
 }
-_OPTIONAL = {"inference_batch_size": dict, "batch_order": str, "source": dict, "cluster": dict}
+_OPTIONAL = {
+    "inference_batch_size": dict,
+    "batch_order": str,
+    "source": dict,
+    "cluster": dict,
+    "image_rule": str,
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,10 @@ class Protocol:
     cities: tuple[str, ...] = ()  # MSLS: the cities to read (default: val's cph and sf)
     cluster_rule: str = "iid"  # CLUSTER_RULES: how queries are resampled for intervals and tests
     cluster_length: int | None = None  # rule blocks: queries per block
+    # How the official formatting changed the images (Tokyo 24/7: queries to a shorter side of 480)
+    image_rule: str | None = None
+    # The name of a database that several protocols share (SF-XL's four query sets): extracted once
+    database_shared: str | None = None
 
     def cluster_spec(self) -> str:
         """The protocol's default cluster rule as the command line writes it: 'place', 'blocks:10'."""
@@ -164,7 +175,8 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
     sides = {}
     for side in ("database", "queries"):
         part = fields[side]
-        _check_keys(part, {"count", "layout"}, f"{where}.{side}")
+        _check_keys(part, {"count", "layout"} | ({"shared"} if side == "database" else set()),
+                    f"{where}.{side}")  # fmt: skip
         count = _field(part, "count", int, f"{where}.{side}", optional=True)
         if count is not None and count <= 0:
             raise VPRBenchError(f"{where}.{side}: field 'count' must be positive, got {count}")
@@ -229,6 +241,10 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         batch_order=order,
         cluster_rule=cluster_rule,
         cluster_length=cluster_length,
+        image_rule=_field(entry, "image_rule", str, where, optional=True),
+        database_shared=_field(
+            fields["database"], "shared", str, f"{where}.database", optional=True
+        ),
         **source,
     )
 
@@ -303,7 +319,36 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:
     if not isinstance(raw, dict) or not isinstance(raw.get("protocols"), dict):
         raise VPRBenchError(f"{source}: expected a top-level mapping 'protocols:'")
     _check_keys(raw, {"protocols"}, str(source))
-    return {name: _parse_entry(name, entry, source) for name, entry in raw["protocols"].items()}
+    registry = {name: _parse_entry(name, entry, source) for name, entry in raw["protocols"].items()}
+    _check_shared_databases(registry, source)
+    return registry
+
+
+def _check_shared_databases(registry: dict[str, Protocol], source: Path) -> None:
+    """Protocols that name one shared database must describe the same database."""
+    first: dict[str, Protocol] = {}
+    for p in registry.values():
+        if p.database_shared is None:
+            continue
+        other = first.setdefault(p.database_shared, p)
+        same = (other.database_count, other.database_layout) == (
+            p.database_count,
+            p.database_layout,
+        )
+        if not same:
+            raise VPRBenchError(
+                f"{source}: protocols.{p.name}.database: shared database '{p.database_shared}' is "
+                f"{other.database_count} images ({other.database_layout}) in protocols.{other.name}, "
+                f"but {p.database_count} ({p.database_layout}) here"
+            )
+
+
+def sharing_database(protocol: Protocol, registry: dict[str, Protocol]) -> list[str]:
+    """The other protocols whose database is ``protocol``'s shared one."""
+    if protocol.database_shared is None:
+        return []
+    return [n for n, p in registry.items()
+            if p.database_shared == protocol.database_shared and n != protocol.name]  # fmt: skip
 
 
 def get_protocol(name: str, registry: dict[str, Protocol] | None = None) -> Protocol:

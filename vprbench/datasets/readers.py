@@ -113,13 +113,21 @@ def read_vdd(path: str | Path, threshold: float = 25.0, unit: str = "m") -> Grou
     the names hold frames of a synchronised video on VDD's fake north axis (Nordland**: east 0, north
     = frame * 25 / (threshold + 0.5) m); frames are recovered and positives are within +/-``threshold``
     frames, which is exactly VDD's own 25 m radius."""
+    root = Path(path)
+    return read_vdd_folders(root, "database", "queries", threshold, unit)
+
+
+def read_vdd_folders(
+    root: Path, database: str, queries: str, threshold: float = 25.0, unit: str = "m"
+) -> GroundTruth:
+    """As :func:`read_vdd`, with the database and query folders named (below ``root``, the image
+    root): SF-XL's ``database`` and ``queries_v1``, SVOX's ``gallery`` and ``queries_night``."""
     from vprbench.datasets.vdd import frames_from_north
 
-    root = Path(path)
-    db = [f"database/{p}" for p in _list_images(root / "database")]
-    q = [f"queries/{p}" for p in _list_images(root / "queries")]
+    db = [f"{database}/{p}" for p in _list_images(root / database)]
+    q = [f"{queries}/{p}" for p in _list_images(root / queries)]
     if not db or not q:
-        raise VPRBenchError(f"{root}: VDD folder needs images in database/ and queries/")
+        raise VPRBenchError(f"{root}: VDD folder needs images in {database}/ and {queries}/")
     db_xy = np.array([[n.utm_east, n.utm_north] for n in map(parse_vdd_name, db)])
     q_xy = np.array([[n.utm_east, n.utm_north] for n in map(parse_vdd_name, q)])
     if unit == "m":

@@ -1,0 +1,147 @@
+"""The benchmarks of recent result tables: Tokyo 24/7, SF-XL's four query sets over one shared
+database, SVOX, Eynsham, St Lucia, Baidu Mall. Their registry entries (counts checked against real
+ground truth where ../shared/data has it), the shared-database rule, and the vdd formatter on
+generated trees with VDD's file names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_cli import one_line_error, run
+from vprbench.datasets.formatters import FORMATTERS
+from vprbench.datasets.protocols import load_registry, sharing_database
+from vprbench.datasets.readers import read_pnv
+from vprbench.errors import VPRBenchError
+
+NEW = {  # name: (database, queries, radius in m, shared database)
+    "tokyo247": (75984, 315, 25, None),
+    "sf-xl-test-v1": (None, 1000, 25, "sf-xl-test-database"),
+    "sf-xl-test-v2": (None, 598, 25, "sf-xl-test-database"),
+    "sf-xl-night": (None, 466, 25, "sf-xl-test-database"),
+    "sf-xl-occlusion": (None, 76, 25, "sf-xl-test-database"),
+    **{f"svox-{c}": (None, None, 25, "svox-gallery")
+       for c in ("night", "overcast", "rain", "snow", "sun")},
+    "eynsham": (23935, None, 25, None),  # VDD download_eynsham.py: 4,787 panoramas x 5 tiles
+    "st-lucia": (None, None, 25, None),
+    "baidu-mall-10m": (None, None, 10, None),
+}  # fmt: skip
+
+
+def test_registry_entries():
+    registry = load_registry()
+    for name, (db, q, radius, shared) in NEW.items():
+        p = registry[name]
+        assert (p.database_count, p.queries_count, p.threshold, p.database_shared) == (
+            db, q, radius, shared
+        ), name  # fmt: skip
+        assert p.positive_rule == "utm-radius" and p.unit == "m" and p.formatter == "vdd"
+        assert p.licence and p.obtain and p.gt_source
+    assert sharing_database(registry["sf-xl-night"], registry) == [
+        "sf-xl-test-v1", "sf-xl-test-v2", "sf-xl-occlusion"
+    ]  # fmt: skip
+    assert sharing_database(registry["tokyo247"], registry) == []
+    assert "shorter side of 480" in registry["tokyo247"].image_rule
+
+
+def test_tokyo247_counts_are_those_of_the_real_ground_truth(shared_data, tmp_path):
+    """Patch-NetVLAD's tokyo247.npz (the NetVLAD evaluation's split): 315 queries, 75,984 database
+    images, 25 m; every query has a positive."""
+    p = load_registry()["tokyo247"]
+    npz = shared_data / "patchnetvlad" / "tokyo247.npz"
+    db, q = tmp_path / "db.txt", tmp_path / "q.txt"
+    db.write_text("\n".join(f"db/{i:06d}.png" for i in range(p.database_count)))
+    q.write_text("\n".join(f"q/{i:03d}.jpg" for i in range(p.queries_count)))
+    gt = read_pnv(npz, db, q)  # refuses lists of another length than the file's
+    assert (len(gt.database), len(gt.queries), gt.threshold) == (75984, 315, p.threshold)
+    assert gt.num_without_positives == 0
+    utm = np.load(npz)
+    d = np.linalg.norm(utm["utmDb"] - utm["utmQ"][200], axis=1)  # one query by brute force
+    assert gt.positives[200].tolist() == np.flatnonzero(d <= 25).tolist()
+
+
+def test_a_shared_database_must_be_the_same_in_every_protocol(tmp_path):
+    registry = tmp_path / "datasets.yaml"
+    entry = """  {name}:
+    description: d
+    database: {{count: {count}, shared: city, layout: "test/database"}}
+    queries: {{count: 2, layout: "test/{name}"}}
+    ground_truth: {{source: s, formats: [vdd]}}
+    positive: {{rule: utm-radius, threshold: 25, unit: m}}
+    licence: l
+    obtain: o
+"""
+    registry.write_text(
+        "protocols:\n" + entry.format(name="a", count=5) + entry.format(name="b", count=6)
+    )
+    with pytest.raises(VPRBenchError, match=r"protocols.b.database: shared database 'city' is 5 "
+                                            r"images \(test/database\) in protocols.a, but 6"):  # fmt: skip
+        load_registry(registry)
+    registry.write_text(
+        "protocols:\n" + entry.format(name="a", count=5) + entry.format(name="b", count=5)
+    )
+    assert sharing_database(load_registry(registry)["b"], load_registry(registry)) == ["a"]
+
+
+def vdd_name(east: float, north: float, stem: str) -> str:
+    """util.get_dst_image_name of VDD: @east@north@zone@letter@lat@lon@pano@tile@...@.jpg"""
+    return f"@{east:.2f}@{north:.2f}@10@S@37.77000@-122.41000@{stem}@@@@@@@@.jpg"
+
+
+def make_tree(root, database, query_sets):
+    """Write tiny images under VDD file names: ``database`` and each query set are [(east, north)]."""
+    for folder, points in {"database": database, **query_sets}.items():
+        (root / folder).mkdir(parents=True)
+        for i, (east, north) in enumerate(points):
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(
+                root / folder / vdd_name(east, north, f"{i:04d}")
+            )
+
+
+def test_vdd_formatter_on_a_shared_sf_xl_tree(tmp_path, capsys, monkeypatch, isolated_dirs):
+    """SF-XL's layout (FoL README: SF_XL/test/database beside queries_v1, queries_v2, queries_night,
+    queries_occlusion): each query set formats against the same database folder."""
+    test = tmp_path / "SF_XL" / "test"
+    database = [(550000.0, 4180000.0), (550010.0, 4180000.0), (550100.0, 4180000.0)]
+    make_tree(test, database, {"queries_night": [(550004.0, 4180003.0), (550200.0, 4180000.0)],
+                               "queries_occlusion": [(550100.0, 4180025.0)]})  # fmt: skip
+    registry = load_registry()
+    gt = FORMATTERS["vdd"](
+        tmp_path / "SF_XL", registry["sf-xl-night"], ["test/database", "test/queries_night"]
+    )
+    assert gt.image_root == test
+    assert [d.split("@")[1] for d in gt.database] == ["550000.00", "550010.00", "550100.00"]
+    assert all(q.startswith("queries_night/") for q in gt.queries)
+    # 5 m and 10.8 m from the first two; the second query has none within 25 m
+    assert [x.tolist() for x in gt.positives] == [[0, 1], []]
+    occl = FORMATTERS["vdd"](
+        tmp_path, registry["sf-xl-occlusion"], ["test/database", "test/queries_occlusion"]
+    )
+    assert occl.database == gt.database and [x.tolist() for x in occl.positives] == [
+        [2]
+    ]  # 25 m: inclusive
+    # the registry asserts the published query count: 2 night queries are not SF-XL night's 466
+    code, _, err = run(["datasets", "format", "sf-xl-night", "--from", str(tmp_path / "SF_XL")],
+                       capsys, monkeypatch)  # fmt: skip
+    assert code == 1
+    assert "2 queries images, but protocol 'sf-xl-night' expects 466" in one_line_error(err)
+
+
+def test_vdd_formatter_names_a_missing_folder(tmp_path):
+    p = load_registry()["svox-rain"]
+    (tmp_path / "svox" / "images" / "test" / "gallery").mkdir(parents=True)
+    with pytest.raises(VPRBenchError, match=r"missing folder images/test/queries_rain/"):
+        FORMATTERS["vdd"](tmp_path, p, list(p.source_files))
+
+
+def test_datasets_info_shows_the_image_rule_and_the_shared_database(
+    capsys, monkeypatch, isolated_dirs
+):
+    code, out, _ = run(["datasets", "info", "tokyo247"], capsys, monkeypatch)
+    flat = " ".join(out.replace("│", " ").split())  # the table's wrapped cells, joined
+    assert code == 0 and "shorter side of 480 px" in flat and "75,984" in flat
+    code, out, _ = run(["datasets", "info", "svox-sun"], capsys, monkeypatch)
+    flat = " ".join(out.replace("│", " ").split())  # the table's wrapped cells, joined
+    assert "not asserted" in flat and "shared database 'svox-gallery'" in flat
+    assert "svox-night, svox-overcast, svox-rain, svox-snow" in flat
