@@ -27,6 +27,7 @@ DECODES = ("pil", "device")
 LOADERS = ("threads", "processes")
 RESIZE_STAGES = ("pil", "uint8", "unit", "normalised")  # datasets.resize: where the resize happens
 SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")  # search
+STORES = ("fp32", "fp16")  # extract.cache: the precision descriptors are stored in
 NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate
 EXPORT_FORMATS = ("gsv-cities", "vdd")  # datasets.export

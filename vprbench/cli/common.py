@@ -22,6 +22,7 @@ from vprbench.choices import (
     LOADERS,
     NORMALISATIONS,
     RESIZE_STAGES,
+    STORES,
 )
 from vprbench.datasets.protocols import load_registry
 from vprbench.paths import cache_root, data_root
@@ -95,6 +96,14 @@ def extraction_options(func):
         ),
         click.option("--batch-size", type=int, default=None),
         click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True),
+        click.option(
+            "--store",
+            type=click.Choice(STORES),
+            default="fp32",
+            show_default=True,
+            help="Precision the descriptors are stored in (fp16: half the disk and memory; search "
+            "computes in fp32). In the cache key and the run record.",
+        ),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
         click.option(
             "--on-bad-image",
@@ -181,6 +190,7 @@ def settings_from_options(
     native_resolution=False,
     resize_stage=None,
     antialias=None,
+    store="fp32",
 ):
     from vprbench.extract.settings import ExtractSettings
     from vprbench.models.registry import check_model_request
@@ -208,6 +218,7 @@ def settings_from_options(
         compile=compile_model,
         decode=decode,
         loader=loader,
+        store=store,
     )
 
 

@@ -77,9 +77,10 @@ def evaluate(
     top_k = min(max(SAVED_TOP_K if search == "exact" else 1, max(ks)), len(cached.database))
     if max(ks) > n_valid_db:
         raise ValueError(f"k={max(ks)} exceeds the {n_valid_db} database images")
-    database, queries = cached.database, cached.queries
     if pca is not None:
-        database, queries = pca.transform(database), pca.transform(queries)
+        database, queries = pca.transform(cached.database), pca.transform(cached.queries)
+    else:  # the database streams from disk by chunks of rows: never read whole
+        database, queries = cached.rows("database"), cached.queries
     clusters = query_clusters(dataset, cluster)  # before the search: a bad --cluster fails early
     cluster_key = canonical(cluster, dataset)  # None for the protocol's own rule: the old run ids
     groups = load_groups(dataset) if per_city else None
@@ -172,6 +173,7 @@ def evaluate(
         "settings": {
             "preprocess": extracted.preprocess.as_dict(),
             "dtype": cached.key["dtype"],
+            "store": cached.key.get("store", "fp32"),  # the precision the descriptors were kept in
             # the card's official pipeline and what this run does otherwise (vprbench.extract.official)
             "official": _official(extracted.official, pca),
             "batch_size": extracted.batch_size,

@@ -1,7 +1,7 @@
 """The HDF5 descriptor store.
 
 One file per cache key: ``<cache>/descriptors/<dataset>/<model>/<digest>.h5`` holding ``database`` and
-``queries`` ([N, D] float32), ``database_valid`` / ``queries_valid`` ([N] bool) and the key as JSON in
+``queries`` ([N, D] float32, or float16 with ``--store fp16``: ``store`` in the key), ``database_valid`` / ``queries_valid`` ([N] bool) and the key as JSON in
 its attributes. The key covers everything that changes a descriptor (model, options, weights digest,
 image size, interpolation, normalisation, dtype, the images themselves (resolved root plus each file's
 path, size and mtime), bad-image policy, and the inference batch size and batch order of batch-dependent
@@ -44,10 +44,80 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+STORE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def store_dtype(key: dict):
+    """The numpy dtype descriptors of ``key`` are stored in."""
+    return STORE_DTYPES[key.get("store", "fp32")]
+
+
+class DiskRows:
+    """The rows of a contiguous, uncompressed HDF5 dataset (as vprbench writes them), read from the
+    file when indexed and never held whole: ``rows[a:b]``, ``rows[index_array]`` and
+    ``rows[bool_mask]`` return arrays; ``np.asarray(rows)`` reads everything. A search indexes one
+    chunk of rows at a time, so its memory does not grow with the database (a memory map would: the
+    file pages it touches count as the process's own). Reads go around the page cache's accounting,
+    not around the page cache."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype) -> None:
+        self.path, self.offset = Path(path), int(offset)
+        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        self.ndim = 2
+        self._row_bytes = self.shape[1] * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read_span(self, handle, lo: int, hi: int) -> np.ndarray:
+        handle.seek(self.offset + lo * self._row_bytes)
+        data = handle.read((hi - lo) * self._row_bytes)
+        if len(data) != (hi - lo) * self._row_bytes:
+            raise VPRBenchError(f"{self.path}: truncated (rows {lo}-{hi} of {self.shape[0]})")
+        return np.frombuffer(data, dtype=self.dtype).reshape(hi - lo, self.shape[1])
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, tuple):  # rows first, then the rest as numpy does it
+            return self[index[0]][(slice(None), *index[1:])]
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(self.shape[0])
+            if step == 1:
+                with open(self.path, "rb") as handle:
+                    return self._read_span(handle, lo, max(lo, hi)).copy()
+        rows = np.arange(self.shape[0])[index]
+        if rows.ndim == 0:
+            return self[int(rows) : int(rows) + 1][0]
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        if not len(rows):
+            return out
+        # consecutive runs of rows, one read each (a chunk of valid rows is one or a few runs)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        with open(self.path, "rb") as handle:
+            for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+                out[start:stop] = self._read_span(handle, int(rows[start]), int(rows[stop - 1]) + 1)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[0 : self.shape[0]]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
+def disk_rows(path: Path, name: str) -> DiskRows | None:
+    """:class:`DiskRows` of HDF5 dataset ``name``, or None when it is not stored contiguous and
+    uncompressed (then it is read whole)."""
+    with h5py.File(path, "r") as f:
+        ds = f[name]
+        offset = ds.id.get_offset()
+        if ds.chunks is not None or ds.compression is not None or offset is None or not ds.size:
+            return None
+        return DiskRows(path, offset, ds.shape, ds.dtype)
+
+
 class CachedDescriptors:
     """Descriptors of one (model, dataset, settings) key, read from a complete cache file. The
     validity masks are read at once; the descriptors when first used (``vprbench extract`` of 100,000
-    images never holds them all in memory)."""
+    images never holds them all in memory), or as :class:`DiskRows` (``rows``), which evaluation
+    searches without ever reading the database whole."""
 
     def __init__(self, path: Path, key: dict, database: np.ndarray | None = None,
                  queries: np.ndarray | None = None, database_valid: np.ndarray | None = None,
@@ -61,6 +131,14 @@ class CachedDescriptors:
             with h5py.File(self.path, "r") as f:
                 self._arrays[split] = f[split][...]
         return self._arrays[split]
+
+    def rows(self, split: str) -> np.ndarray | DiskRows:
+        """``split`` for a search: the array if it is already in memory, else rows read from disk
+        as they are indexed (the whole split if the file's layout does not allow that)."""
+        if self._arrays[split] is not None:
+            return self._arrays[split]
+        rows = disk_rows(self.path, split)
+        return self._read(split) if rows is None else rows
 
     @property
     def database(self) -> np.ndarray:
@@ -196,7 +274,7 @@ class Assembly:
         if descriptors.shape[1] and len(rows):
             if split not in self._file:
                 self._file.create_dataset(split, shape=(self.counts[split], descriptors.shape[1]),
-                                          dtype=np.float32, fillvalue=0.0)  # fmt: skip
+                                          dtype=store_dtype(self.key), fillvalue=0.0)  # fmt: skip
             out = self._file[split]
             if out.shape[1] != descriptors.shape[1]:
                 raise VPRBenchError(f"{self.folder}: {split} batch {batch} is {descriptors.shape[1]}-d, "
@@ -204,7 +282,7 @@ class Assembly:
             if (np.diff(rows) < 0).any():  # h5py writes rows in increasing order
                 order = np.argsort(rows)
                 rows, descriptors, valid = rows[order], descriptors[order], valid[order]
-            descriptors = descriptors.astype(np.float32, copy=False)
+            descriptors = descriptors.astype(store_dtype(self.key), copy=False)
             if rows[-1] - rows[0] == len(rows) - 1:  # consecutive: one slab
                 out[rows[0] : rows[-1] + 1] = descriptors
             else:
@@ -228,7 +306,7 @@ class Assembly:
                     missing = int((~self._seen[split]).sum())
                     raise VPRBenchError(f"{self.folder}: {split} shards miss {missing} of {n} rows")
                 if split not in self._file:  # no readable image at all
-                    self._file.create_dataset(split, shape=(n, 0), dtype=np.float32)
+                    self._file.create_dataset(split, shape=(n, 0), dtype=store_dtype(self.key))
                 self._file.create_dataset(f"{split}_valid", data=self._valid[split])
             self._file.attrs["key"] = canonical_json(self.key)
             self._file.attrs["format_version"] = FORMAT_VERSION

@@ -46,6 +46,8 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
     }
     if settings.decode != "pil":  # then the device's decoder and resize make the pixels
         request["device"] = device_type(settings.device)
+    if settings.store == "fp32":  # the default adds no entry: earlier request records stay valid
+        request.pop("store")
     request |= {
         "vprbench": __version__,
         "weights": weights,
@@ -178,24 +180,28 @@ def cache_key(
     """The cache key: every input that changes a descriptor (the images themselves included), and
     nothing else (not the positives). ``images``: the dataset's image fingerprint, if computed."""
     info = model.weights_info
-    return {
-        "format": FORMAT_VERSION,
-        "model": model.card.name,
-        "options": model.options,
-        "weights_sha256": info.sha256,
-        "random_init": info.random_init,
-        "preprocess": preprocess.key(),
-        "dtype": settings.dtype,
-        "batch_size": batch_size if model.batch_dependent else None,
-        "batch_order": batch_order_digest(dataset, settings.batch_order)
-        if model.batch_dependent
-        else None,
-        "dataset": dataset.name,
-        "images": images or image_fingerprint(dataset),
-        "on_bad_image": settings.on_bad_image,
-    } | (
-        # PIL decoding (the default) adds no entry, so earlier caches stay valid.
-        {"decode": f"torchvision on {device_type(settings.device)}"}
-        if settings.decode != "pil"
-        else {}
+    return (
+        {
+            "format": FORMAT_VERSION,
+            "model": model.card.name,
+            "options": model.options,
+            "weights_sha256": info.sha256,
+            "random_init": info.random_init,
+            "preprocess": preprocess.key(),
+            "dtype": settings.dtype,
+            "batch_size": batch_size if model.batch_dependent else None,
+            "batch_order": batch_order_digest(dataset, settings.batch_order)
+            if model.batch_dependent
+            else None,
+            "dataset": dataset.name,
+            "images": images or image_fingerprint(dataset),
+            "on_bad_image": settings.on_bad_image,
+        }
+        | (
+            # PIL decoding (the default) adds no entry, so earlier caches stay valid.
+            {"decode": f"torchvision on {device_type(settings.device)}"}
+            if settings.decode != "pil"
+            else {}
+        )
+        | ({"store": settings.store} if settings.store != "fp32" else {})
     )

@@ -21,6 +21,7 @@ from vprbench.choices import (
     LOADERS,
     NORMALISATIONS,
     RESIZE_STAGES,
+    STORES,
 )
 from vprbench.datasets.formatted import FormattedDataset
 from vprbench.datasets.images import INTERPOLATIONS, Preprocess
@@ -63,6 +64,9 @@ class ExtractSettings:
     # torch.compile the forward pass; not in the cache key: descriptors match eager ones within
     # COMPILE_TOLERANCE (benchmarks/compile.py measures both the speed and the difference)
     compile: bool = False
+    # STORES: the precision of the stored descriptors (fp16 halves the disk and memory of a large
+    # database; search computes in fp32): in the cache key when not fp32
+    store: str = "fp32"
 
 
 @dataclass
@@ -153,6 +157,7 @@ def validate(settings: ExtractSettings) -> None:
         (settings.batch_order, BATCH_ORDERS, "--batch-order"),
         (settings.decode, DECODES, "--decode"),
         (settings.loader, LOADERS, "--loader"),
+        (settings.store, STORES, "--store"),
     ):
         if value is not None and value not in allowed:
             raise VPRBenchError(f"{flag} must be one of {list(allowed)}, got {value!r}")
