@@ -231,3 +231,49 @@ def test_torch_search_in_blocks_of_queries_equals_one_flat_index(monkeypatch):
     expected_d, expected_i = index.search(queries, 10)
     np.testing.assert_array_equal(indices, expected_i)
     np.testing.assert_allclose(distances, expected_d, atol=1e-5)
+
+
+class _CountingRows:
+    """A database that records how many rows each read asks for (as DiskRows reads them)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.reads = array, array.shape, []
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, index):
+        out = self.array[index]
+        self.reads.append(len(out))
+        return out
+
+
+def test_ivf_trains_on_a_seeded_sample_and_adds_in_chunks(monkeypatch):
+    """Past TRAIN_BYTES an IVF index trains on a seeded sample (recorded in its parameters) and the
+    database is read a chunk at a time, never whole; below it nothing changes, and adding in chunks
+    builds the same index as one add."""
+    import vprbench.evaluate.search as search
+
+    rng = np.random.default_rng(3)
+    db = _random_unit(rng, 3000, 16)
+    queries = db[:100] + 0.05 * _random_unit(rng, 100, 16)
+    whole, _ = exact_search(db, queries, 5, kind="ivf-flat")
+    monkeypatch.setattr(search, "CHUNK_BYTES", 4 * 16 * 700)  # 700 rows per chunk
+    counting = _CountingRows(db)
+    chunked, _ = exact_search(counting, queries, 5, kind="ivf-flat")
+    np.testing.assert_array_equal(chunked, whole)
+    assert counting.reads == [3000, 700, 700, 700, 700, 200]  # training on all rows, then chunks
+    assert "train_rows" not in search.approximate_params("ivf-flat", 3000, 16)
+    monkeypatch.setattr(search, "TRAIN_BYTES", 4 * 16 * 1000)  # room for 1,000 training rows
+    params = search.approximate_params("ivf-flat", 3000, 16)
+    assert params == {"nlist": 76, "nprobe": 16, "train_rows": 39 * 76, "train_seed": 1234}
+    monkeypatch.setattr(search, "TRAIN_BYTES", 4 * 16 * 39)
+    params = search.approximate_params("ivf-pq", 100_000, 16)  # 1,265 lists: 39 rows each
+    assert params["train_rows"] == 39 * 1265
+    counting = _CountingRows(db)
+    monkeypatch.setattr(search, "TRAIN_BYTES", 4 * 16 * 1000)
+    monkeypatch.setattr(search, "IVF", dict(search.IVF, lists_per_sqrt_n=0.4))  # 22 lists: 858 rows
+    sampled, _ = exact_search(counting, queries, 1, kind="ivf-flat")
+    assert counting.reads[0] == 1000 and max(counting.reads) == 1000 < 3000
+    exact, _ = exact_search(db, queries, 1)
+    assert (sampled[:, 0] == exact[:, 0]).mean() >= 0.9
