@@ -3,7 +3,7 @@ an HDF5 file laid out as vprbench's cache writes it, searched top-100 by evaluat
 from disk by chunks, ``DiskRows``), for two database sizes, in one run.
 
     .venv/bin/python benchmarks/scale_search.py [--sizes 250000,1000000] [--queries 1000]
-        [--dim 8448] [--workdir build/scale_search] [--keep]
+        [--dim 8448] [--workdir build/scale_search] [--keep] [--ivf-rows N]
 
 For each size a child process writes the file (seeded unit rows, fp16, in blocks; reused when a
 file of the same size is there), then another child searches it with 1,000 queries (noisy copies of
@@ -12,6 +12,12 @@ pages; the file's pages are the kernel's page cache). The script prints both, th
 (flat in the database size means about 1) and the throughput, and extrapolates the time to SF-XL's
 test database (2.8 M images) at the measured rate, saying what it assumes. The files are deleted at
 the end unless ``--keep``. 1,000,000 x 8,448 fp16 is 16.9 GB on disk.
+
+``--ivf-rows N``: also builds evaluation's IVF-PQ index (vprbench.evaluate.search: about 4 sqrt(N)
+lists, 64 sub-quantisers of 8 bits, trained on a seeded sample, filled in chunks) on the first N rows
+of the smallest store, and reports its build and search times and how often its top-1 and top-10 agree
+with exact search on the same rows. (k-means on 2 CPU cores grows as N^1.5 x dim: a million rows take
+hours, so N is a parameter.)
 """
 
 from __future__ import annotations
@@ -65,6 +71,30 @@ def search(path: Path, nq: int) -> dict:
             "top1_is_source": found, "threads": __import__("torch").get_num_threads()}  # fmt: skip
 
 
+def ivf_pq(path: Path, n: int, nq: int) -> dict:
+    import faiss
+
+    from vprbench.evaluate.search import approximate_params, exact_search
+    from vprbench.extract.cache import disk_rows
+
+    rows = disk_rows(path, "database")
+    database = np.asarray(rows[0:n], dtype=np.float32)
+    rng = np.random.default_rng(1)
+    picked = np.sort(rng.choice(n, nq, replace=False))
+    queries = database[picked] + 0.01 * rng.standard_normal(
+        (nq, database.shape[1]), dtype=np.float32
+    )
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact, _ = exact_search(database, queries, 10, backend="torch")
+    start = time.perf_counter()
+    approx, _ = exact_search(database, queries, 10, kind="ivf-pq")
+    total = time.perf_counter() - start
+    return {"n": n, "seconds": total, "params": approximate_params("ivf-pq", n, database.shape[1], 10),
+            "top1_agrees": float((approx[:, 0] == exact[:, 0]).mean()),
+            "top10_overlap": float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])),
+            "threads": faiss.omp_get_max_threads()}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="250000,1000000")
@@ -72,7 +102,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=8448)
     parser.add_argument("--workdir", type=Path, default=Path("build/scale_search"))
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--child", choices=("write", "search"))
+    parser.add_argument("--ivf-rows", type=int, default=0)
+    parser.add_argument("--child", choices=("write", "search", "ivf"))
     parser.add_argument("--path", type=Path)
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
@@ -80,6 +111,8 @@ def main() -> None:
         return write_store(args.path, args.n, args.dim)
     if args.child == "search":
         return print(json.dumps(search(args.path, args.queries)))
+    if args.child == "ivf":
+        return print(json.dumps(ivf_pq(args.path, args.n, args.queries)))
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -113,6 +146,16 @@ def main() -> None:
               f"on this machine, {SF_XL_DATABASE * args.dim * 2 / 1e9:.0f} GB of fp16 descriptors "
               "read once; assumes the rate stays linear in the database size (it streams) and the "
               "same queries and threads")  # fmt: skip
+    if args.ivf_rows:
+        path = args.workdir / f"db_{min(int(s) for s in args.sizes.split(','))}x{args.dim}_fp16.h5"
+        out = subprocess.run([sys.executable, __file__, "--child", "ivf", "--path", str(path),
+                              "--n", str(args.ivf_rows), "--queries", str(args.queries)],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"IVF-PQ on {r['n']:,} x {args.dim} ({r['params']}): built and searched {args.queries} "
+              f"queries in {r['seconds']:.1f} s ({r['threads']} threads); top-1 agrees with exact "
+              f"search for {100 * r['top1_agrees']:.1f}% of queries, top-10 overlap "
+              f"{100 * r['top10_overlap']:.1f}%")  # fmt: skip
     if not args.keep:
         for path in args.workdir.glob("db_*_fp16.h5"):
             path.unlink()
