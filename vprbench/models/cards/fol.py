@@ -5,6 +5,8 @@ the model code."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from vprbench.models.card import ModelCard, WeightSource
 
 _HF = "https://huggingface.co/shunpeng/FoL/resolve/main/"
@@ -50,14 +52,12 @@ FOL_CARD = ModelCard(
     "normalised tensor resized without antialiasing (torchvision 0.15); fp32; no PCA. " + _GLOBAL,
 )
 
-FOL_BASE_CARD = ModelCard(
+# the same pipeline, size, licence and reference; its own size, file and numbers
+FOL_BASE_CARD = dataclasses.replace(
+    FOL_CARD,
     name="fol-base",
     description="FoL (global stage) on DINOv2-B/14: as fol, 768-d tokens, 8,448-d.",
     image_size=(322, 322),
-    descriptor_dim=8448,
-    interpolation="bilinear",
-    resize="normalised",
-    antialias=False,
     pipeline_source=_PIPELINE + "; the README reports ViT-B at 322x322 only (--resize 322 322)",
     weights=WeightSource(
         url=_HF + "FoL_base.pth",
@@ -66,8 +66,6 @@ FOL_BASE_CARD = ModelCard(
         "util.py); vprbench is, with the key list of FoLNet's structure (train.py saves the whole "
         "model), so a file that differs fails by name instead of running half-loaded",
     ),
-    reference=FOL_CARD.reference,
-    licence=FOL_CARD.licence,
     protocol="322x322 (the README's 'Additional Results at 322x322', ViT-B: Pitts30k-test "
     "92.1/96.4/97.6, MSLS-val 91.1/95.7/96.4, Tokyo 24/7 94.6/96.5/96.8, Nordland* "
     "62.5/80.3/85.0, Nordland** 72.7/85.5/89.6 R@1/5/10); the normalised tensor resized without "

@@ -5,6 +5,8 @@ the model code."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from vprbench.models.card import ModelCard, WeightSource
 
 _HF = "https://huggingface.co/fenglu96/SelaVPRplusplus/resolve/main/"
@@ -47,23 +49,18 @@ SELAVPR_PP_CARD = ModelCard(
     protocol=_PROTOCOL + "Pitts30k 94.4, MSLS-val 94.3, Nordland 97.0",
 )
 
-SELAVPR_PP_BASE_CARD = ModelCard(
+# the same pipeline, input, licence and reference; its own size, file and numbers
+SELAVPR_PP_BASE_CARD = dataclasses.replace(
+    SELAVPR_PP_CARD,
     name="selavpr++-base",
     description="SelaVPR++ (standard VPR) on DINOv2-B/14: 12 MultiConv adapters beside all 12 "
     "blocks, a linear 768 -> 768, GeM, a linear to 2,048, L2.",
-    image_size=(322, 322),
     descriptor_dim=2048,
-    interpolation="bilinear",
-    resize="normalised",
-    antialias=False,
-    pipeline_source=_PIPELINE,
     weights=WeightSource(
         url=_HF + "SelaVPRplusplus_base.pth",
         note="the README's model table (hubconf.py: a file of the same name in the GitHub "
         "release): model_state_dict of a DataParallel model; no sha256 is published",
     ),
-    reference=SELAVPR_PP_CARD.reference,
-    licence=SELAVPR_PP_CARD.licence,
     protocol=_PROTOCOL + "Pitts30k 93.3, MSLS-val 94.3, Nordland 94.7",
 )
 
