@@ -128,6 +128,13 @@ def test_vdd_formatter_on_a_shared_sf_xl_tree(tmp_path, capsys, monkeypatch, iso
     assert "2 queries images, but protocol 'sf-xl-night' expects 466" in one_line_error(err)
 
 
+def test_request_only_sets_say_how_to_get_them(capsys, monkeypatch, isolated_dirs):
+    code, _, err = run(["datasets", "download", "sf-xl-night"], capsys, monkeypatch)
+    line = one_line_error(err)
+    assert code == 1 and "'sf-xl-night' cannot be downloaded by vprbench" in line
+    assert line.endswith("then `vprbench datasets format sf-xl-night --from SF_XL`")  # said once
+
+
 def test_vdd_formatter_names_a_missing_folder(tmp_path):
     p = load_registry()["svox-rain"]
     (tmp_path / "svox" / "images" / "test" / "gallery").mkdir(parents=True)

@@ -144,7 +144,8 @@ def download_instructions(protocol: Protocol) -> str:
         f"'{protocol.name}' cannot be downloaded by vprbench: {protocol.licence.rstrip('.')}. "
         f"Obtain it: {protocol.obtain.rstrip('.')}"
     )
-    return text if then in text else f"{text}; then run `{then}`"
+    named = f"vprbench datasets format {protocol.name} --from"  # the obtain text names the step
+    return text if named in text else f"{text}; then run `{then}`"
 
 
 def download_dataset(
