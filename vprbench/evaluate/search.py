@@ -178,15 +178,18 @@ def _approximate(database, queries, k, keep, kind):
             index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"])
         else:
             index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"])
-        if "train_rows" in params:
+        if "train_rows" in params:  # the rest is read again, a chunk at a time, to be added
             rng = np.random.default_rng(params["train_seed"])
             sample = np.sort(rng.choice(len(keep), params["train_rows"], replace=False))
             index.train(_as_float32(database[keep[sample]]))
-        else:
-            index.train(_as_float32(database[keep]))
+            rows_of = lambda part: _as_float32(database[keep[part]])  # noqa: E731
+        else:  # trained on every row: added from the same array, not read twice
+            rows = _as_float32(database[keep])
+            index.train(rows)
+            rows_of = rows.__getitem__
         chunk = max(1, CHUNK_BYTES // (4 * dim))
         for start in range(0, len(keep), chunk):  # added in order: the same index as one add
-            index.add(_as_float32(database[keep[start : start + chunk]]))
+            index.add(rows_of(slice(start, start + chunk)))
         index.nprobe = params["nprobe"]
     d, local = index.search(queries, k)
     idx = np.where(local >= 0, keep[np.clip(local, 0, None)], -1)
