@@ -277,3 +277,117 @@ def test_ivf_trains_on_a_seeded_sample_and_adds_in_chunks(monkeypatch):
     assert counting.reads == [1000, 700, 700, 700, 700, 200]  # the sample, then chunks: never whole
     exact, _ = exact_search(db, queries, 1)
     assert (sampled[:, 0] == exact[:, 0]).mean() >= 0.9
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_sharded_search_merges_to_the_neighbours_of_one_search(backend, world, monkeypatch):
+    """Each rank's shard searched alone, the top-k merged: the neighbours and distances of one
+    search over the whole database, exact ties (duplicate rows across shard borders) by index,
+    invalid rows never returned, and shards smaller than k padded and merged past."""
+    from vprbench.evaluate import search
+    from vprbench.evaluate.search import shard_chunks, sharded_search
+
+    monkeypatch.setattr(search, "default_backend", lambda *a, **k: backend)
+    rng = np.random.default_rng(3)
+    db = _unit(rng.normal(size=(23, 16)))
+    db[[2, 9, 17]] = db[5]  # exact ties spread over the shards
+    queries = np.concatenate([db[[5, 11]], _unit(rng.normal(size=(6, 16)))])
+    valid = np.ones(23, bool)
+    valid[[0, 9, 22]] = False
+    want = exact_search(db, queries, 10, valid, backend=backend, chunk_rows=3)
+    keep = np.flatnonzero(valid)  # 20 valid rows: 7 chunks of 3
+    assert [shard_chunks(7, r, world) for r in range(world)][-1][1] == 7
+    parts = []
+    for rank in range(world):  # what each rank computes: its whole chunks alone
+        lo, hi = shard_chunks(7, rank, world)
+        mine = np.zeros(23, bool)
+        mine[keep[lo * 3 : hi * 3]] = True
+        parts.append(exact_search(db, queries, 10, mine, backend=backend, chunk_rows=3,
+                                  plan_rows=20))  # fmt: skip
+    for rank in range(world):
+        def gather(own, rank=rank):
+            np.testing.assert_array_equal(own[0], parts[rank][0])  # the rank's own shard
+            return parts
+
+        got = sharded_search(db, queries, 10, valid, rank, world, gather=gather, chunk_rows=3)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    if backend == "faiss":  # exact ties (some CPUs' matmul gives copies distances by position)
+        assert want[0][0, :3].tolist() == [2, 5, 17]  # db 5's copies by index; 9 is invalid
+
+
+SHARDED_SCRIPT = """
+import sys
+import numpy as np
+import torch.distributed as dist
+from vprbench.evaluate.search import sharded_search
+dist.init_process_group("gloo")
+z = np.load(sys.argv[1])
+found = sharded_search(z["db"], z["queries"], 12, z["valid"], dist.get_rank(), dist.get_world_size(),
+                       chunk_rows=4)
+np.savez(sys.argv[2] + f"-{dist.get_rank()}.npz", indices=found[0], distances=found[1])
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_sharded_search_over_gloo_equals_one_search(tmp_path):
+    """Three torchrun ranks (gloo), each a third of the chunks, gathered by all_gather_object."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    db = _unit(rng.normal(size=(40, 8)))
+    db[[3, 30]] = db[20]
+    queries = np.concatenate([db[[20]], _unit(rng.normal(size=(9, 8)))])
+    valid = rng.random(40) > 0.2
+    np.savez(tmp_path / "data.npz", db=db, queries=queries, valid=valid)
+    (tmp_path / "sharded.py").write_text(SHARDED_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_addr",
+         "127.0.0.1", "--master_port", str(port), str(tmp_path / "sharded.py"),
+         str(tmp_path / "data.npz"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = exact_search(db, queries, 12, valid, chunk_rows=4)
+    for rank in range(3):
+        with np.load(tmp_path / f"out-{rank}.npz") as got:
+            np.testing.assert_array_equal(got["indices"], want[0])
+            np.testing.assert_array_equal(got["distances"], want[1])
+
+
+def test_torchrun_evaluate_shards_the_database_and_equals_one_process(tiny_dataset, tmp_path):
+    """Two gloo ranks each search half the database; rank 0 writes the record, whose neighbours
+    and recall equal one process's."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def evaluate(results, launcher):
+        argv = ["-m", "vprbench", "evaluate", "--model", "pixels", "--dataset", "tiny",
+                "--k", "1,5", "--results-dir", str(results)]  # fmt: skip
+        done = subprocess.run([sys.executable, *launcher, *argv], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        (record,) = (results / "runs").glob("*.json")
+        return json.loads(record.read_text()), np.load(record.with_suffix(".predictions.npz"))
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one, one_pred = evaluate(tmp_path / "one", [])
+    two, two_pred = evaluate(tmp_path / "two", ["-m", "torch.distributed.run", "--nproc_per_node",
+                             "2", "--master_addr", "127.0.0.1", "--master_port", str(port)])  # fmt: skip
+    assert two["settings"]["search"]["shards"] == 2 and "shards" not in one["settings"]["search"]
+    assert two["results"]["recall"] == one["results"]["recall"]
+    for name in ("indices", "distances", "first_hit_rank"):
+        np.testing.assert_array_equal(two_pred[name], one_pred[name])

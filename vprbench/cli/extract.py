@@ -39,6 +39,10 @@ def _describe_extract(result) -> None:
         f"query descriptors of dim {d.shape('database')[1]} ({state}) -> {d.path}",
         soft_wrap=True,
     )
+    if d.paths["database"] != d.path:
+        shared = d.key["database_entry"]["dataset"]
+        console.print(f"database: shared database '{shared}' -> {d.paths['database']}",
+                      soft_wrap=True)  # fmt: skip
     if result.model.batch_dependent:
         console.print(
             f"batch-dependent model: batch size {result.batch_size} ({result.batch_size_source}), "

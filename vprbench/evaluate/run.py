@@ -29,6 +29,7 @@ from vprbench.evaluate.search import (
     default_backend,
     exact_search,
     grouped_search,
+    sharded_search,
 )
 from vprbench.extract.cache import key_digest
 from vprbench.extract.settings import ExtractResult
@@ -87,8 +88,17 @@ def evaluate(
     if per_city and groups is None:
         raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
 
+    # under torchrun each rank searches a shard of the database and the top-k are merged (exact
+    # search over the whole database: the same neighbours); rank 0 alone writes the files
+    from vprbench.extract.distributed import process_group
+
+    rank, world = process_group(device)
+
     def run_search(kind: str) -> tuple[np.ndarray, np.ndarray]:
-        if groups is not None:
+        if world > 1 and kind == "exact" and groups is None:
+            found = sharded_search(database, queries, top_k, cached.database_valid, rank, world,
+                                   device)  # fmt: skip
+        elif groups is not None:
             found = grouped_search(database, queries, top_k, groups["database"], groups["queries"],
                                    cached.database_valid, kind, device)  # fmt: skip
         else:
@@ -137,8 +147,11 @@ def evaluate(
     if clusters["clusters"] is not None:
         extra["clusters"] = clusters["clusters"]  # the paired tests of compare, audit, report
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
-    write_npz(predictions_path, indices=indices, distances=distances, **extra)
+    if rank == 0:
+        write_npz(predictions_path, indices=indices, distances=distances, **extra)
     files = {"descriptors": str(cached.path), "predictions": str(predictions_path)}
+    if cached.paths["database"] != cached.path:  # a shared database: its own entry
+        files["database_descriptors"] = str(cached.paths["database"])
     notes = []
     if dataset.manifest.get("source_format", "").startswith("msls"):
         try:
@@ -147,7 +160,8 @@ def evaluate(
             notes.append(f"MSLS prediction file not written: {exc}")
         else:
             msls_path = runs / f"{run_id}.msls_predictions.txt"
-            write_text(msls_path, text)
+            if rank == 0:
+                write_text(msls_path, text)
             files["msls_predictions"] = str(msls_path)
     record = {
         "run_id": run_id,
@@ -169,6 +183,8 @@ def evaluate(
             "positive_rule": dataset.manifest.get("positive_rule"),
             "threshold": dataset.manifest.get("threshold"),
             "gt_digest": dataset.digest,
+            # the protocol's shared database (its descriptors one entry for every protocol over it)
+            "database_shared": cached.key.get("database_entry", {}).get("dataset"),
         },
         "settings": {
             "preprocess": extracted.preprocess.as_dict(),
@@ -185,6 +201,8 @@ def evaluate(
                 "kind": search,
                 "index": SEARCH_INDEX[search],
                 "exact": search == "exact",
+                # torchrun: the database split into this many shards, one per rank, top-k merged
+                **({"shards": world} if world > 1 and search == "exact" and groups is None else {}),
                 "backend": default_backend(len(queries), n_valid_db, database.shape[1], device)
                 if search == "exact"
                 else "faiss",
@@ -249,7 +267,8 @@ def evaluate(
         },
     }
     record_path = runs / f"{run_id}.json"
-    write_text(record_path, json.dumps(record, indent=2) + "\n")
+    if rank == 0:
+        write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record, record_path
 
 

@@ -69,7 +69,7 @@ def _flat_chunks(database, queries, k, keep, chunk_rows):
     return best_d, best_i
 
 
-def _torch_chunks(database, queries, k, keep, chunk_rows, device):
+def _torch_chunks(database, queries, k, keep, chunk_rows, device, plan_rows=None):
     """Exact top-k by ||q||^2 + ||x||^2 - 2 q.x in float32 on ``device``, one chunk of database rows
     at a time, for blocks of queries whose distances to a chunk fit DISTANCE_BYTES: the memory beyond
     the descriptors is one chunk and one block of distances, whatever the number of queries (was
@@ -78,7 +78,8 @@ def _torch_chunks(database, queries, k, keep, chunk_rows, device):
 
     dev = torch.device(device)
     out_d, out_i = [], []
-    block = max(1, DISTANCE_BYTES // (4 * min(chunk_rows, max(1, len(keep)))))
+    widest = min(chunk_rows, max(1, len(keep) if plan_rows is None else plan_rows))
+    block = max(1, DISTANCE_BYTES // (4 * widest))
     for q_start in range(0, len(queries), block):
         q = torch.from_numpy(queries[q_start : q_start + block]).to(dev)
         q_norm = (q * q).sum(1, keepdim=True)
@@ -205,6 +206,7 @@ def exact_search(
     device: str = "cpu",
     backend: str | None = None,
     chunk_rows: int | None = None,
+    plan_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k database indices for each query, by squared L2 distance.
 
@@ -213,7 +215,8 @@ def exact_search(
     database_valid: optional [Nd] bool; invalid rows (images skipped at extraction) are never returned.
     kind: ``exact`` or an approximate index (SEARCHES). backend: ``faiss`` or ``torch`` for exact
     search (default: :func:`default_backend`, torch on CUDA and for large CPU searches, faiss for
-    small ones). chunk_rows: database rows per chunk.
+    small ones). chunk_rows: database rows per chunk. plan_rows: the valid rows the blocks of
+    queries are sized for (default: this search's; a shard passes the whole search's).
     Returns (indices [Nq, k] int64, squared L2 distances [Nq, k] float32); slots beyond the number of
     valid database rows hold -1 and +inf.
     """
@@ -233,7 +236,7 @@ def exact_search(
         chunk = chunk_rows or max(1, CHUNK_BYTES // (4 * database.shape[1]))
         backend = backend or default_backend(len(queries), len(keep), queries.shape[1], device)
         if backend == "torch":
-            distances, indices = _torch_chunks(database, queries, k, keep, chunk, device)
+            distances, indices = _torch_chunks(database, queries, k, keep, chunk, device, plan_rows)
         elif backend == "faiss":
             distances, indices = _flat_chunks(database, queries, k, keep, chunk)
         else:
@@ -244,6 +247,58 @@ def exact_search(
         indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
         distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
     return indices, np.asarray(distances, dtype=np.float32)
+
+
+def shard_chunks(n_chunks: int, rank: int, world: int) -> tuple[int, int]:
+    """Chunks [lo, hi) of an exact search's ``n_chunks`` that rank ``rank`` of ``world`` searches:
+    contiguous runs of whole chunks in rank order, their numbers differing by at most one."""
+    return n_chunks * rank // world, n_chunks * (rank + 1) // world
+
+
+def sharded_search(
+    database,
+    queries: np.ndarray,
+    k: int,
+    database_valid: np.ndarray | None,
+    rank: int,
+    world: int,
+    device: str = "cpu",
+    gather=None,
+    chunk_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search with the database split between the ranks of a process group (torchrun): each
+    rank reads and searches only its shard, whole chunks of the valid rows (``shard_chunks``) with
+    the backend and query blocks one process would use, so each chunk's distances are computed
+    exactly as one search computes them; the ranks' top-k are gathered and merged (by distance,
+    ties by database index, as one search orders them): every rank returns the neighbours and
+    distances of :func:`exact_search` over the whole database. ``gather(obj) -> [obj of each
+    rank]``: the collective (default ``torch.distributed.all_gather_object``)."""
+    n = database.shape[0]
+    valid = np.ones(n, bool) if database_valid is None else np.asarray(database_valid, bool)
+    keep = np.flatnonzero(valid)
+    backend = default_backend(len(queries), len(keep), queries.shape[1], device)
+    chunk = chunk_rows or max(1, CHUNK_BYTES // (4 * database.shape[1]))
+    lo, hi = shard_chunks(-(-len(keep) // chunk), rank, world)
+    mine = np.zeros(n, bool)
+    mine[keep[lo * chunk : hi * chunk]] = True
+    found = exact_search(database, queries, k, mine, "exact", device, backend, chunk, len(keep))
+    if gather is None:
+        import torch.distributed as dist
+
+        def gather(obj):
+            parts: list = [None] * world
+            dist.all_gather_object(parts, obj)
+            return parts
+
+    parts = gather(found)
+    if len(parts) != world:
+        raise ValueError(f"gathered {len(parts)} shards' results, expected {world}")
+    # shards in rank order are in database order: a stable sort by distance keeps exact ties by
+    # index; the -1 / +inf padding of a shard with fewer than k valid rows sorts last
+    idx = np.concatenate([p[0] for p in parts], axis=1)
+    dist_ = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.argsort(dist_, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(dist_, order, 1)
 
 
 def grouped_search(

@@ -1,7 +1,8 @@
 """The HDF5 descriptor store.
 
 One file per cache key: ``<cache>/descriptors/<dataset>/<model>/<digest>.h5`` holding ``database`` and
-``queries`` ([N, D] float32, or float16 with ``--store fp16``: ``store`` in the key), ``database_valid`` / ``queries_valid`` ([N] bool) and the key as JSON in
+``queries`` (a protocol over a shared database: the queries only, its key naming the database's entry,
+``descriptors/<shared name>/<model>/<digest>.h5``, as ``database_entry``) ([N, D] float32, or float16 with ``--store fp16``: ``store`` in the key), ``database_valid`` / ``queries_valid`` ([N] bool) and the key as JSON in
 its attributes. The key covers everything that changes a descriptor (model, options, weights digest,
 image size, interpolation, normalisation, dtype, the images themselves (resolved root plus each file's
 path, size and mtime), bad-image policy, and the inference batch size and batch order of batch-dependent
@@ -45,6 +46,12 @@ def canonical_json(obj) -> str:
 
 
 STORE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def entry_splits(key: dict) -> tuple[str, ...]:
+    """The splits the entry of ``key`` holds: both, or one (a shared database and its queries are
+    two entries, the queries' key naming the database's as ``database_entry``)."""
+    return tuple(key.get("splits", SPLITS))
 
 
 def store_dtype(key: dict):
@@ -114,21 +121,24 @@ def disk_rows(path: Path, name: str) -> DiskRows | None:
 
 
 class CachedDescriptors:
-    """Descriptors of one (model, dataset, settings) key, read from a complete cache file. The
+    """Descriptors of one (model, dataset, settings) key, read from a complete cache file (two for a
+    protocol over a shared database: ``paths`` names each split's file; ``path`` is the key's own). The
     validity masks are read at once; the descriptors when first used (``vprbench extract`` of 100,000
     images never holds them all in memory), or as :class:`DiskRows` (``rows``), which evaluation
     searches without ever reading the database whole."""
 
     def __init__(self, path: Path, key: dict, database: np.ndarray | None = None,
                  queries: np.ndarray | None = None, database_valid: np.ndarray | None = None,
-                 queries_valid: np.ndarray | None = None) -> None:  # fmt: skip
+                 queries_valid: np.ndarray | None = None,
+                 paths: dict[str, Path] | None = None) -> None:  # fmt: skip
         self.path, self.key = Path(path), key
+        self.paths = {split: Path(p) for split, p in (paths or dict.fromkeys(SPLITS, path)).items()}
         self._arrays = {"database": database, "queries": queries}
         self.database_valid, self.queries_valid = database_valid, queries_valid
 
     def _read(self, split: str) -> np.ndarray:
         if self._arrays[split] is None:
-            with h5py.File(self.path, "r") as f:
+            with h5py.File(self.paths[split], "r") as f:
                 self._arrays[split] = f[split][...]
         return self._arrays[split]
 
@@ -137,7 +147,7 @@ class CachedDescriptors:
         as they are indexed (the whole split if the file's layout does not allow that)."""
         if self._arrays[split] is not None:
             return self._arrays[split]
-        rows = disk_rows(self.path, split)
+        rows = disk_rows(self.paths[split], split)
         return self._read(split) if rows is None else rows
 
     @property
@@ -152,7 +162,7 @@ class CachedDescriptors:
         """[rows, dim] of a split, without reading it."""
         if self._arrays[split] is not None:
             return self._arrays[split].shape
-        with h5py.File(self.path, "r") as f:
+        with h5py.File(self.paths[split], "r") as f:
             return f[split].shape
 
 
@@ -169,7 +179,29 @@ class DescriptorCache:
         return self.path_for(key).with_suffix(".partial")
 
     def load(self, key: dict) -> CachedDescriptors | None:
-        """The complete entry for ``key``, or None. A file whose stored key differs is ignored."""
+        """The complete entry for ``key``, or None. A file whose stored key differs is ignored. A
+        key naming a ``database_entry`` is complete when that entry is too."""
+        found = self._load_splits(key)
+        if found is None:
+            return None
+        paths = dict.fromkeys(found, self.path_for(key))
+        if "database_entry" in key:
+            database = self._load_splits(key["database_entry"])
+            if database is None or "database" not in database:
+                return None
+            found |= database
+            paths["database"] = self.path_for(key["database_entry"])
+        if set(found) != set(SPLITS):
+            raise VPRBenchError(f"{self.path_for(key)}: the entry holds {sorted(found)} only")
+        return CachedDescriptors(path=self.path_for(key), key=key, paths=paths,
+                                 database_valid=found["database"], queries_valid=found["queries"])  # fmt: skip
+
+    def has(self, key: dict) -> bool:
+        """Whether the file of ``key`` itself is complete (not the entry it may name)."""
+        return self._load_splits(key) is not None
+
+    def _load_splits(self, key: dict) -> dict[str, np.ndarray] | None:
+        """{split: validity mask} of the complete file of ``key``, or None."""
         path = self.path_for(key)
         if not path.is_file():
             return None
@@ -177,15 +209,12 @@ class DescriptorCache:
             with h5py.File(path, "r") as f:
                 if json.loads(f.attrs["key"]) != json.loads(canonical_json(key)):
                     return None
-                for split in SPLITS:  # a truncated or foreign file fails here, not later
+                valid = {}
+                for split in entry_splits(key):  # a truncated or foreign file fails here, not later
                     if f[split].shape[0] != f[f"{split}_valid"].shape[0]:
                         raise KeyError(f"{split} and {split}_valid differ in length")
-                return CachedDescriptors(
-                    path=path,
-                    key=key,
-                    database_valid=f["database_valid"][...],
-                    queries_valid=f["queries_valid"][...],
-                )
+                    valid[split] = f[f"{split}_valid"][...]
+                return valid
         except (OSError, KeyError) as exc:
             raise VPRBenchError(f"{path}: cache file is unreadable ({exc}); delete it") from exc
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vprbench.extract.cache import SPLITS, Assembly, CachedDescriptors, DescriptorCache
+from vprbench.extract.cache import Assembly, CachedDescriptors, DescriptorCache
 
 
 def process_group(device: str) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def _gather_skipped(skipped: dict[str, list[str]], world: int) -> dict[str, list
 
     parts: list = [None] * world
     dist.all_gather_object(parts, skipped)
-    return {split: sorted({p for part in parts for p in part[split]}) for split in SPLITS}
+    return {split: sorted({p for part in parts for p in part[split]}) for split in skipped}
 
 
 Compute = Callable[[Path, int, tuple[int, int], "Assembly | None"], dict[str, list[str]]]
@@ -61,7 +61,8 @@ def compute_shared(
 ) -> tuple[CachedDescriptors | None, int, dict[str, list[str]]]:
     """Compute the entry ``key`` of ``cache`` with every rank of the group (one process: the group of
     one). ``compute(folder, shard batch size, (rank, world), assembly)`` writes this rank's batches
-    into ``folder`` (and into ``assembly`` on rank 0) and returns its skipped images per split.
+    of the splits in ``counts`` ({split: rows}, the entry's own) into ``folder`` (and into
+    ``assembly`` on rank 0) and returns its skipped images per split.
 
     Returns (the entry, its batch size, {}) when another process finished the entry while this one
     waited for the lock; else (None, the shard batch size, every rank's skipped images). The batches
@@ -71,9 +72,8 @@ def compute_shared(
     sync = _barrier if world > 1 else (lambda: None)
     with cache.lock(key) if rank == 0 else contextlib.nullcontext():
         sync()
-        cached = cache.load(key)  # another process may have finished it while we waited
-        if cached is not None:
-            return cached, batch_size, {}
+        if cache.has(key):  # another process may have finished it while we waited
+            return cache.load(key), batch_size, {}
         if rank == 0:
             folder, shard_batch = cache.open_partial(key, batch_size)
         sync()

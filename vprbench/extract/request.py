@@ -107,19 +107,41 @@ def save_request(cache_dir: Path, request: dict, result: ExtractResult, files: l
     write_text(path, json.dumps(record, indent=1) + "\n")
 
 
-def image_fingerprint(dataset: FormattedDataset) -> str:
+def image_fingerprints(dataset: FormattedDataset) -> dict[str, str]:
     """sha256 over the resolved image root and every image's path, size and modification time: a
-    re-formatted or re-downloaded copy under the same dataset name is a different key."""
-    h = hashlib.sha256(str(Path(dataset.image_root).resolve()).encode())
+    re-formatted or re-downloaded copy under the same dataset name is a different key. ``"all"``
+    covers both splits; ``"database"`` and ``"queries"`` each one split (a shared database's entry
+    is keyed by its own images), all from one pass over the files."""
+    root = str(Path(dataset.image_root).resolve()).encode()
+    whole = hashlib.sha256(root)
+    prints = {"all": whole}
     for split in SPLITS:
-        h.update(f"\n{split}".encode())
+        own = prints[split] = hashlib.sha256(root)
+        whole.update(f"\n{split}".encode())
+        own.update(f"\n{split}".encode())
         for rel in dataset.split(split):
             try:
                 st = os.stat(dataset.image_path(rel))
-                h.update(f"\n{rel}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+                line = f"\n{rel}\t{st.st_size}\t{st.st_mtime_ns}".encode()
             except OSError:
-                h.update(f"\n{rel}\tmissing".encode())
-    return h.hexdigest()
+                line = f"\n{rel}\tmissing".encode()
+            whole.update(line)
+            own.update(line)
+    return {name: h.hexdigest() for name, h in prints.items()}
+
+
+def image_fingerprint(dataset: FormattedDataset) -> str:
+    """The fingerprint of both splits' images (``image_fingerprints(dataset)["all"]``)."""
+    return image_fingerprints(dataset)["all"]
+
+
+def shared_database(dataset: FormattedDataset, registry=None) -> str | None:
+    """The name of the shared database ``dataset``'s protocol names (``database.shared`` in
+    datasets.yaml), or None: then the dataset's two splits are one cache entry."""
+    from vprbench.datasets.protocols import load_registry
+
+    protocol = (registry or load_registry()).get(dataset.manifest.get("protocol") or "")
+    return None if protocol is None else protocol.database_shared
 
 
 def split_order(dataset: FormattedDataset, split: str, batch_order: str = "official") -> np.ndarray:
@@ -131,10 +153,12 @@ def split_order(dataset: FormattedDataset, split: str, batch_order: str = "offic
     return dataset.batch_order(split)
 
 
-def batch_order_digest(dataset: FormattedDataset, batch_order: str = "official") -> str:
-    """Digest of the batch order of both splits (which images share a batch)."""
+def batch_order_digest(
+    dataset: FormattedDataset, batch_order: str = "official", splits=SPLITS
+) -> str:
+    """Digest of the batch order of ``splits`` (which images share a batch)."""
     h = hashlib.sha256()
-    for split in SPLITS:
+    for split in splits:
         h.update(split_order(dataset, split, batch_order).tobytes())
     return h.hexdigest()[:20]
 
@@ -175,10 +199,28 @@ def cache_key(
     preprocess: Preprocess,
     settings,
     batch_size: int,
-    images: str | None = None,
+    images: dict[str, str] | None = None,
+    shared: str | None = None,
 ) -> dict:
     """The cache key: every input that changes a descriptor (the images themselves included), and
-    nothing else (not the positives). ``images``: the dataset's image fingerprint, if computed."""
+    nothing else (not the positives). ``images``: the dataset's image_fingerprints, if computed.
+
+    ``shared``: the name of the protocol's shared database (``shared_database``). Then the key is
+    that of the queries alone (``"splits": ["queries"]``) and names, as ``"database_entry"``, the key
+    of the database alone: stored once under the shared name, keyed by the database's own images
+    and batches, so every protocol over that database (SF-XL's four query sets) finds it."""
+    images = images or image_fingerprints(dataset)
+    if shared is None:
+        return _key(model, dataset.name, preprocess, settings, batch_size, images["all"],
+                    batch_order_digest(dataset, settings.batch_order))  # fmt: skip
+    part = {split: _key(model, name, preprocess, settings, batch_size, images[split],
+                        batch_order_digest(dataset, settings.batch_order, (split,)))
+                   | {"splits": [split]}
+            for split, name in (("database", shared), ("queries", dataset.name))}  # fmt: skip
+    return part["queries"] | {"database_entry": part["database"]}
+
+
+def _key(model, dataset: str, preprocess, settings, batch_size, images: str, order: str) -> dict:
     info = model.weights_info
     return (
         {
@@ -190,11 +232,9 @@ def cache_key(
             "preprocess": preprocess.key(),
             "dtype": settings.dtype,
             "batch_size": batch_size if model.batch_dependent else None,
-            "batch_order": batch_order_digest(dataset, settings.batch_order)
-            if model.batch_dependent
-            else None,
-            "dataset": dataset.name,
-            "images": images or image_fingerprint(dataset),
+            "batch_order": order if model.batch_dependent else None,
+            "dataset": dataset,
+            "images": images,
             "on_bad_image": settings.on_bad_image,
         }
         | (

@@ -27,15 +27,16 @@ from vprbench.datasets.images import (
     normalise_batch,
 )
 from vprbench.errors import VPRBenchError
-from vprbench.extract.cache import SPLITS, Assembly, DescriptorCache
+from vprbench.extract.cache import SPLITS, Assembly, DescriptorCache, entry_splits
 from vprbench.extract.distributed import compute_shared
 from vprbench.extract.request import (
     cache_key,
     from_request,
-    image_fingerprint,
+    image_fingerprints,
     request_key,
     resolve_preprocess,
     save_request,
+    shared_database,
     split_order,
 )
 from vprbench.extract.settings import (
@@ -85,13 +86,13 @@ def extract(
         # torchrun: one GPU per process
         settings = dataclasses.replace(settings, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     start = time.perf_counter()
-    images = image_fingerprint(dataset)
+    images = image_fingerprints(dataset)
     timings = dict.fromkeys(STAGES, 0.0)
     timings["fingerprint"] = time.perf_counter() - start
     request = None
     files: list = []
     if model is None:
-        request = request_key(dataset, settings, images)
+        request = request_key(dataset, settings, images["all"])
         warm = from_request(request, cache_dir)
         if warm is not None:
             return warm
@@ -121,7 +122,8 @@ def extract(
         order = f"shuffled batches (seed {SHUFFLE_SEED}), not the official order"
     order = order if model.batch_dependent else ""
     cache = DescriptorCache(cache_dir)
-    key = cache_key(model, dataset, preprocess, settings, batch_size, images)
+    key = cache_key(model, dataset, preprocess, settings, batch_size, images,
+                    shared_database(dataset))  # fmt: skip
 
     from vprbench.extract.official import differences, official_preprocess
 
@@ -149,21 +151,33 @@ def extract(
     if cached is not None:
         return result(cached, batch_size, False, 0.0, {})
 
-    def compute(folder, shard_batch, part, assembly):
-        allocator.reuse_freed_memory()  # freed activations reused, not faulted in again
-        rank = part[0]
-        return {
-            split: _extract_split(model, dataset, split, preprocess, settings, folder, shard_batch,
-                                  progress if rank == 0 else None, part, timings, assembly)
-            for split in SPLITS
-        }  # fmt: skip
+    # A protocol over a shared database is two entries, the database's (made once for every
+    # protocol that shares it) and the queries'; any other is one entry of both splits.
+    entries = [key] if "database_entry" not in key else [key["database_entry"], key]
+    skipped: dict[str, list[str]] = {split: [] for split in SPLITS}
+    shard_batch, computed = batch_size, False
+    for entry in entries:
+        if cache.has(entry):
+            continue
+        splits = entry_splits(entry)
 
-    counts = {split: len(dataset.split(split)) for split in SPLITS}
-    found, shard_batch, skipped = compute_shared(
-        cache, key, batch_size, settings.device, counts, compute, timings
-    )
-    if found is not None:  # another process finished it while this one waited for the key's lock
-        return result(found, batch_size, False, 0.0, {})
+        def compute(folder, shard_batch, part, assembly, splits=splits):
+            allocator.reuse_freed_memory()  # freed activations reused, not faulted in again
+            return {
+                split: _extract_split(model, dataset, split, preprocess, settings, folder,
+                                      shard_batch, progress if part[0] == 0 else None, part,
+                                      timings, assembly)
+                for split in splits
+            }  # fmt: skip
+
+        counts = {split: len(dataset.split(split)) for split in splits}
+        found, shard_batch, entry_skipped = compute_shared(
+            cache, entry, batch_size, settings.device, counts, compute, timings
+        )
+        computed = computed or found is None  # found: another process finished it meanwhile
+        skipped |= entry_skipped
+    if not computed:
+        return result(cache.load(key), batch_size, False, 0.0, {})
     allocator.release_freed_memory()
     cached = cache.load(key)
     assert cached is not None
