@@ -306,6 +306,7 @@ def test_sharded_search_merges_to_the_neighbours_of_one_search(backend, world, m
         parts.append(exact_search(db, queries, 10, mine, backend=backend, chunk_rows=3,
                                   plan_rows=20))  # fmt: skip
     for rank in range(world):
+
         def gather(own, rank=rank):
             np.testing.assert_array_equal(own[0], parts[rank][0])  # the rank's own shard
             return parts
