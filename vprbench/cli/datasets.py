@@ -211,6 +211,12 @@ def datasets_download(name: str, root: Path | None) -> None:
     with progress_bars() as bars:
         out, gt, reports = manage.download_dataset(name, data_root(root), load_registry(), bars)
     for report in reports:
+        if hasattr(report, "transferred"):  # an rsync folder (datasets.rsync.RsyncReport)
+            repaired = f", {len(report.repaired)} fetched again" if report.repaired else ""
+            console.print(f"{report.path}: {report.files:,} files, {report.transferred:,} fetched "
+                          f"this time{repaired}; every file's checksum equals the server's",
+                          soft_wrap=True)  # fmt: skip
+            continue
         check = "sha256 verified" if report.verified else "no published sha256; recorded"
         console.print(f"{report.path} ({check}: {report.sha256})", soft_wrap=True)
         for failure in report.failures:

@@ -163,10 +163,19 @@ def download_dataset(
     if name == SAMPLE_NAME:  # embedded in the package: nothing to fetch
         ds = ensure_sample(data_root, registry)
         return ds.folder, read_ground_truth(embedded_sample_path(), "vpr-bench"), []
-    if not protocol.downloads:
-        raise VPRBenchError(download_instructions(protocol))
     raw = data_root / "_raw" / name
     unpacked = raw / "files"
+    if (
+        protocol.rsync is not None
+    ):  # a folder served by rsync: fetched (resumably), verified, formatted
+        from vprbench.datasets.rsync import rsync_fetch
+
+        folder = unpacked / protocol.rsync.rstrip("/").rsplit("/", 1)[-1]
+        report = rsync_fetch(protocol.rsync, folder, progress)
+        out, gt = format_dataset(name, folder, data_root, registry, progress)
+        return out, gt, [report]
+    if not protocol.downloads:
+        raise VPRBenchError(download_instructions(protocol))
     reports = []
     for spec in protocol.downloads:
         archive = Archive(

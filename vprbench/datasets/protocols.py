@@ -103,6 +103,7 @@ class Protocol:
     formatter: str | None = None  # None: no official layout to format from (import it instead)
     source_files: tuple[str, ...] = ()
     downloads: tuple[dict, ...] = ()  # archives {name, mirrors, sha256, extract}; () = request-only
+    rsync: str | None = None  # a folder served by rsync (rsync://host/module/path) instead
     cities: tuple[str, ...] = ()  # MSLS: the cities to read (default: val's cph and sf)
     cluster_rule: str = "iid"  # CLUSTER_RULES: how queries are resampled for intervals and tests
     cluster_length: int | None = None  # rule blocks: queries per block
@@ -277,7 +278,7 @@ def _parse_source(source: dict | None, where: str) -> dict:
         return {}
     if not isinstance(source, dict):
         raise VPRBenchError(f"{where}: expected a mapping")
-    _check_keys(source, {"formatter", "files", "download", "cities"}, where)
+    _check_keys(source, {"formatter", "files", "download", "rsync", "cities"}, where)
     formatter = _field(source, "formatter", str, where)
     if formatter not in FORMATTER_NAMES:
         raise VPRBenchError(
@@ -302,7 +303,13 @@ def _parse_source(source: dict | None, where: str) -> dict:
         if target is not None and (Path(target).is_absolute() or ".." in Path(target).parts):
             raise VPRBenchError(f"{here}: field 'target' must be a relative folder, got {target!r}")
     cities = _field(source, "cities", list, where, optional=True) or []
+    rsync = _field(source, "rsync", str, where, optional=True)
+    if rsync is not None and (not rsync.startswith("rsync://") or archives):
+        raise VPRBenchError(
+            f"{where}: field 'rsync' must be an rsync:// URL, and without 'download'"
+        )
     return {
+        "rsync": rsync,
         "formatter": formatter,
         "source_files": tuple(files),
         "downloads": tuple(archives),
