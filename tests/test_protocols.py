@@ -20,7 +20,7 @@ EXPECTED = {
     "pitts250k-test": (83952, 8280, "utm-radius", 25, "m", 8, 8, "listed"),
     "amstertime": (None, None, "same-index", 0, "index", 16, 8, "vdd-pairs"),
     "nordland-sample": (600, 600, "explicit", 1, "index", 16, 64, "listed"),
-    "tokyo247": (75984, 315, "utm-radius", 25, "m", 16, 64, "listed"),
+    "tokyo247": (75984, 315, "utm-radius", 25, "m", 16, 64, "vdd-utm"),
     "sf-xl-test-v1": (None, 1000, "utm-radius", 25, "m", 16, 64, "listed"),
     "sf-xl-test-v2": (None, 598, "utm-radius", 25, "m", 16, 64, "listed"),
     "sf-xl-night": (None, 466, "utm-radius", 25, "m", 16, 64, "listed"),
@@ -42,7 +42,7 @@ FORMATTERS = {
     "nordland-pnv": ("nordland-pnv", ("summer", "winter", "cleanImageNames.txt")),
     "sped": ("vpr-bench", ("ground_truth_new.npy",)),
     "amstertime": ("pairs", ("new", "old")),
-    "tokyo247": ("vdd", ("images/test/database", "images/test/queries")),
+    "tokyo247": ("tokyo247", ("images/test/database", "images/test/queries")),
     "sf-xl-night": ("vdd", ("test/database", "test/queries_night")),
     "svox-sun": ("vdd", ("images/test/gallery", "images/test/queries_sun")),
 }

@@ -36,7 +36,8 @@ def test_registry_entries():
         assert (p.database_count, p.queries_count, p.threshold, p.database_shared) == (
             db, q, radius, shared
         ), name  # fmt: skip
-        assert p.positive_rule == "utm-radius" and p.unit == "m" and p.formatter == "vdd"
+        assert p.positive_rule == "utm-radius" and p.unit == "m"
+        assert p.formatter == ("tokyo247" if name == "tokyo247" else "vdd")
         assert p.licence and p.obtain and p.gt_source
     assert sharing_database(registry["sf-xl-night"], registry) == [
         "sf-xl-test-v1", "sf-xl-test-v2", "sf-xl-occlusion"
@@ -152,3 +153,83 @@ def test_datasets_info_shows_the_image_rule_and_the_shared_database(
     flat = " ".join(out.replace("│", " ").split())  # the table's wrapped cells, joined
     assert "not asserted" in flat and "shared database 'svox-gallery'" in flat
     assert "svox-night, svox-overcast, svox-rain, svox-snow" in flat
+
+
+def make_tokyo_raw(root):
+    """The authors' files as VDD format_tokyo247.py expects them: datasets/tokyo247.mat (dbStruct:
+    .jpg names of .png cutouts, utmDb in zone 54S) and tokyo247/<folder>/ cutouts, with the queries
+    tokyo247/247query_subset_v2/NNNNN.jpg beside NNNNN.csv (id, latitude, longitude)."""
+    import utm
+    from scipy.io import savemat
+
+    names = [f"0381{4 + i // 2}/0381{4 + i // 2}{i:017d}_012_{30 * i:03d}.jpg" for i in range(4)]
+    utm_db = [(385000.0 + 30 * i, 3949000.0) for i in range(4)]
+    for i, name in enumerate(names):
+        path = root / "tokyo247" / name.replace(".jpg", ".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 6), (40 * i, 0, 0)).save(path)
+    cell = np.array([[n] for n in names], dtype=object)
+    (root / "datasets").mkdir(parents=True)
+    savemat(root / "datasets" / "tokyo247.mat",
+            {"dbStruct": {"whichSet": "test", "dbImageFns": cell, "utmDb": np.array(utm_db).T}})  # fmt: skip
+    queries = root / "tokyo247" / "247query_subset_v2"
+    queries.mkdir()
+    rng = np.random.default_rng(1)
+    # 1 m from db 0; 15 m from db 1 and db 2; far from all
+    for i, ((east, north), size) in enumerate(
+        zip([(385001.0, 3949000.0), (385045.0, 3949000.0), (386000.0, 3949000.0)],
+            [(800, 600), (600, 1000), (640, 480)], strict=True)
+    ):  # fmt: skip
+        lat, lon = utm.to_latlon(east, north, 54, "S")
+        pixels = rng.integers(0, 256, (size[1], size[0], 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(queries / f"{i:05d}.jpg", quality=95)
+        (queries / f"{i:05d}.csv").write_text(f"{i:05d},{lat:.8f},{lon:.8f},0,0\n")
+    return root
+
+
+def test_tokyo247_from_the_authors_files_as_vdd_formats_it(tmp_path, capsys, monkeypatch):
+    import io
+
+    import torchvision
+
+    raw = make_tokyo_raw(tmp_path / "raw_data")
+    gt = FORMATTERS["tokyo247"](raw, load_registry()["tokyo247"], [])
+    assert gt.image_root == raw / "tokyo247" and gt.source_format == "tokyo247-raw"
+    assert gt.database[0] == "03814/0381400000000000000000_012_000.png"
+    assert gt.queries == [f"247query_subset_v2_480/{i:05d}.jpg" for i in range(3)]
+    assert [p.tolist() for p in gt.positives] == [[0], [1, 2], []]
+    # VDD's names: UTM back from latitude/longitude, to the centimetre; pano id and tile 0-11
+    assert gt.vdd_names["database"][3].startswith("@0385090.00@3949000.00@54@S@")
+    assert gt.vdd_names["database"][3].endswith("@0381500000000000000003@03@")
+    assert gt.vdd_names["queries"][0].startswith("@0385001.00@3949000.00@54@S@")
+    # each query as VDD makes it: torchvision Resize(480) on the PIL image, saved as JPEG (quality 75)
+    for i, size in enumerate([(640, 480), (480, 800), (640, 480)]):
+        source = Image.open(raw / "tokyo247" / "247query_subset_v2" / f"{i:05d}.jpg")
+        made = raw / "tokyo247" / gt.queries[i]
+        assert Image.open(made).size == size
+        official = io.BytesIO()
+        torchvision.transforms.Resize(480)(source).save(official, format="JPEG")
+        assert made.read_bytes() == official.getvalue(), i
+    # formatting again keeps the resized files (the cache key stays)
+    stamp = (raw / "tokyo247" / gt.queries[0]).stat().st_mtime_ns
+    FORMATTERS["tokyo247"](raw, load_registry()["tokyo247"], [])
+    assert (raw / "tokyo247" / gt.queries[0]).stat().st_mtime_ns == stamp
+    # through the command: the registry's counts are the real set's
+    code, _, err = run(["datasets", "format", "tokyo247", "--from", str(raw)], capsys, monkeypatch)
+    assert code == 1
+    assert "4 database images, but protocol 'tokyo247' expects 75984" in one_line_error(err)
+
+
+def test_tokyo247_raw_names_a_bad_query_csv(tmp_path):
+    raw = make_tokyo_raw(tmp_path / "raw_data")
+    (raw / "tokyo247" / "247query_subset_v2" / "00001.csv").write_text("00001;35.6;139.7\n")
+    with pytest.raises(VPRBenchError, match=r"00001.csv: expected a first line 'id,latitude"):
+        FORMATTERS["tokyo247"](raw, load_registry()["tokyo247"], [])
+
+
+def test_tokyo247_from_a_vdd_tree(tmp_path):
+    p = load_registry()["tokyo247"]
+    make_tree(tmp_path / "tokyo247" / "images" / "test", [(385000.0, 3949000.0)],
+              {"queries": [(385010.0, 3949000.0)]})  # fmt: skip
+    gt = FORMATTERS["tokyo247"](tmp_path / "tokyo247", p, list(p.source_files))
+    assert gt.source_format == "vdd" and [x.tolist() for x in gt.positives] == [[0]]

@@ -386,6 +386,16 @@ def format_vdd(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
     return read_vdd_folders(database.parent, database.name, queries.name, protocol.threshold)
 
 
+def format_tokyo247(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
+    """Tokyo 24/7 from the authors' files (a tokyo247.mat below ``root``: datasets/tokyo247.py), or
+    from a VDD tree (``files``: its database and query folders)."""
+    from vprbench.datasets.tokyo247 import format_tokyo247_raw, is_raw
+
+    return (
+        format_tokyo247_raw(root, protocol) if is_raw(root) else format_vdd(root, protocol, files)
+    )
+
+
 FORMATTERS = {
     "netvlad-mat": format_netvlad_mat,
     "msls": format_msls,
@@ -395,4 +405,5 @@ FORMATTERS = {
     "nordland-pnv": format_nordland_pnv,
     "pairs": format_pairs,
     "vdd": format_vdd,
+    "tokyo247": format_tokyo247,
 }

@@ -60,6 +60,7 @@ FORMATTER_NAMES = (
     "nordland-pnv",
     "pairs",
     "vdd",
+    "tokyo247",
 )
 
 _REQUIRED = {
