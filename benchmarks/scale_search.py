@@ -78,10 +78,11 @@ def ivf_pq(path: Path, n: int, nq: int) -> dict:
     from vprbench.extract.cache import disk_rows
 
     rows = disk_rows(path, "database")
-    database = np.asarray(rows[0:n], dtype=np.float32)
+    # the whole store as evaluation reads it (by chunks, never whole), or its first n rows in memory
+    database = rows if n == len(rows) else np.asarray(rows[0:n], dtype=np.float32)
     rng = np.random.default_rng(1)
     picked = np.sort(rng.choice(n, nq, replace=False))
-    queries = database[picked] + 0.01 * rng.standard_normal(
+    queries = np.asarray(database[picked], dtype=np.float32) + 0.01 * rng.standard_normal(
         (nq, database.shape[1]), dtype=np.float32
     )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -92,7 +93,8 @@ def ivf_pq(path: Path, n: int, nq: int) -> dict:
     return {"n": n, "seconds": total, "params": approximate_params("ivf-pq", n, database.shape[1], 10),
             "top1_agrees": float((approx[:, 0] == exact[:, 0]).mean()),
             "top10_overlap": float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])),
-            "threads": faiss.omp_get_max_threads()}  # fmt: skip
+            "threads": faiss.omp_get_max_threads(),
+            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # fmt: skip
 
 
 def main() -> None:
@@ -155,7 +157,7 @@ def main() -> None:
         print(f"IVF-PQ on {r['n']:,} x {args.dim} ({r['params']}): built and searched {args.queries} "
               f"queries in {r['seconds']:.1f} s ({r['threads']} threads); top-1 agrees with exact "
               f"search for {100 * r['top1_agrees']:.1f}% of queries, top-10 overlap "
-              f"{100 * r['top10_overlap']:.1f}%")  # fmt: skip
+              f"{100 * r['top10_overlap']:.1f}%; peak RSS {r['peak_gib']:.2f} GiB")  # fmt: skip
     if not args.keep:
         for path in args.workdir.glob("db_*_fp16.h5"):
             path.unlink()

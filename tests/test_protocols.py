@@ -25,8 +25,8 @@ EXPECTED = {
     "sf-xl-test-v2": (None, 598, "utm-radius", 25, "m", 16, 64, "listed"),
     "sf-xl-night": (None, 466, "utm-radius", 25, "m", 16, 64, "listed"),
     "sf-xl-occlusion": (None, 76, "utm-radius", 25, "m", 16, 64, "listed"),
-    **{f"svox-{c}": (None, None, "utm-radius", 25, "m", 16, 64, "listed")
-       for c in ("night", "overcast", "rain", "snow", "sun")},
+    **{f"svox-{c}": (17166, n, "utm-radius", 25, "m", 16, 64, "listed")
+       for c, n in (("night", 823), ("overcast", 872), ("rain", 937), ("snow", 870), ("sun", 854))},
     "eynsham": (23935, None, "utm-radius", 25, "m", 16, 64, "listed"),
     "st-lucia": (None, None, "utm-radius", 25, "m", 16, 64, "listed"),
     "baidu-mall-10m": (None, None, "utm-radius", 10, "m", 16, 64, "listed"),
