@@ -32,16 +32,20 @@ from vprbench.errors import VPRBenchError
 MSLS_VAL_CITIES = ("cph", "sf")
 
 
-def find_one(root: Path, name: str) -> Path:
-    """The single file or folder called ``name`` at or below ``root``; errors name what is missing."""
+def find_one(root: Path, name: str, folder: bool = False) -> Path:
+    """The single file or folder at or below ``root`` whose path ends with ``name`` (one name, or
+    several joined by /); ``folder``: only folders. Errors name what is missing."""
     direct = root / name
-    if direct.exists():
+    if direct.is_dir() if folder else direct.exists():
         return direct
-    found = sorted(root.rglob(name))
+    tail = "/" + name.strip("/")
+    found = sorted(p for p in root.rglob(Path(name).name)
+                   if (p.is_dir() or not folder) and p.as_posix().endswith(tail))  # fmt: skip
+    what = f"folder {name.strip('/')}/" if folder else name
     if not found:
-        raise VPRBenchError(f"{root}: missing {name}")
+        raise VPRBenchError(f"{root}: missing {what}")
     if len(found) > 1:
-        raise VPRBenchError(f"{root}: several {name} found: {', '.join(map(str, found[:3]))}")
+        raise VPRBenchError(f"{root}: several {what} found: {', '.join(map(str, found[:3]))}")
     return found[0]
 
 
@@ -355,29 +359,13 @@ def format_pairs(root: Path, protocol: Protocol, files: list[str]) -> GroundTrut
     )
 
 
-def _find_folder(root: Path, relative: str) -> Path:
-    """``root/relative``, or the one folder below ``root`` whose path ends with ``relative``."""
-    direct = root / relative
-    if direct.is_dir():
-        return direct
-    found = sorted(p for p in root.rglob(Path(relative).name) if p.is_dir()
-                   and p.as_posix().endswith("/" + relative.strip("/")))  # fmt: skip
-    if not found:
-        raise VPRBenchError(f"{root}: missing folder {relative}/")
-    if len(found) > 1:
-        raise VPRBenchError(
-            f"{root}: several {relative}/ folders found: {', '.join(map(str, found[:3]))}"
-        )
-    return found[0]
-
-
 def format_vdd(root: Path, protocol: Protocol, files: list[str]) -> GroundTruth:
     """A VDD tree: the database folder ``files[0]`` and the query folder ``files[1]``, siblings (so a
     shared database is one folder for all its query sets); positives within the protocol's radius of
     the UTM in VDD's file names (``@east@north@zone@...``)."""
     if len(files) != 2:
         raise VPRBenchError(f"protocol '{protocol.name}': the vdd formatter needs two folders")
-    database, queries = _find_folder(root, files[0]), _find_folder(root, files[1])
+    database, queries = find_one(root, files[0], True), find_one(root, files[1], True)
     if database.parent != queries.parent:
         raise VPRBenchError(
             f"{root}: {files[0]}/ and {files[1]}/ must sit in the same folder ({database.parent} "

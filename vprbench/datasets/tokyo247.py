@@ -106,9 +106,7 @@ def format_tokyo247_raw(root: Path, protocol: Protocol) -> GroundTruth:
     if not found:
         raise VPRBenchError(f"{root}: missing the database image {names[0]} (named by {mat})")
     database_root = found[0].parents[len(Path(names[0]).parts) - 1]
-    queries_dir = find_one(root, QUERY_FOLDER)
-    if not queries_dir.is_dir():
-        raise VPRBenchError(f"{queries_dir}: expected the folder of query .jpg and .csv files")
+    queries_dir = find_one(root, QUERY_FOLDER, folder=True)
     image_root = Path(os.path.commonpath([database_root, queries_dir.parent]))
     sources = sorted(queries_dir.glob("*.jpg"))
     resized_dir = queries_dir.with_name(QUERY_FOLDER + RESIZED_SUFFIX)
