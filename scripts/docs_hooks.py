@@ -49,12 +49,8 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
 
 
-def _count(n) -> str:
-    return "not asserted" if n is None else f"{n:,}"
-
-
 def protocol_sections(family: str) -> str:
-    from vprbench.datasets.protocols import load_registry
+    from vprbench.datasets.protocols import count_text, load_registry
 
     out = []
     for name, p in load_registry().items():
@@ -62,7 +58,10 @@ def protocol_sections(family: str) -> str:
             continue
         batch = ", ".join(f"{k}: {v}" for k, v in p.inference_batch_size.items()) or "none listed"
         rows = [
-            ("database / queries", f"{_count(p.database_count)} / {_count(p.queries_count)}"),
+            (
+                "database / queries",
+                f"{count_text(p.database_count)} / {count_text(p.queries_count)}",
+            ),
             ("positives", f"{p.positive_summary()} ({p.positive_rule}, from {p.gt_source})"),
             ("ground-truth formats", ", ".join(f"`{f}`" for f in p.gt_formats)),
             ("layout", f"database `{p.database_layout}`, queries `{p.queries_layout}`"),
@@ -100,7 +99,7 @@ def protocol_sections(family: str) -> str:
 
 
 def protocol_families() -> str:
-    from vprbench.datasets.protocols import load_registry
+    from vprbench.datasets.protocols import count_text, load_registry
 
     lines = ["| family | protocol | database | queries | positives |", "|---|---|---:|---:|---|"]
     order = list(FAMILIES)
@@ -109,8 +108,8 @@ def protocol_families() -> str:
         page, title, _ = FAMILIES[family_of(name)]
         link = page.split("/", 1)[1]  # the table is on protocols/index.md
         lines.append(
-            f"| [{title}]({link}) | `{name}` | {_count(p.database_count)} | "
-            f"{_count(p.queries_count)} | {_cell(p.positive_summary())} |"
+            f"| [{title}]({link}) | `{name}` | {count_text(p.database_count)} | "
+            f"{count_text(p.queries_count)} | {_cell(p.positive_summary())} |"
         )
     return "\n".join(lines) + "\n"
 

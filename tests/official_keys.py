@@ -58,3 +58,24 @@ def count(keys: dict[str, tuple]) -> int:
             n *= s
         total += n
     return total
+
+
+def as_numpy1_pickle(path, out):
+    """``path`` (a torch.save of numpy values under numpy 2) as numpy 1.x writes it: its pickle names
+    ``numpy.core.multiarray`` where numpy 2 writes ``numpy._core.multiarray`` (protocol 2 names globals
+    as text lines, so the rename keeps the pickle valid)."""
+    import zipfile
+
+    new, old = b"numpy._core.multiarray", b"numpy.core.multiarray"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename.endswith("data.pkl"):
+                    assert new in data
+                    data = data.replace(new, old)
+                dst.writestr(info, data)
+    else:  # the legacy format: a sequence of pickles, then the tensors' bytes
+        data = path.read_bytes()
+        assert new in data
+        out.write_bytes(data.replace(new, old))

@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.official_keys import count, dinov2_keys, random_state
-from tests.test_models import _as_numpy1_pickle
+from tests.official_keys import as_numpy1_pickle, count, dinov2_keys, random_state
 from vprbench.errors import VPRBenchError
 from vprbench.models import create_model, get_card
 from vprbench.models.card import weights_target
@@ -127,7 +126,7 @@ def test_sizes_cards_and_released_keys(name, tmp_path):
     checkpoint = {"model_state_dict": {f"module.{k}": v for k, v in state.items()},
                   "epoch_num": 9, "best_r5": np.float64(97.1), "not_improved_num": 2}  # fmt: skip
     torch.save(checkpoint, tmp_path / "numpy2.pth")
-    _as_numpy1_pickle(tmp_path / "numpy2.pth", tmp_path / file)
+    as_numpy1_pickle(tmp_path / "numpy2.pth", tmp_path / file)
     loaded = build(name, weights=str(tmp_path / file))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
     assert loaded.weights_info.kind == "full" and not loaded.weights_info.random_init

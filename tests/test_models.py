@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.official_keys import as_numpy1_pickle
 from vprbench.errors import VPRBenchError
 from vprbench.models import create_model, get_card, list_models, parse_overrides
 from vprbench.models.baselines import packaged_effnet_weights
@@ -246,27 +247,6 @@ def test_checkpoint_with_arbitrary_objects_is_still_refused(tmp_path):
         read_checkpoint(tmp_path / "x.pth")
 
 
-def _as_numpy1_pickle(path, out):
-    """``path`` (a torch.save of numpy values under numpy 2) as numpy 1.x writes it: its pickle names
-    ``numpy.core.multiarray`` where numpy 2 writes ``numpy._core.multiarray`` (protocol 2 names globals
-    as text lines, so the rename keeps the pickle valid)."""
-    import zipfile
-
-    new, old = b"numpy._core.multiarray", b"numpy.core.multiarray"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
-            for info in src.infolist():
-                data = src.read(info)
-                if info.filename.endswith("data.pkl"):
-                    assert new in data
-                    data = data.replace(new, old)
-                dst.writestr(info, data)
-    else:  # the legacy format: a sequence of pickles, then the tensors' bytes
-        data = path.read_bytes()
-        assert new in data
-        out.write_bytes(data.replace(new, old))
-
-
 @pytest.mark.parametrize("zipped", [True, False])
 def test_checkpoint_pickled_under_numpy1_loads(tmp_path, zipped):
     # CricaVPR.pth, SelaVPR_*.pth and pytorch-NetVlad's checkpoint were saved under numpy 1.x
@@ -276,7 +256,7 @@ def test_checkpoint_pickled_under_numpy1_loads(tmp_path, zipped):
         "best_r5": np.float64(97.3),
     }
     torch.save(checkpoint, tmp_path / "numpy2.pth", _use_new_zipfile_serialization=zipped)
-    _as_numpy1_pickle(tmp_path / "numpy2.pth", tmp_path / "CricaVPR.pth")
+    as_numpy1_pickle(tmp_path / "numpy2.pth", tmp_path / "CricaVPR.pth")
     raw = (tmp_path / "CricaVPR.pth").read_bytes()
     assert b"numpy.core.multiarray" in raw and b"numpy._core" not in raw  # stored uncompressed
     state = read_checkpoint(tmp_path / "CricaVPR.pth")

@@ -13,7 +13,7 @@ from vprbench.choices import (
     SAMPLE_NAME,
 )
 from vprbench.cli.common import root_option
-from vprbench.datasets.protocols import GT_FORMATS, load_registry
+from vprbench.datasets.protocols import GT_FORMATS, count_text, load_registry
 from vprbench.errors import VPRBenchError
 from vprbench.paths import data_root
 from vprbench.ui import (
@@ -91,9 +91,9 @@ def datasets_info(name: str, root: Path | None) -> None:
             ("description", p.description),
             (
                 "database",
-                f"{_count(p.database_count)} ({p.database_layout})" + _shared(p, registry),
+                f"{count_text(p.database_count)} ({p.database_layout})" + _shared(p, registry),
             ),
-            ("queries", f"{_count(p.queries_count)} ({p.queries_layout})"),
+            ("queries", f"{count_text(p.queries_count)} ({p.queries_layout})"),
             ("positive", f"{p.positive_summary()} (rule {p.positive_rule})"),
             ("ground truth", f"{p.gt_source} [formats: {', '.join(p.gt_formats)}]"),
             ("inference batch", _batch_sizes(p)),
@@ -107,10 +107,6 @@ def datasets_info(name: str, root: Path | None) -> None:
     if name in formatted:
         console.print(f"[bold]Formatted copy[/] at {folder / name}:")
         console.print_json(json.dumps(load_formatted(name, folder).manifest))
-
-
-def _count(count: int | None) -> str:
-    return "not asserted" if count is None else f"{count:,}"
 
 
 def _shared(p, registry) -> str:

@@ -332,6 +332,12 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:
     return registry
 
 
+def count_text(count: int | None) -> str:
+    """A registry count as ``datasets info`` and the docs show it: with thousands separators, or
+    "not asserted"."""
+    return "not asserted" if count is None else f"{count:,}"
+
+
 def _check_shared_databases(registry: dict[str, Protocol], source: Path) -> None:
     """Protocols that name one shared database must describe the same database."""
     first: dict[str, Protocol] = {}
