@@ -200,3 +200,24 @@ def test_torchrun_makes_the_shared_entry_as_one_process(city, tmp_path, capsys, 
     assert (shared.stat().st_mtime_ns, shared.stat().st_ino) == before
     assert len(list((tmp_path / "two" / "descriptors" / "city-b").rglob("*.h5"))) == 1
     assert not list((tmp_path / "two").rglob("*.npz"))  # shards merged and removed
+
+
+def test_a_shared_database_finished_meanwhile_is_read_not_computed(city, capsys, monkeypatch):
+    """Two runs over one shared database: the one that waited for the database's lock finds it
+    complete and goes on with its queries (it must not take the one-split entry for a whole one)."""
+    from vprbench.extract.cache import DescriptorCache
+
+    real_lock, other = DescriptorCache.lock, []
+
+    def lock(self, key):
+        if key.get("splits") == ["database"] and not other:  # another run finishes it meanwhile
+            other.append("city-a")
+            extract("city-a", capsys, monkeypatch)
+        return real_lock(self, key)
+
+    monkeypatch.setattr(DescriptorCache, "lock", lock)
+    seen = opened_images(monkeypatch)
+    extract("city-b", capsys, monkeypatch)
+    assert other and sorted(p.split("/")[-2] for p in seen) == (
+        ["database"] * 6 + ["queries_a"] * 2 + ["queries_b"] * 3
+    )  # the database once, by the other run

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vprbench.extract.cache import Assembly, CachedDescriptors, DescriptorCache
+from vprbench.extract.cache import Assembly, DescriptorCache
 
 
 def process_group(device: str) -> tuple[int, int]:
@@ -58,14 +58,16 @@ def compute_shared(
     counts: dict[str, int],
     compute: Compute,
     timings: dict[str, float],
-) -> tuple[CachedDescriptors | None, int, dict[str, list[str]]]:
+) -> tuple[bool, int, dict[str, list[str]]]:
     """Compute the entry ``key`` of ``cache`` with every rank of the group (one process: the group of
     one). ``compute(folder, shard batch size, (rank, world), assembly)`` writes this rank's batches
     of the splits in ``counts`` ({split: rows}, the entry's own) into ``folder`` (and into
     ``assembly`` on rank 0) and returns its skipped images per split.
 
-    Returns (the entry, its batch size, {}) when another process finished the entry while this one
-    waited for the lock; else (None, the shard batch size, every rank's skipped images). The batches
+    Returns (True, its batch size, {}) when the entry's file was complete once this process held the
+    lock (another process finished it; every rank decides after the same barrier, while rank 0 holds
+    the lock, so all see the same state); else (False, the shard batch size, every rank's skipped
+    images). The key may be one split's (a shared database's entry). The batches
     are the same, in the same composition, as one process would make them; the shard batch size is
     the partial folder's (an interrupted run resumes with its own batch size)."""
     rank, world = process_group(device)
@@ -73,7 +75,7 @@ def compute_shared(
     with cache.lock(key) if rank == 0 else contextlib.nullcontext():
         sync()
         if cache.has(key):  # another process may have finished it while we waited
-            return cache.load(key), batch_size, {}
+            return True, batch_size, {}
         if rank == 0:
             folder, shard_batch = cache.open_partial(key, batch_size)
         sync()

@@ -156,9 +156,7 @@ def extract(
     entries = [key] if "database_entry" not in key else [key["database_entry"], key]
     skipped: dict[str, list[str]] = {split: [] for split in SPLITS}
     shard_batch, computed = batch_size, False
-    for entry in entries:
-        if cache.has(entry):
-            continue
+    for entry in entries:  # compute_shared checks each under the lock, after a barrier of all ranks
         splits = entry_splits(entry)
 
         def compute(folder, shard_batch, part, assembly, splits=splits):
@@ -174,7 +172,7 @@ def extract(
         found, shard_batch, entry_skipped = compute_shared(
             cache, entry, batch_size, settings.device, counts, compute, timings
         )
-        computed = computed or found is None  # found: another process finished it meanwhile
+        computed = computed or not found  # found: complete already, or finished by another process
         skipped |= entry_skipped
     if not computed:
         return result(cache.load(key), batch_size, False, 0.0, {})
