@@ -143,3 +143,26 @@ def test_the_registry_takes_only_rsync_urls(tmp_path):
     ):
         load_registry(registry)
     assert load_registry()["st-lucia"].rsync.endswith("/VPR-datasets-downloader/st_lucia")
+
+
+def test_an_old_rsync_is_named_with_its_version(tmp_path, isolated_dirs, capsys, monkeypatch):
+    """macOS's rsync 2.6.9 has neither --info=progress2 nor --no-inc-recursive."""
+    fake = tmp_path / "rsync"
+    fake.write_text("#!/bin/sh\necho 'rsync  version 2.6.9  protocol version 29'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(rsync_module, "rsync_program", lambda: str(fake))
+    code, _, err = run(["datasets", "download", "st-lucia"], capsys, monkeypatch)
+    line = one_line_error(err)
+    assert code == 1 and "is version 2.6.9; downloading rsync://" in line
+    assert "needs rsync 3.1 or newer" in line
+
+
+def test_formatting_skips_an_interrupted_rsyncs_partial_files(tmp_path):
+    """VDD's glob skips hidden folders; so does the vdd reader (.rsync-partial/ of a stopped copy)."""
+    from vprbench.datasets.readers import _list_images
+
+    make_city(tmp_path / "test")
+    partial = tmp_path / "test" / "database" / ".rsync-partial"
+    partial.mkdir()
+    (partial / "@0@0@10@S@0@0@x@@@@@@@@.png").write_bytes(b"half a file")
+    assert len(_list_images(tmp_path / "test" / "database")) == 6

@@ -96,13 +96,15 @@ def parse_vdd_name(name: str) -> VDDName:
 
 
 def _list_images(folder: Path) -> list[str]:
-    """Image files below ``folder``, as sorted paths relative to it (VDD's sorted glob order)."""
+    """Image files below ``folder``, as sorted paths relative to it (VDD's sorted glob order). Hidden
+    files and folders are skipped, as glob skips them (an interrupted rsync's .rsync-partial/)."""
     if not folder.is_dir():
         raise VPRBenchError(f"{folder}: folder not found")
+    found = (p.relative_to(folder) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        rel.as_posix()
+        for rel in found
+        if not any(part.startswith(".") for part in rel.parts) and (folder / rel).is_file()
     )
 
 

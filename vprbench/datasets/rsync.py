@@ -41,24 +41,52 @@ class RsyncReport:
     repaired: list[str] = field(default_factory=list)
 
 
+MINIMUM = (
+    3,
+    1,
+)  # --info=progress2 and --no-inc-recursive (macOS's rsync 2.6.9 and openrsync lack them)
+TIMEOUT_S = 300  # no data for this long: rsync stops (and the next run resumes)
+
+
 def rsync_program() -> str | None:
     return shutil.which("rsync")
 
 
-def _base(source: str, dest: Path) -> list[str]:
+def _checked_program(source: str) -> str:
     exe = rsync_program()
     if exe is None:
         raise VPRBenchError(MISSING.format(source=source))
+    try:
+        banner = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise VPRBenchError(f"{exe}: cannot run it ({exc})") from exc
+    found = re.search(r"version\s+v?((\d+)\.(\d+)\S*)", banner)
+    if found is None or (int(found.group(2)), int(found.group(3))) < MINIMUM:
+        seen = f"version {found.group(1)}" if found else "an unknown version"
+        raise VPRBenchError(
+            f"{exe} is {seen}; downloading {source} needs rsync {MINIMUM[0]}.{MINIMUM[1]} or newer "
+            "(install the rsync package: `brew install rsync` on macOS, `apt-get install rsync`)"
+        )
+    return exe
+
+
+def _base(source: str, dest: Path) -> list[str]:
+    exe = _checked_program(source)
     # -r recursive, -t modification times (so that a later run's quick check skips finished files);
-    # no -z: the images are JPEGs already
+    # no -z: the images are JPEGs already. An interrupted file waits in PARTIAL_DIR (in its folder).
+    daemon = ["--contimeout=60"] if source.startswith("rsync://") else []
     return [exe, "-rt", "--no-inc-recursive", f"--partial-dir={PARTIAL_DIR}",
-            f"--exclude=/{PARTIAL_DIR}", source.rstrip("/") + "/", str(dest) + "/"]  # fmt: skip
+            f"--exclude={PARTIAL_DIR}/", f"--timeout={TIMEOUT_S}", *daemon,
+            source.rstrip("/") + "/", str(dest) + "/"]  # fmt: skip
 
 
 def _run(cmd: list[str], source: str, on_progress=None) -> list[str]:
     """Run rsync; returns its output lines (``\\r`` progress updates split as lines), raising with
-    rsync's own message on failure."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rsync's own message on failure (its errors come on the one pipe: a full second pipe would block
+    rsync while this reads the first)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:  # universal newlines: each "\r" update is a line
@@ -71,9 +99,9 @@ def _run(cmd: list[str], source: str, on_progress=None) -> list[str]:
             on_progress(total - left, total)
         else:
             lines.append(line)
-    err = proc.stderr.read() if proc.stderr else ""
     if proc.wait() != 0:
-        message = " ".join(err.split()) or f"exit code {proc.returncode}"
+        said = [line for line in lines if not line.startswith(_FILE)][-3:]
+        message = " ".join(" ".join(said).split()) or f"exit code {proc.returncode}"
         raise VPRBenchError(
             f"rsync from {source} failed: {message}; run the download again to resume"
         )
