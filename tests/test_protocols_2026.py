@@ -196,7 +196,13 @@ def test_tokyo247_from_the_authors_files_as_vdd_formats_it(tmp_path, capsys, mon
     raw = make_tokyo_raw(tmp_path / "raw_data")
     gt = FORMATTERS["tokyo247"](raw, load_registry()["tokyo247"], [])
     assert gt.image_root == raw / "tokyo247" and gt.source_format == "tokyo247-raw"
-    assert gt.database[0] == "03814/0381400000000000000000_012_000.png"
+    assert gt.database[0] == "database_jpeg/03814/0381400000000000000000_012_000.jpg"
+    # each cutout as VDD saves it: the PNG re-saved under a .jpg name (JPEG at PIL's default quality)
+    for name in gt.database:
+        png = raw / "tokyo247" / name.removeprefix("database_jpeg/").replace(".jpg", ".png")
+        official = io.BytesIO()
+        Image.open(png).save(official, format="JPEG")
+        assert (raw / "tokyo247" / name).read_bytes() == official.getvalue(), name
     assert gt.queries == [f"247query_subset_v2_480/{i:05d}.jpg" for i in range(3)]
     assert [p.tolist() for p in gt.positives] == [[0], [1, 2], []]
     # VDD's names: UTM back from latitude/longitude, to the centimetre; pano id and tile 0-11
@@ -219,6 +225,12 @@ def test_tokyo247_from_the_authors_files_as_vdd_formats_it(tmp_path, capsys, mon
     code, _, err = run(["datasets", "format", "tokyo247", "--from", str(raw)], capsys, monkeypatch)
     assert code == 1
     assert "4 database images, but protocol 'tokyo247' expects 75984" in one_line_error(err)
+    # a cutout the .mat names but the folders lack is named
+    next((raw / "tokyo247" / "03815").glob("*.png")).unlink()
+    with pytest.raises(
+        VPRBenchError, match=r"1 cutout\(s\) named by .*tokyo247.mat missing: 03815/"
+    ):
+        FORMATTERS["tokyo247"](raw, load_registry()["tokyo247"], [])
 
 
 def test_tokyo247_raw_names_a_bad_query_csv(tmp_path):

@@ -4,7 +4,9 @@ makes the VDD version (VDD git 2f886d5), without VDD: the database named by ``to
 ``247query_subset_v2`` (each ``NNNNN.jpg`` beside ``NNNNN.csv``: id, latitude, longitude, ...).
 
 What VDD does and this formatter does the same way:
-- the database images are read where they are (VDD re-saves the PNGs unchanged);
+- each database cutout is re-saved under a ``.jpg`` name, that is as JPEG at PIL's default quality
+  (format_tokyo247.py: ``Image.open(png).save(dst)``, ``dst`` from util.get_dst_image_name, whose
+  extension is ``.jpg``), here into ``database_jpeg/`` beside the cutout folders;
 - each query is resized to a shorter side of 480 px (torchvision ``Resize(480)`` on the PIL image:
   bilinear, the long side ``int(480 * long / short)``) and saved as JPEG at PIL's default quality,
   as VDD saves it, into ``247query_subset_v2_480/`` beside the originals (written once; a later
@@ -28,6 +30,7 @@ from vprbench.datasets.protocols import Protocol
 from vprbench.errors import VPRBenchError
 
 QUERY_FOLDER = "247query_subset_v2"
+DATABASE_FOLDER = "database_jpeg"  # the cutouts as VDD saves them
 RESIZED_SUFFIX = "_480"
 SHORT_SIDE = 480  # VDD format_tokyo247.py: torchvision.transforms.Resize(480)
 _TILE = re.compile(r"_012_(\d+)\.png$")  # VDD: tile_num = int(...) // 30, 0-11
@@ -66,20 +69,42 @@ def _utm_of(prefix: str) -> tuple[float, float]:
     return float(east), float(north)
 
 
-def _resize_like_vdd(source: Path, target: Path) -> None:
-    """torchvision Resize(480) on the PIL image (bilinear; unchanged when the short side is 480),
-    saved as JPEG at PIL's default quality, as VDD saves ``.jpg`` names; atomically."""
+def _save_like_vdd(source: Path, target: Path, short_side: int | None) -> None:
+    """``source`` as VDD writes it: torchvision Resize(short_side) on the PIL image when asked
+    (bilinear; unchanged when the short side is already that), saved as JPEG at PIL's default
+    quality (VDD's ``.jpg`` names); atomically, and only when ``target`` is older than ``source``
+    (formatting again keeps the files, and with them the cache key)."""
     from PIL import Image
 
+    if target.is_file() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(source) as im:
-        w, h = im.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(SHORT_SIDE * long / short)
-        size = (SHORT_SIDE, new_long) if w <= h else (new_long, SHORT_SIDE)
-        out = im if size == (w, h) else im.resize(size, Image.BILINEAR)
+        out = im
+        if short_side is not None:
+            w, h = im.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(short_side * long / short)
+            size = (short_side, new_long) if w <= h else (new_long, short_side)
+            out = im if size == (w, h) else im.resize(size, Image.BILINEAR)
         tmp = target.with_name(f".{target.name}.tmp")
-        out.save(tmp, format="JPEG")
+        try:
+            out.save(tmp, format="JPEG")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise VPRBenchError(
+                f"{source}: cannot be saved as JPEG as VDD saves it ({exc})"
+            ) from exc
     os.replace(tmp, target)
+
+
+def _save_all(pairs: list[tuple[Path, Path]], short_side: int | None) -> None:
+    """_save_like_vdd over ``pairs`` on every CPU (PIL decodes and encodes outside the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in pool.map(lambda pair: _save_like_vdd(*pair, short_side), pairs):
+            pass
 
 
 def _query_location(csv: Path) -> tuple[str, float, float]:
@@ -102,7 +127,8 @@ def format_tokyo247_raw(root: Path, protocol: Protocol) -> GroundTruth:
     if not names:
         raise VPRBenchError(f"{mat}: dbImageFns is empty")
     # the folder the .mat's names are relative to: where the first one is
-    found = sorted(p for p in root.rglob(Path(names[0]).name) if p.as_posix().endswith(names[0]))
+    found = sorted(p for p in root.rglob(Path(names[0]).name)
+                   if p.as_posix().endswith("/" + names[0]))  # fmt: skip
     if not found:
         raise VPRBenchError(f"{root}: missing the database image {names[0]} (named by {mat})")
     database_root = found[0].parents[len(Path(names[0]).parts) - 1]
@@ -112,17 +138,16 @@ def format_tokyo247_raw(root: Path, protocol: Protocol) -> GroundTruth:
     resized_dir = queries_dir.with_name(QUERY_FOLDER + RESIZED_SUFFIX)
     try:
         resized_dir.mkdir(exist_ok=True)
+        (database_root / DATABASE_FOLDER).mkdir(exist_ok=True)
     except OSError as exc:
         raise VPRBenchError(
-            f"{resized_dir}: cannot write the resized queries ({exc}); format from a writable copy"
+            f"{exc.filename}: cannot write the images as VDD saves them ({exc.strerror}); format "
+            "from a writable copy"
         ) from exc
     queries, q_prefixes = [], []
     for source in sources:
         pano_id, latitude, longitude = _query_location(source.with_suffix(".csv"))
-        target = resized_dir / source.name
-        if not target.is_file() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
-            _resize_like_vdd(source, target)
-        queries.append(target.relative_to(image_root).as_posix())
+        queries.append((resized_dir / source.name).relative_to(image_root).as_posix())
         q_prefixes.append(_vdd_prefix(latitude, longitude, pano_id, None))
     db_prefixes = []
     for name, (east, north) in zip(names, utm_db, strict=True):
@@ -132,7 +157,23 @@ def format_tokyo247_raw(root: Path, protocol: Protocol) -> GroundTruth:
         latitude, longitude = utm.to_latlon(east, north, 54, "S")
         db_prefixes.append(_vdd_prefix(latitude, longitude, Path(name).name[:22],
                                        int(tile.group(1)) // 30))  # fmt: skip
-    database = [(database_root / n).relative_to(image_root).as_posix() for n in names]
+    missing = [n for n in names if not (database_root / n).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise VPRBenchError(
+            f"{database_root}: {len(missing)} cutout(s) named by {mat} missing: {shown}"
+        )
+    for side, prefixes in (("database", db_prefixes), ("queries", q_prefixes)):
+        if len(set(prefixes)) != len(prefixes):  # VDD would write both to one file name
+            twice = sorted({p for p in prefixes if prefixes.count(p) > 1})
+            raise VPRBenchError(f"{root}: two {side} images get one VDD file name: {twice[0]}")
+    jpeg_dir = database_root / DATABASE_FOLDER
+    copies = [jpeg_dir / Path(n).with_suffix(".jpg") for n in names]
+    _save_all(list(zip([database_root / n for n in names], copies, strict=True)), None)
+    _save_all([(s, resized_dir / s.name) for s in sources], SHORT_SIDE)
+    database = [c.relative_to(image_root).as_posix() for c in copies]
     xy_db = np.array([_utm_of(p) for p in db_prefixes]).reshape(-1, 2)
     xy_q = np.array([_utm_of(p) for p in q_prefixes]).reshape(-1, 2)
     return GroundTruth(
@@ -144,9 +185,9 @@ def format_tokyo247_raw(root: Path, protocol: Protocol) -> GroundTruth:
         threshold=protocol.threshold,
         image_root=image_root,
         notes=[
-            f"queries resized to a shorter side of {SHORT_SIDE} px into {resized_dir} "
-            "(VDD format_tokyo247.py)"
-        ],  # fmt: skip
+            f"database cutouts re-saved as JPEG into {jpeg_dir} and queries resized to a shorter "
+            f"side of {SHORT_SIDE} px into {resized_dir}, as VDD format_tokyo247.py writes them"
+        ],
         coordinates={"kind": "utm", "database": xy_db, "queries": xy_q},
         vdd_names={"database": db_prefixes, "queries": q_prefixes},
     )
