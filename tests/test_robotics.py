@@ -130,3 +130,66 @@ def test_msls_map_at_k_and_precision_at_k_by_hand():
     assert msls_map_at_k(ranks, none, [5], np.array([True, False]))["5"] == pytest.approx(0.1)
     # precision@k: Q1 0, Q2 1 at k = 1; 1/3 at k = 3
     assert precision_at_k(ranks, positives, [1, 3]) == pytest.approx({"1": 0.5, "3": 1 / 6})
+
+
+def test_evaluate_metrics_records_both_conventions(
+    tiny_dataset, capsys, monkeypatch, isolated_dirs
+):
+    """`evaluate --metrics all` on a formatted dataset: VPR-Bench's AUC-PR equals scikit-learn's on
+    the saved best matches, VPR_Tutorial's multi matching equals createPR's arithmetic over the whole
+    similarity matrix written out here; report draws the curves and puts the values in its CSV."""
+    import json
+
+    import h5py
+    from sklearn.metrics import auc, precision_recall_curve
+
+    from tests.test_cli import one_line_error, run
+
+    argv = ["evaluate", "--model", "pixels", "--dataset", "tiny", "--k", "1,5", "--json"]
+    code, out, _ = run(argv, capsys, monkeypatch)
+    plain = json.loads(
+        out
+    )  # (the report keeps the newest record of a configuration: this one first)
+    code, out, err = run([*argv, "--metrics", "all"], capsys, monkeypatch)
+    assert code == 0, err
+    record = json.loads(out)
+    m = record["results"]["metrics"]
+    assert m["similarity"].startswith("cosine")
+    with np.load(record["files"]["predictions"]) as z:
+        indices, distances = z["indices"], z["distances"]
+        saved_precision = z["pr_vpr_bench_precision"]
+    top = indices[:, 0]
+    matches = np.array([t in p for t, p in zip(top, tiny_dataset.positives, strict=True)])
+    p, r, _ = precision_recall_curve(matches, 1 - distances[:, 0].astype(np.float64) / 2)
+    assert m["vpr-bench"]["auc_pr"] == pytest.approx(auc(r, p))
+    np.testing.assert_allclose(saved_precision, p)
+    # createPR(matching='multi') by its arithmetic on the whole matrix S [queries x database]
+    with h5py.File(record["files"]["descriptors"]) as f:
+        S = f["queries"][...] @ f["database"][...].T
+    GT = np.zeros(S.shape, bool)
+    for q, pos in enumerate(tiny_dataset.positives):
+        GT[q, pos] = True
+    P, R = [1.0], [0.0]
+    for t in np.linspace(S.max(), S.min(), 100):
+        B = np.greater_equal(S, t)
+        P.append((GT & B).sum() / B.sum())
+        R.append((GT & B).sum() / GT.sum())
+    assert m["vpr-tutorial-multi"]["curve"]["precision"] == pytest.approx(P)
+    assert m["vpr-tutorial-multi"]["curve"]["recall"] == pytest.approx(R)
+    best = max(r for r, p in zip(R, P, strict=True) if p == 1)
+    assert m["vpr-tutorial-multi"]["r_at_100p"] == pytest.approx(best)
+    assert set(m) >= {"vpr-tutorial-single", "precision@k", "map@k"}
+    # another run id than the evaluation without --metrics, whose record has no metrics
+    assert "metrics" not in plain["results"] and plain["run_id"] != record["run_id"]
+    code, _, err = run([*argv, "--metrics", "auc-pr,ap"], capsys, monkeypatch)
+    assert code == 1 and "--metrics: unknown ap; expected some of auc-pr" in one_line_error(err)
+    # report: the PR figure and the CSV's columns
+    report = ["report", "--csv", "--k", "1,5", "--out", str(isolated_dirs["results"] / "rep")]
+    code, _, err = run(report, capsys, monkeypatch)
+    assert code == 0, err
+    assert (isolated_dirs["results"] / "rep" / "pr_curves_tiny.png").is_file()
+    import pandas as pd
+
+    table = pd.read_csv(isolated_dirs["results"] / "rep" / "report.csv")
+    with_metrics = table[table["run_id"] == record["run_id"]]
+    assert with_metrics["AUC-PR VPR-Bench"].item() == pytest.approx(auc(r, p))

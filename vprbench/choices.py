@@ -29,6 +29,8 @@ RESIZE_STAGES = ("pil", "uint8", "unit", "normalised")  # datasets.resize: where
 SEARCHES = ("exact", "hnsw", "ivf-flat", "ivf-pq")  # search
 STORES = ("fp32", "fp16")  # extract.cache: the precision descriptors are stored in
 NO_POSITIVE_POLICIES = ("miss", "exclude")  # metrics
+# evaluate --metrics: the robotics metrics (vprbench.evaluate.robotics), each in both conventions
+ROBOTICS_METRICS = ("auc-pr", "r@100p", "precision", "map")
 DEFAULT_KS = (1, 5, 10, 20)  # evaluate
 EXPORT_FORMATS = ("gsv-cities", "vdd")  # datasets.export
 SAMPLE_NAME = "nordland-sample"  # datasets.manage: the embedded sample

@@ -206,6 +206,41 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
     return whole(table)
 
 
+ROBOTICS_COLUMNS = (  # (record path under results.metrics, column), in the order shown
+    (("vpr-bench", "auc_pr"), "AUC-PR VPR-Bench"),
+    (("vpr-tutorial-single", "auc_pr"), "AUC-PR Tutorial single"),
+    (("vpr-tutorial-multi", "auc_pr"), "AUC-PR Tutorial multi"),
+    (("vpr-bench", "r_at_100p"), "R@100P VPR-Bench"),
+    (("vpr-tutorial-single", "r_at_100p"), "R@100P Tutorial single"),
+    (("vpr-tutorial-multi", "r_at_100p"), "R@100P Tutorial multi"),
+)
+
+
+def robotics_table(records: list[dict]) -> Table:
+    """The robotics metrics of run records (evaluate --metrics): AUC-PR and R@100P in each
+    convention (values 0-1), precision@k and MSLS mAP@k (percent), where computed."""
+    table = Table(title="Robotics metrics (cosine similarity)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("dataset", no_wrap=True)
+    present = [c for c in ROBOTICS_COLUMNS
+               if any(c[0][0] in r["results"].get("metrics", {}) for r in records)]  # fmt: skip
+    ks = {name: sorted({int(k) for r in records for k in r["results"].get("metrics", {}).get(name, {})})
+          for name in ("precision@k", "map@k")}  # fmt: skip
+    for _, label in present:
+        table.add_column(label, justify="right")
+    for name, values in ks.items():
+        for k in values:
+            table.add_column(name.replace("@k", f"@{k}").replace("map", "mAP").replace("precision", "P"),
+                             justify="right")  # fmt: skip
+    for r in records:
+        m = r["results"].get("metrics", {})
+        cells = [f"{m[a][b]:.3f}" if a in m else "-" for (a, b), _ in present]
+        for name, values in ks.items():
+            cells += [f"{100 * m[name][str(k)]:.2f}" if name in m else "-" for k in values]
+        table.add_row(r["model"]["name"], r["protocol"]["name"], *cells)
+    return whole(table)
+
+
 def _recall_cell(results: dict, k: str) -> str:
     """``85.20 [83.10, 87.30]``: R@k in percent and its 95% interval (records before 0.4 have none)."""
     if k not in results["recall"]:

@@ -26,6 +26,7 @@ from vprbench.ui import (
     err_console,
     print_table,
     recall_table,
+    robotics_table,
 )
 
 
@@ -89,6 +90,13 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
     "faiss index; the recall it loses against exact search is printed and recorded.",
 )
 @click.option("--cluster", default="protocol", show_default=True, help=CLUSTER_HELP)
+@click.option(
+    "--metrics",
+    "metrics",
+    default="",
+    help="Also compute robotics metrics, comma-separated: auc-pr, r@100p (both in VPR-Bench's and "
+    "VPR_Tutorial's conventions), precision (precision@k), map (MSLS mAP@k); or all.",
+)
 @results_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout only."
@@ -104,6 +112,7 @@ def evaluate_cmd(
     no_positive_policy,
     search,
     cluster,
+    metrics,
     results_dir,
     as_json,
     **options,
@@ -111,11 +120,28 @@ def evaluate_cmd(
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
     with json_mode(as_json) as emit:
         emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
-                       no_positive_policy, search, results_dir, options, cluster))  # fmt: skip
+                       no_positive_policy, search, results_dir, options, cluster,
+                       parse_metrics(metrics)))  # fmt: skip
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """``--metrics``: names of ROBOTICS_METRICS, comma-separated, or ``all``; in their order."""
+    from vprbench.choices import ROBOTICS_METRICS
+
+    names = {n.strip().lower() for n in text.split(",") if n.strip()}
+    if "all" in names:
+        return ROBOTICS_METRICS
+    unknown = sorted(names - set(ROBOTICS_METRICS))
+    if unknown:
+        raise VPRBenchError(
+            f"--metrics: unknown {', '.join(unknown)}; expected some of "
+            f"{', '.join(ROBOTICS_METRICS)}, or all"
+        )
+    return tuple(m for m in ROBOTICS_METRICS if m in names)
 
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
-              search, results_dir, options, cluster="protocol") -> dict:  # fmt: skip
+              search, results_dir, options, cluster="protocol", metrics=()) -> dict:  # fmt: skip
     from vprbench.evaluate.metrics import parse_ks
 
     try:
@@ -147,6 +173,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             per_city,
             search=search,
             cluster=cluster,
+            metrics=metrics,
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc
@@ -161,6 +188,8 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
         console.print(
             f"'{dataset}' has no ground truth here: predictions written, no recall computed"
         )
+    if record["results"].get("metrics"):
+        print_table(robotics_table([record]))
     loss = record["results"].get("search_loss")
     if loss:
         shown = ", ".join(f"R@{k} {100 * v:+.2f}" for k, v in loss.items())

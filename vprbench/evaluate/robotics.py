@@ -141,13 +141,18 @@ def vpr_tutorial_multi(
     n_thresh: int = TUTORIAL_THRESHOLDS,
     chunk_rows: int = 8192,
     queries_valid: np.ndarray | None = None,
+    similarity: str = "dot",
 ) -> dict:
     """createPR(matching='multi') over the whole similarity matrix (cosine: descriptor dot products),
     streamed by chunks of database rows in two passes (the range of the similarities, then the counts
     above each threshold); ``database`` may be rows read from disk (DiskRows). Database rows of
     skipped images are left out of the matrix; a skipped query's pairs get the smallest similarity
     (its positives are misses until the last threshold, where createPR counts every pair).
-    ``soft_positives``: createPR's GTsoft (their other pairs get the smallest similarity too)."""
+    ``soft_positives``: createPR's GTsoft (their other pairs get the smallest similarity too).
+    ``similarity``: "dot" (cosine of L2-normalised descriptors, as createPR's S) or "l2" (1 - d/2 of
+    the squared L2 distance, the best-match score of un-normalised PCA projections)."""
+    if similarity not in ("dot", "l2"):
+        raise ValueError(f"similarity must be dot or l2, got {similarity!r}")
     queries = np.asarray(queries, dtype=np.float32)
     n = database.shape[0]
     valid = np.ones(n, bool) if database_valid is None else np.asarray(database_valid, bool)
@@ -155,7 +160,10 @@ def vpr_tutorial_multi(
     chunks = [(lo, min(lo + chunk_rows, n)) for lo in range(0, n, chunk_rows)]
 
     def similarities(lo: int, hi: int):
-        sims = queries @ np.asarray(database[lo:hi], dtype=np.float32).T
+        rows = np.asarray(database[lo:hi], dtype=np.float32)
+        sims = queries @ rows.T
+        if similarity == "l2":  # 1 - (|q|^2 + |x|^2 - 2 q.x) / 2
+            sims = 1 - ((queries**2).sum(1)[:, None] + (rows**2).sum(1)[None, :] - 2 * sims) / 2
         hard = _positive_mask(positives, lo, hi)
         keep = np.broadcast_to(valid[lo:hi], sims.shape)
         lowered = np.broadcast_to(~q_valid[:, None], sims.shape)  # pairs set to the minimum

@@ -57,6 +57,7 @@ def evaluate(
     tags: dict | None = None,
     search: str = "exact",
     cluster: str = "protocol",
+    metrics: tuple[str, ...] = (),
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
@@ -64,6 +65,7 @@ def evaluate(
     official evaluation; on a CUDA ``device`` in torch) or an approximate faiss index (hnsw, ivf-flat,
     ivf-pq), whose recall loss against exact search is recorded. ``cluster``: how the intervals
     resample the queries ("protocol": the protocol's rule in datasets.yaml; vprbench.evaluate.clusters).
+    ``metrics``: robotics metrics to add (choices.ROBOTICS_METRICS; vprbench.evaluate.robotics).
     Returns (record, record path)."""
     from vprbench.evaluate.clusters import canonical, query_clusters, record_entry, resampling_of
 
@@ -129,6 +131,7 @@ def evaluate(
         "tags": tags,
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
         **({"cluster": cluster_key} if cluster_key else {}),
+        **({"metrics": list(metrics)} if metrics else {}),  # none: the ids of earlier runs
         # another device's float rounding can reorder near-ties: a CUDA run keeps its own record
         **(
             {"search_device": str(device).split(":")[0]}
@@ -146,6 +149,11 @@ def evaluate(
     extra = {} if ranks is None else {"first_hit_rank": ranks, "evaluated": evaluated}
     if clusters["clusters"] is not None:
         extra["clusters"] = clusters["clusters"]  # the paired tests of compare, audit, report
+    robotics = None
+    if metrics and has_ground_truth:
+        robotics = robotics_metrics(metrics, indices, distances, dataset, queries, database, cached,
+                                    evaluated, ks, pca is None)  # fmt: skip
+        extra |= robotics.pop("curve_arrays")  # VPR-Bench's curve: one point per distinct score
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
     if rank == 0:
         write_npz(predictions_path, indices=indices, distances=distances, **extra)
@@ -254,6 +262,7 @@ def evaluate(
             "num_queries_without_positives": sum(1 for p in dataset.positives if p.size == 0),
             "num_skipped_database_images": int((~cached.database_valid).sum()),
             "num_skipped_query_images": int((~cached.queries_valid).sum()),
+            **({"metrics": robotics} if robotics is not None else {}),
         },
         "files": files,
         "notes": notes,
@@ -270,6 +279,39 @@ def evaluate(
     if rank == 0:
         write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record, record_path
+
+
+def robotics_metrics(metrics, indices, distances, dataset, queries, database, cached, evaluated,
+                     ks, normalised: bool) -> dict:  # fmt: skip
+    """The robotics metrics asked for, in both conventions (vprbench.evaluate.robotics), for the run
+    record; ``curve_arrays`` holds VPR-Bench's curve for the predictions file."""
+    from vprbench.evaluate import robotics as rb
+
+    out: dict = {
+        "similarity": "cosine (1 - d/2 of the squared L2 distance d of L2-normalised descriptors)"
+        if normalised
+        else "1 - d/2 of the squared L2 distance d of the PCA projections (not normalised)",
+        "curve_arrays": {},
+    }
+    if {"auc-pr", "r@100p"} & set(metrics):
+        right, score = rb.best_matches(indices, distances, dataset.positives)
+        has_positive = np.array([p.size > 0 for p in dataset.positives], dtype=bool)
+        bench = rb.vpr_bench(right, score)
+        curve = bench.pop("curve")
+        out["curve_arrays"] = {f"pr_vpr_bench_{k}": np.asarray(v) for k, v in curve.items()}
+        single = rb.vpr_tutorial_single(right, score, has_positive)
+        multi = rb.vpr_tutorial_multi(queries, database, dataset.positives, cached.database_valid,
+                                      queries_valid=cached.queries_valid,
+                                      similarity="dot" if normalised else "l2")  # fmt: skip
+        out["vpr-bench"] = bench | {"source": "VPR-Bench performance_comparison.py (sklearn curve)"}
+        out["vpr-tutorial-single"] = single | {"source": "VPR_Tutorial createPR(matching='single')"}
+        out["vpr-tutorial-multi"] = multi | {"source": "VPR_Tutorial createPR(matching='multi')"}
+    if "precision" in metrics:
+        out["precision@k"] = rb.precision_at_k(indices, dataset.positives, ks)
+    if "map" in metrics:
+        out["map@k"] = rb.msls_map_at_k(indices, dataset.positives, ks, evaluated)
+        out["map_source"] = "mapillary_sls utils/eval.py mapk"
+    return out
 
 
 def _per_group_search(

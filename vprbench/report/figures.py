@@ -186,6 +186,41 @@ def efficiency(df: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def pr_curves(records: list[dict], out: Path) -> list[Path]:
+    """Precision-recall curves of the runs evaluated with ``--metrics auc-pr`` (or r@100p), one
+    figure per protocol, one panel per convention (VPR-Bench's from the predictions file, VPR_Tutorial's
+    single and multi matching from the record), one line per run, AUC-PR in the legend."""
+    plt = _pyplot()
+    by_protocol: dict[str, list[dict]] = {}
+    for r in sorted(records, key=lambda r: (r.get("ablation") or {}).get("variant_index", 0)):
+        if "vpr-bench" in (r["results"].get("metrics") or {}):
+            by_protocol.setdefault(r["protocol"]["name"], []).append(r)
+    panels = (("vpr-bench", "VPR-Bench (sklearn curve, best match)"),
+              ("vpr-tutorial-single", "VPR_Tutorial, single match"),
+              ("vpr-tutorial-multi", "VPR_Tutorial, multi match"))  # fmt: skip
+    paths = []
+    for protocol, runs in by_protocol.items():
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+        for ax, (convention, title) in zip(axes[0], panels, strict=True):
+            for r, style in zip(runs, series_styles(len(runs)), strict=True):
+                m = r["results"]["metrics"][convention]
+                if convention == "vpr-bench":
+                    with np.load(r["files"]["predictions"]) as z:
+                        precision, recall = z["pr_vpr_bench_precision"], z["pr_vpr_bench_recall"]
+                else:
+                    precision, recall = m["curve"]["precision"], m["curve"]["recall"]
+                label = (r.get("ablation") or {}).get("variant") or r["model"]["name"]
+                ax.plot(recall, precision, color=style["color"], linestyle=style["linestyle"],
+                        lw=1.2, label=f"{label} (AUC {m['auc_pr']:.3f})")  # fmt: skip
+            ax.set_xlim(0, 1.02)
+            ax.set_ylim(0, 1.02)
+            _label(ax, "recall", "precision", title, legend=6)
+        fig.suptitle(f"{protocol}: precision-recall (cosine similarity)", fontsize=9)
+        fig.tight_layout()
+        paths += _save(fig, out, f"pr_curves_{protocol}")
+    return paths
+
+
 def training_curves(records: list[dict], out: Path) -> list[Path]:
     """Loss against step of every training run the records name (metrics.jsonl): one panel per stage
     (a distillation MSE and a MultiSimilarity loss differ in scale), one line per run, a run shared

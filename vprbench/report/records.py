@@ -171,6 +171,14 @@ def _training_steps(train_dirs: list[str]) -> int:
     return steps
 
 
+# the robotics metrics' conventions as frame columns: "AUC-PR <name>", "R@100P <name>" (0-1)
+ROBOTICS_FRAME_COLUMNS = {
+    "vpr-bench": "VPR-Bench",
+    "vpr-tutorial-single": "Tutorial single",
+    "vpr-tutorial-multi": "Tutorial multi",
+}
+
+
 def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) -> pd.DataFrame:
     """One row per run record: variant, seed, protocol, R@k (percent) for every recorded k, with its
     interval, settings, cost (and which profile measured it)."""
@@ -226,6 +234,11 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
                                 or "percentile bootstrap over independent queries"),
             "record": r["_path"],
         }  # fmt: skip
+        metrics = r["results"].get("metrics") or {}  # evaluate --metrics (robotics metrics)
+        for convention, name in ROBOTICS_FRAME_COLUMNS.items():
+            if convention in metrics:
+                row[f"AUC-PR {name}"] = metrics[convention]["auc_pr"]
+                row[f"R@100P {name}"] = metrics[convention]["r_at_100p"]
         for k in all_ks:
             value = r["results"]["recall"].get(str(k))
             row[f"R@{k}"] = 100 * value if value is not None else np.nan

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vprbench.errors import VPRBenchError
-from vprbench.report.figures import efficiency, mosaic, recall_curves, training_curves
+from vprbench.report.figures import efficiency, mosaic, pr_curves, recall_curves, training_curves
 from vprbench.report.records import frame, load_profiles, load_records
 from vprbench.report.tables import against_baseline, to_csv, to_latex, to_markdown
 
@@ -59,6 +59,7 @@ def write_report(
         written += recall_curves(df, out)
         written += efficiency(df, out)
         written += training_curves(records, out)
+        written += pr_curves(records, out)  # runs evaluated with --metrics auc-pr or r@100p
         if queries:
             first: dict[str, dict] = {}  # the first variant of the recipe, per protocol
             for r in sorted(
