@@ -193,3 +193,11 @@ def test_evaluate_metrics_records_both_conventions(
     table = pd.read_csv(isolated_dirs["results"] / "rep" / "report.csv")
     with_metrics = table[table["run_id"] == record["run_id"]]
     assert with_metrics["AUC-PR VPR-Bench"].item() == pytest.approx(auc(r, p))
+    # report --metrics: the LaTeX and Markdown tables of them, to 3 decimals
+    code, out, err = run([*report, "--latex", "--markdown", "--metrics"], capsys, monkeypatch)
+    assert code == 0, err
+    tex = (isolated_dirs["results"] / "rep" / "report-robotics.tex").read_text()
+    assert f"{auc(r, p):.3f}" in tex and "\\cmidrule" in tex and "R@100P Tutorial multi" in tex
+    assert f"{m['vpr-tutorial-multi']['r_at_100p']:.3f}" in tex
+    md = (isolated_dirs["results"] / "rep" / "report-robotics.md").read_text()
+    assert "tiny AUC-PR VPR-Bench" in md and "no re-ranking" in md

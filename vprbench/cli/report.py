@@ -28,9 +28,15 @@ import click
 @click.option("--k", "ks", default="1,5,10", show_default=True,
               help="The table's R@k columns (the CSV keeps every recorded k).")  # fmt: skip
 @click.option("--label", default=None, help="LaTeX \\label of the table (default: tab:<recipe>).")
+@click.option(
+    "--metrics",
+    "metrics",
+    is_flag=True,
+    help="Also a table of AUC-PR and R@100P (runs evaluated with --metrics).",
+)
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, correction, ks,
-               label, results_dir) -> None:  # fmt: skip
+               label, metrics, results_dir) -> None:  # fmt: skip
     """Tables and figures from the run records (and profiles) under the results folder."""
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate.metrics import parse_ks
@@ -54,7 +60,7 @@ def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, co
     paths = write_report(results, out, list(dict.fromkeys(formats)) or ["latex", "markdown", "csv"],
                          runs, recipe, picked, figures=not no_figures, ci=ci, baseline=baseline,
                          ks=k_values, label=label, correction=correction,
-                         left_out=left_out)  # fmt: skip
+                         left_out=left_out, metrics=metrics)  # fmt: skip
     for item in left_out:
         console.print(f"left out: {item['variant']} (seed {item['seed']}) on {item['protocol']}: "
                       f"{item['reason']}", soft_wrap=True)  # fmt: skip

@@ -7,7 +7,14 @@ from pathlib import Path
 from vprbench.errors import VPRBenchError
 from vprbench.report.figures import efficiency, mosaic, pr_curves, recall_curves, training_curves
 from vprbench.report.records import frame, load_profiles, load_records
-from vprbench.report.tables import against_baseline, to_csv, to_latex, to_markdown
+from vprbench.report.tables import (
+    against_baseline,
+    robotics_latex,
+    robotics_markdown,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 
 
 def write_report(
@@ -24,12 +31,14 @@ def write_report(
     label: str | None = None,
     correction: str = "holm",
     left_out: list[dict] | None = None,
+    metrics: bool = False,
 ) -> list[Path]:
     """Tables in ``formats`` (latex, markdown, csv) and the figures, under ``out``; returns the paths.
     With ``baseline`` (a variant or model name), recalls not significantly different from that row's
     on the same protocol are marked (``correction``: holm or none). ``ks``: the table's columns
     (default 1, 5, 10; the CSV keeps every k). ``label``: the LaTeX label (default tab:<recipe>).
-    Records left out of a recipe's table (no longer in it, failed) go to ``left_out``."""
+    Records left out of a recipe's table (no longer in it, failed) go to ``left_out``. ``metrics``:
+    also the robotics metrics' table (evaluate --metrics) beside each LaTeX and Markdown table."""
     records = load_records(results_dir, runs, recipe, left_out)
     df = frame(records, load_profiles(results_dir))
     if ks:
@@ -55,6 +64,12 @@ def write_report(
         path = out / f"{stem}.{suffix}"
         write_text(path, write(df))
         written.append(path)
+        extra = {"latex": lambda d: robotics_latex(d, label=f"{label}-robotics"),
+                 "markdown": robotics_markdown}.get(fmt)  # fmt: skip
+        if metrics and extra is not None:
+            path = out / f"{stem}-robotics.{suffix}"
+            write_text(path, extra(df))
+            written.append(path)
     if figures:
         written += recall_curves(df, out)
         written += efficiency(df, out)
