@@ -9,8 +9,9 @@ model: a ``module.`` prefix, stripped by vprbench's checkpoint reader).
   official code hard-codes it, so the input must be 224 x 224), L2 over channels, GeM
   (``aggregation.1.p``), L2: 1,024-d.
 - ``LocalAdapt`` (two transposed convs, 1024 -> 256 -> 128) makes the dense local features SelaVPR
-  re-ranks with. vprbench evaluates global retrieval only, so it is built (the released files hold
-  it, and strict loading needs it) but never run: 2,654,592 of the 357,428,609 parameters.
+  re-ranks with (``local_features``: a 61 x 61 map of 128-d features, each L2-normalised, as
+  network.py's forward returns them; vprbench.rerank.selavpr matches them). Global retrieval does
+  not run it: 2,654,592 of the 357,428,609 parameters.
 - Evaluation input: 224 x 224 (parser.py ``--resize``), ``transforms.functional.resize``'s default
   bilinear, ImageNet mean and std (datasets_ws.py).
 """
@@ -62,6 +63,17 @@ class SelaVPR(VPRModel):
             )
         features = image_grid(self.backbone.norm(tokens), grid)
         return F.normalize(self.aggregation(features), dim=-1)
+
+    def local_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 61, 61, 128]: network.py's ``local_feature`` (LocalAdapt of the 16 x 16 normalised
+        patch tokens, channels last, L2-normalised over channels)."""
+        (tokens,), grid = self.backbone(x)
+        if grid != (GRID, GRID):
+            raise VPRBenchError(
+                f"selavpr reads a 16 x 16 patch grid (224 x 224 input); got {tuple(x.shape[-2:])}"
+            )
+        local = self.LocalAdapt(image_grid(self.backbone.norm(tokens), grid))
+        return F.normalize(local.permute(0, 2, 3, 1), dim=-1)
 
 
 register_with_weights(SELAVPR_CARD, SelaVPR)

@@ -1,0 +1,51 @@
+"""SelaVPR's re-ranking (Lu-Feng/SelaVPR, git cf6e206): the global top-100 (parser.py ``--rerank_num``)
+re-ordered by the number of mutual nearest neighbours between the query's dense local features and
+each candidate's (local_matching.py ``match_batch_tensor``, ``local_sim``; test.py ``rerank``).
+
+The local features are network.py's ``local_feature``: a 61 x 61 map of 128-d vectors, each
+L2-normalised (models.selavpr ``SelaVPR.local_features``). For a query's l = 3,721 features and a
+candidate's: M = candidate @ query^T; query feature j's nearest candidate feature is argmax over the
+candidate's (first index on ties, as torch.argmax); it is a mutual match when that candidate feature's
+nearest query feature is j again. The score is the number of mutual matches; the candidates are
+re-ordered by ``np.argsort(scores)[::-1]`` (numpy's default sort, reversed: ties keep that order).
+
+One oddity of the official code, matched by default: ``torch.nonzero(valid).squeeze()`` makes a
+single mutual match a 0-d tensor, which ``len(idx1.shape) < 1`` scores 0 instead of 1
+(``one_match="official"``); ``one_match="count"`` scores it 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ONE_MATCH = ("official", "count")
+LOCAL_SHAPE = (61, 61, 128)  # parser.py --dense_feature_map_size
+TOP_K = 100  # parser.py --rerank_num
+
+
+def mutual_matches(query, candidates, one_match: str = "official"):
+    """Scores [N] (float32, as the official ``torch.zeros(...).cuda()``) of candidates [N, H, W, C]
+    against the query's local features [H, W, C] (torch tensors or arrays)."""
+    import torch
+
+    if one_match not in ONE_MATCH:
+        raise ValueError(f"one_match must be one of {ONE_MATCH}, got {one_match!r}")
+    query = torch.as_tensor(np.asarray(query, dtype=np.float32))
+    candidates = torch.as_tensor(np.asarray(candidates, dtype=np.float32))
+    n, h, w, c = candidates.shape
+    q = query.reshape(h * w, c)
+    cand = candidates.reshape(n, h * w, c)
+    m = torch.matmul(cand, q.T)  # (N, l_candidate, l_query)
+    best_candidate = torch.argmax(m, dim=1)  # (N, l_query): each query feature's nearest
+    best_query = torch.argmax(m, dim=2)  # (N, l_candidate)
+    back = best_query[torch.arange(n).reshape(-1, 1), best_candidate]  # (N, l_query)
+    mutual = (torch.arange(h * w).repeat(n, 1) == back).sum(dim=1)
+    scores = mutual.to(torch.float32)
+    if one_match == "official":
+        scores[mutual == 1] = 0.0
+    return scores.numpy()
+
+
+def rerank_order(scores: np.ndarray) -> np.ndarray:
+    """test.py ``rerank``: positions of the candidates, best first: ``argsort()[::-1]``."""
+    return np.asarray(scores).argsort()[::-1]
