@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -196,8 +197,11 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
         name = r["model"]["name"] + (
             " [RANDOM INIT]" if r["model"]["weights"]["random_init"] else ""
         )
+        rerank = r["settings"].get("rerank")
+        if rerank:  # a two-stage number: never shown as the global stage's
+            name += f" [re-ranked: {rerank['name']}, top {rerank['k']}]"
         table.add_row(
-            name,
+            escape(name),  # brackets are text, not rich markup
             *([r["protocol"]["name"]] if show_dataset else []),
             *[_recall_cell(r["results"], str(k)) for k in ks],
             str(r["results"]["num_evaluated"]),

@@ -97,6 +97,23 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
     help="Also compute robotics metrics, comma-separated: auc-pr, r@100p (both in VPR-Bench's and "
     "VPR_Tutorial's conventions), precision (precision@k), map (MSLS mAP@k); or all.",
 )
+@click.option(
+    "--rerank",
+    default=None,
+    help="Re-rank the global top-k with a registered re-ranker (e.g. selavpr).",
+)
+@click.option(
+    "--rerank-k",
+    type=int,
+    default=None,
+    help="Candidates to re-rank (default: the re-ranker's official number).",
+)
+@click.option(
+    "--rerank-option",
+    "rerank_options",
+    multiple=True,
+    help="A re-ranker option as NAME=VALUE (selavpr: one_match=official|count).",
+)
 @results_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout only."
@@ -113,15 +130,46 @@ def evaluate_cmd(
     search,
     cluster,
     metrics,
+    rerank,
+    rerank_k,
+    rerank_options,
     results_dir,
     as_json,
     **options,
 ) -> None:
     """Recall@k of a model on a dataset (extracting first if the cache lacks it)."""
+    rerank_request = None
+    if rerank is not None:
+        from vprbench.rerank import get_reranker
+
+        reranker = get_reranker(rerank)
+        parsed = {}
+        for item in rerank_options:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise VPRBenchError(f"--rerank-option {item!r}: expected NAME=VALUE")
+            parsed[name.strip()] = value.strip()
+        rerank_request = {"reranker": reranker, "k": rerank_k or reranker.top_k, "options": parsed}
+    elif rerank_k is not None or rerank_options:
+        raise VPRBenchError("--rerank-k and --rerank-option need --rerank NAME")
     with json_mode(as_json) as emit:
         emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
                        no_positive_policy, search, results_dir, options, cluster,
-                       parse_metrics(metrics)))  # fmt: skip
+                       parse_metrics(metrics), rerank_request))  # fmt: skip
+
+
+def _with_local_features(rerank, dataset, settings, cache_dir):
+    """The re-ranking request with its local features extracted (cached)."""
+    if rerank is None:
+        return None
+    from vprbench.rerank.run import extract_local
+    from vprbench.ui import progress_bars
+
+    with progress_bars() as bars:
+        local = extract_local(dataset, settings, cache_root(cache_dir), rerank["reranker"], bars)
+    console.print(f"local features for {rerank['reranker'].name}: {local.descriptors.path}",
+                  soft_wrap=True)  # fmt: skip
+    return {**rerank, "local": local.descriptors}
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -141,7 +189,8 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
-              search, results_dir, options, cluster="protocol", metrics=()) -> dict:  # fmt: skip
+              search, results_dir, options, cluster="protocol", metrics=(),
+              rerank=None) -> dict:  # fmt: skip
     from vprbench.evaluate.metrics import parse_ks
 
     try:
@@ -174,6 +223,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             search=search,
             cluster=cluster,
             metrics=metrics,
+            rerank=_with_local_features(rerank, ds, settings, cache_dir),
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc

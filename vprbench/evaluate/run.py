@@ -58,6 +58,7 @@ def evaluate(
     search: str = "exact",
     cluster: str = "protocol",
     metrics: tuple[str, ...] = (),
+    rerank: dict | None = None,
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
@@ -66,6 +67,9 @@ def evaluate(
     ivf-pq), whose recall loss against exact search is recorded. ``cluster``: how the intervals
     resample the queries ("protocol": the protocol's rule in datasets.yaml; vprbench.evaluate.clusters).
     ``metrics``: robotics metrics to add (choices.ROBOTICS_METRICS; vprbench.evaluate.robotics).
+    ``rerank``: {"reranker", "k", "options", "local" (the cached local features)}: the top k
+    re-ordered by the re-ranker (vprbench.rerank); the recall is then the re-ranked one, the global
+    stage's kept as ``recall_global``.
     Returns (record, record path)."""
     from vprbench.evaluate.clusters import canonical, query_clusters, record_entry, resampling_of
 
@@ -73,6 +77,8 @@ def evaluate(
         raise ValueError(f"no_positive_policy must be one of {NO_POSITIVE_POLICIES}")
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if rerank is not None and (search != "exact" or pca is not None or per_city):
+        raise ValueError("--rerank re-orders an exact global search without --pca or --per-city")
     cached = extracted.descriptors
     n_valid_db = int(cached.database_valid.sum())
     # exact search saves the top-100 (compare reads R@k from it later); an approximate index is
@@ -110,6 +116,19 @@ def evaluate(
 
     indices, distances = run_search(search)
     has_ground_truth = any(p.size for p in dataset.positives)
+    rerank_entry, global_indices = None, None
+    if rerank is not None:
+        from vprbench.rerank.run import rerank_predictions
+
+        reranker, local = rerank["reranker"], rerank["local"]
+        global_indices = indices
+        indices, permutation, cost = rerank_predictions(indices, local, reranker, rerank["k"],
+                                                        rerank.get("options"))  # fmt: skip
+        distances = np.take_along_axis(
+            distances, permutation, 1
+        )  # the global distances, re-ordered
+        rerank_entry = {"name": reranker.name, "k": rerank["k"], "source": reranker.source,
+                        "local_descriptors": str(local.path), **cost}  # fmt: skip
     result = (
         recall_at_k(indices, dataset.positives, ks, no_positive_policy)
         if has_ground_truth
@@ -132,6 +151,18 @@ def evaluate(
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
         **({"cluster": cluster_key} if cluster_key else {}),
         **({"metrics": list(metrics)} if metrics else {}),  # none: the ids of earlier runs
+        **(
+            {
+                "rerank": {
+                    "name": rerank_entry["name"],
+                    "k": rerank_entry["k"],
+                    "options": rerank_entry["options"],
+                    "local": rerank["local"].key,
+                }
+            }
+            if rerank_entry
+            else {}
+        ),  # fmt: skip
         # another device's float rounding can reorder near-ties: a CUDA run keeps its own record
         **(
             {"search_device": str(device).split(":")[0]}
@@ -149,6 +180,8 @@ def evaluate(
     extra = {} if ranks is None else {"first_hit_rank": ranks, "evaluated": evaluated}
     if clusters["clusters"] is not None:
         extra["clusters"] = clusters["clusters"]  # the paired tests of compare, audit, report
+    if global_indices is not None:
+        extra["global_indices"] = global_indices  # before re-ranking
     robotics = None
     if metrics and has_ground_truth:
         robotics = robotics_metrics(metrics, indices, distances, dataset, queries, database, cached,
@@ -238,6 +271,8 @@ def evaluate(
                 "(not re-normalised, as the official test.py)",
             },
             "pca": None if pca is None else pca_record(pca),
+            # evaluate --rerank: the re-ranking stage, its cost; None: the global stage alone
+            "rerank": rerank_entry,
             "no_positive_policy": no_positive_policy,
             "ks": list(ks),
             "per_city": per_city,
@@ -263,6 +298,18 @@ def evaluate(
             "num_skipped_database_images": int((~cached.database_valid).sum()),
             "num_skipped_query_images": int((~cached.queries_valid).sum()),
             **({"metrics": robotics} if robotics is not None else {}),
+            **(
+                {
+                    "recall_global": {
+                        str(k): v
+                        for k, v in recall_at_k(
+                            global_indices, dataset.positives, ks, no_positive_policy
+                        ).recall.items()
+                    }
+                }
+                if global_indices is not None and result is not None
+                else {}
+            ),  # fmt: skip
         },
         "files": files,
         "notes": notes,

@@ -269,6 +269,7 @@ def _extract_split(
     )
     model.to(device)
     forward = _compiled(model) if settings.compile else model
+    normalise_output = not getattr(model, "output_normalised", False)
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     skipped: list[str] = []
     timings = {} if timings is None else timings
@@ -332,16 +333,18 @@ def _extract_split(
                         enabled=settings.dtype != "fp32",
                     ),
                 ):
-                    out = _forward(forward, batch, device, table)
+                    out = _forward(forward, batch, device, table, normalise_output)
             tic = spent("forward_queue", tic)
             writer.put(b, indices, errors, valid, out)
             tic = spent("writer_wait", tic)
     return skipped
 
 
-def _forward(forward, batch, device, table):
+def _forward(forward, batch, device, table, normalise_output: bool = True):
     """L2-normalised descriptors [B, D] of a batch: a [B, 3, H, W] tensor, or (native resolution) a
-    list of [3, H, W] tensors, forwarded in groups of one size and put back in batch order."""
+    list of [3, H, W] tensors, forwarded in groups of one size and put back in batch order.
+    ``normalise_output`` False: the model's output as it is (local features, normalised per
+    position by the model: vprbench.rerank.run.LocalFeatures)."""
     import torch
     import torch.nn.functional as F
 
@@ -349,7 +352,8 @@ def _forward(forward, batch, device, table):
         x = x.to(device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = normalise_batch(x, table)
-        return F.normalize(forward(x).float(), dim=1)
+        out = forward(x).float()
+        return F.normalize(out, dim=1) if normalise_output else out
 
     if not isinstance(batch, list):
         return run(batch)

@@ -179,6 +179,10 @@ ROBOTICS_FRAME_COLUMNS = {
 }
 
 
+def _rerank_label(rerank: dict | None) -> str | None:
+    return None if not rerank else f"{rerank['name']}@{rerank['k']}"
+
+
 def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) -> pd.DataFrame:
     """One row per run record: variant, seed, protocol, R@k (percent) for every recorded k, with its
     interval, settings, cost (and which profile measured it)."""
@@ -223,6 +227,8 @@ def frame(records: list[dict], profiles: dict[str, list[dict]] | None = None) ->
             "train_steps": steps,
             "run_id": r.get("run_id"),
             "search": settings.get("search", {}).get("kind", "exact"),
+            # evaluate --rerank: "<re-ranker>@<k>"; None for the global stage alone
+            "rerank": _rerank_label(settings.get("rerank")),
             "per_city": bool(settings.get("per_city")),
             "dim": r["model"].get("descriptor_dim"),
             "dtype": settings.get("dtype"),

@@ -89,6 +89,7 @@ _ROW_SETTINGS = (
     ),
     ("policy", "queries without positives", lambda v: f"no-positive {v}"),
     ("per_city", "per-city retrieval", lambda v: "per city" if v == "True" else "merged cities"),
+    ("rerank", "re-ranking", lambda v: "global only" if v == "none" else f"re-ranked {v}"),
 )
 
 

@@ -1,0 +1,103 @@
+"""Running a re-ranker: its local features through the descriptor cache, then each query's top-K
+re-ordered, the candidates' local features read from the cache file a query at a time (never the
+database whole: SelaVPR's 61x61x128 maps are 1.9 MB an image in float32)."""
+
+from __future__ import annotations
+
+import time
+from math import prod
+from pathlib import Path
+
+import numpy as np
+
+from vprbench.errors import VPRBenchError
+from vprbench.extract.cache import store_dtype
+from vprbench.models.base import VPRModel
+from vprbench.rerank import Reranker
+
+
+class LocalFeatures(VPRModel):
+    """A model whose "descriptor" is its flattened local feature map (``model.local_features``):
+    cached like descriptors, under a key that says so (``features`` in the options)."""
+
+    output_normalised = True  # per position, by the model: extraction must not normalise it whole
+
+    def __init__(self, model: VPRModel, reranker: Reranker) -> None:
+        super().__init__()
+        if not hasattr(model, "local_features"):
+            raise VPRBenchError(f"model '{model.card.name}' has no local features to re-rank with")
+        self.inner = model
+        self.card = model.card
+        self.options = {**model.options, "features": f"local:{reranker.name}"}
+        self.weights_info = model.weights_info
+        self.batch_dependent = model.batch_dependent
+        self.descriptor_dim = prod(reranker.local_shape)
+
+    def forward(self, x):
+        return self.inner.local_features(x).flatten(1)
+
+
+def extract_local(dataset, settings, cache_dir: Path, reranker: Reranker, progress=None):
+    """The cached local features of ``dataset`` (an ExtractResult) for ``reranker``, with the global
+    extraction's settings (the same images, preprocessing and weights)."""
+    import torch
+
+    from vprbench.extract.run import extract
+    from vprbench.models.registry import create_model, get_card, resolve_options
+
+    if settings.model != reranker.model:
+        raise VPRBenchError(
+            f"--rerank {reranker.name} matches the local features of '{reranker.model}'; the model "
+            f"is '{settings.model}'"
+        )
+    options = resolve_options(get_card(settings.model), settings.overrides or {})
+    torch.manual_seed(0)  # as extract builds it: a random-init model is the same one
+    model = create_model(settings.model, weights=settings.weights, cache_dir=cache_dir, **options)
+    return extract(
+        dataset, settings, cache_dir, progress=progress, model=LocalFeatures(model, reranker)
+    )
+
+
+def rerank_predictions(
+    indices: np.ndarray,
+    local,
+    reranker: Reranker,
+    k: int,
+    options: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Re-order each query's first ``k`` candidates of ``indices`` [Nq, K] (a search's, -1 for none)
+    by the re-ranker's score on the local features ``local`` (CachedDescriptors); the ranks past k
+    stay as they were. Returns (re-ranked indices, the permutation applied to each row, cost)."""
+    options = {**{name: values[0] for name, values in reranker.options.items()}, **(options or {})}
+    for name, value in options.items():
+        if name not in reranker.options or value not in reranker.options[name]:
+            allowed = {n: list(v) for n, v in reranker.options.items()}
+            raise VPRBenchError(
+                f"--rerank {reranker.name}: option {name}={value!r}; allowed {allowed}"
+            )
+    if k < 1 or k > indices.shape[1]:
+        raise VPRBenchError(f"--rerank-k {k}: must be between 1 and the {indices.shape[1]} saved")
+    queries, database = local.rows("queries"), local.rows("database")
+    shape = reranker.local_shape
+    out = indices.copy()
+    permutation = np.tile(np.arange(indices.shape[1]), (len(indices), 1))
+    start = time.perf_counter()
+    for q in range(len(indices)):
+        head = indices[q, :k]
+        present = np.flatnonzero(head >= 0)
+        if len(present) < 2 or not local.queries_valid[q]:
+            continue
+        query = np.asarray(queries[q : q + 1], dtype=np.float32).reshape(shape)
+        candidates = np.asarray(database[head[present]], dtype=np.float32).reshape(-1, *shape)
+        order = np.asarray(reranker.order(reranker.score(query, candidates, **options)))
+        permutation[q, present] = present[order]
+        out[q, present] = head[present][order]
+    seconds = time.perf_counter() - start
+    itemsize = np.dtype(store_dtype(local.key)).itemsize
+    cost = {
+        "seconds": seconds,
+        "seconds_per_query": seconds / max(1, len(indices)),
+        "local_bytes_per_image": int(prod(shape) * itemsize),
+        "options": options,
+    }
+    return out, permutation, cost
