@@ -40,8 +40,9 @@ SELAVPR_CARD = ModelCard(
     reference="Lu et al., Towards Seamless Adaptation of Pre-trained Models for Visual Place "
     "Recognition (ICLR 2024)",
     licence="MIT",
-    protocol="224x224 (parser.py --resize); the paper re-ranks the global top-100 with the local "
-    "features (eval.py --rerank_num 100), which vprbench does not: its recall is the global stage's",
+    protocol="224x224 (parser.py --resize); the paper's numbers re-rank the global top-100 with the "
+    "local features (parser.py --rerank_num 100): `evaluate --rerank selavpr` does it, and without "
+    "it the recall is the global stage's",
 )
 
 
