@@ -185,6 +185,15 @@ def test_evaluate_rerank_by_hand(toy_reranker, capsys, monkeypatch, isolated_dir
     code, out, err = run([*argv, "--rerank", "test-mnn", "--rerank-option", "one_match=count"],
                          capsys, monkeypatch)  # fmt: skip
     assert code == 0 and local.stat().st_mtime_ns == stamp
+    # answered from its request record: the model is not even built
+    from vprbench.models import registry
+
+    builds = []
+    card, real_build = registry._REGISTERED["test-local"]
+    monkeypatch.setitem(registry._REGISTERED, "test-local",
+                        (card, lambda *a, **k: builds.append(1) or real_build(*a, **k)))  # fmt: skip
+    code, _, err = run([*argv, "--rerank", "test-mnn"], capsys, monkeypatch)
+    assert code == 0 and builds == [], err
     counted = json.loads(out)
     assert counted["settings"]["rerank"]["options"] == {"one_match": "count"}
     assert counted["run_id"] != record["run_id"]  # another option: another record

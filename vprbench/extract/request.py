@@ -48,6 +48,8 @@ def request_key(dataset: FormattedDataset, settings: ExtractSettings, images: st
         request["device"] = device_type(settings.device)
     if settings.store == "fp32":  # the default adds no entry: earlier request records stay valid
         request.pop("store")
+    if settings.local is None:  # descriptors, not local features: as before
+        request.pop("local")
     request |= {
         "vprbench": __version__,
         "weights": weights,

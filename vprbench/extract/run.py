@@ -107,6 +107,11 @@ def extract(
             model = create_model(
                 settings.model, weights=settings.weights, cache_dir=cache_dir, **options
             )
+        if settings.local is not None:  # a re-ranker's local features (vprbench.rerank.run)
+            from vprbench.rerank import get_reranker
+            from vprbench.rerank.run import LocalFeatures
+
+            model = LocalFeatures(model, get_reranker(settings.local))
     card = model.card
     preprocess = resolve_preprocess(card, settings)
     if preprocess.interpolation not in INTERPOLATIONS:

@@ -67,6 +67,9 @@ class ExtractSettings:
     # STORES: the precision of the stored descriptors (fp16 halves the disk and memory of a large
     # database; search computes in fp32): in the cache key when not fp32
     store: str = "fp32"
+    # a re-ranker's name: extract the model's local features for it instead of its descriptors
+    # (vprbench.rerank.run.LocalFeatures; in the key as the options' "features")
+    local: str | None = None
 
 
 @dataclass

@@ -39,23 +39,19 @@ class LocalFeatures(VPRModel):
 
 def extract_local(dataset, settings, cache_dir: Path, reranker: Reranker, progress=None):
     """The cached local features of ``dataset`` (an ExtractResult) for ``reranker``, with the global
-    extraction's settings (the same images, preprocessing and weights)."""
-    import torch
+    extraction's settings (the same images, preprocessing and weights). A second request is answered
+    from its request record, without building the model (as descriptors are)."""
+    import dataclasses
 
     from vprbench.extract.run import extract
-    from vprbench.models.registry import create_model, get_card, resolve_options
 
     if settings.model != reranker.model:
         raise VPRBenchError(
             f"--rerank {reranker.name} matches the local features of '{reranker.model}'; the model "
             f"is '{settings.model}'"
         )
-    options = resolve_options(get_card(settings.model), settings.overrides or {})
-    torch.manual_seed(0)  # as extract builds it: a random-init model is the same one
-    model = create_model(settings.model, weights=settings.weights, cache_dir=cache_dir, **options)
-    return extract(
-        dataset, settings, cache_dir, progress=progress, model=LocalFeatures(model, reranker)
-    )
+    return extract(dataset, dataclasses.replace(settings, local=reranker.name), cache_dir,
+                   progress=progress)  # fmt: skip
 
 
 def rerank_predictions(
