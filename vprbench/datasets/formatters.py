@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vprbench.datasets.find import find_one
 from vprbench.datasets.groundtruth import (
     GroundTruth,
     positives_within_radius,
@@ -30,23 +31,6 @@ from vprbench.datasets.readers import IMAGE_SUFFIXES, read_vdd_folders, read_vpr
 from vprbench.errors import VPRBenchError
 
 MSLS_VAL_CITIES = ("cph", "sf")
-
-
-def find_one(root: Path, name: str, folder: bool = False) -> Path:
-    """The single file or folder at or below ``root`` whose path ends with ``name`` (one name, or
-    several joined by /); ``folder``: only folders. Errors name what is missing."""
-    direct = root / name
-    if direct.is_dir() if folder else direct.exists():
-        return direct
-    tail = "/" + name.strip("/")
-    found = sorted(p for p in root.rglob(Path(name).name)
-                   if (p.is_dir() or not folder) and p.as_posix().endswith(tail))  # fmt: skip
-    what = f"folder {name.strip('/')}/" if folder else name
-    if not found:
-        raise VPRBenchError(f"{root}: missing {what}")
-    if len(found) > 1:
-        raise VPRBenchError(f"{root}: several {what} found: {', '.join(map(str, found[:3]))}")
-    return found[0]
 
 
 def _cell_strings(cell) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vprbench.datasets.find import find_one
 from vprbench.datasets.groundtruth import GroundTruth, positives_within_radius
 from vprbench.datasets.protocols import Protocol
 from vprbench.errors import VPRBenchError
@@ -119,8 +120,6 @@ def _query_location(csv: Path) -> tuple[str, float, float]:
 
 def format_tokyo247_raw(root: Path, protocol: Protocol) -> GroundTruth:
     import utm
-
-    from vprbench.datasets.formatters import find_one
 
     mat = find_one(root, "tokyo247.mat")
     names, utm_db = _read_database(mat)

@@ -109,7 +109,7 @@ def extract(
             )
         if settings.local is not None:  # a re-ranker's local features (vprbench.rerank.run)
             from vprbench.rerank import get_reranker
-            from vprbench.rerank.run import LocalFeatures
+            from vprbench.rerank.local import LocalFeatures
 
             model = LocalFeatures(model, get_reranker(settings.local))
     card = model.card
@@ -349,7 +349,7 @@ def _forward(forward, batch, device, table, normalise_output: bool = True):
     """L2-normalised descriptors [B, D] of a batch: a [B, 3, H, W] tensor, or (native resolution) a
     list of [3, H, W] tensors, forwarded in groups of one size and put back in batch order.
     ``normalise_output`` False: the model's output as it is (local features, normalised per
-    position by the model: vprbench.rerank.run.LocalFeatures)."""
+    position by the model: vprbench.rerank.local.LocalFeatures)."""
     import torch
     import torch.nn.functional as F
 

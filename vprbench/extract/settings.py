@@ -68,7 +68,7 @@ class ExtractSettings:
     # database; search computes in fp32): in the cache key when not fp32
     store: str = "fp32"
     # a re-ranker's name: extract the model's local features for it instead of its descriptors
-    # (vprbench.rerank.run.LocalFeatures; in the key as the options' "features")
+    # (vprbench.rerank.local.LocalFeatures; in the key as the options' "features")
     local: str | None = None
 
 
