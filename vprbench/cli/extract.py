@@ -162,7 +162,7 @@ def _with_local_features(rerank, dataset, settings, cache_dir):
     """The re-ranking request with its local features extracted (cached)."""
     if rerank is None:
         return None
-    from vprbench.rerank.run import extract_local
+    from vprbench.evaluate.rerank import extract_local
     from vprbench.ui import progress_bars
 
     with progress_bars() as bars:

@@ -118,7 +118,7 @@ def evaluate(
     has_ground_truth = any(p.size for p in dataset.positives)
     rerank_entry, global_indices = None, None
     if rerank is not None:
-        from vprbench.rerank.run import rerank_predictions
+        from vprbench.evaluate.rerank import rerank_predictions
 
         reranker, local = rerank["reranker"], rerank["local"]
         global_indices = indices

@@ -107,7 +107,7 @@ def extract(
             model = create_model(
                 settings.model, weights=settings.weights, cache_dir=cache_dir, **options
             )
-        if settings.local is not None:  # a re-ranker's local features (vprbench.rerank.run)
+        if settings.local is not None:  # a re-ranker's local features (vprbench.rerank.local)
             from vprbench.rerank import get_reranker
             from vprbench.rerank.local import LocalFeatures
 
