@@ -1,6 +1,6 @@
-"""Running a re-ranker in an evaluation: its local features through the descriptor cache, then each query's top-K
-re-ordered, the candidates' local features read from the cache file a query at a time (never the
-database whole: SelaVPR's 61x61x128 maps are 1.9 MB an image in float32)."""
+"""Running a re-ranker in an evaluation: its local features through the descriptor cache, then each
+query's top-K re-ordered, the candidates' local features read from the cache file a query at a time
+(never the database whole: SelaVPR's 61x61x128 maps are 1.9 MB an image in float32)."""
 
 from __future__ import annotations
 
