@@ -158,6 +158,13 @@ def evaluate_cmd(
                        parse_metrics(metrics), rerank_request))  # fmt: skip
 
 
+def _ranks(device: str) -> tuple[int, int]:
+    """(rank, world): every rank of a torchrun group runs `vprbench evaluate`, so it shards the search."""
+    from vprbench.extract.distributed import process_group
+
+    return process_group(device)
+
+
 def _with_local_features(rerank, dataset, settings, cache_dir):
     """The re-ranking request with its local features extracted (cached)."""
     if rerank is None:
@@ -224,6 +231,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             cluster=cluster,
             metrics=metrics,
             rerank=_with_local_features(rerank, ds, settings, cache_dir),
+            ranks=_ranks(settings.device),
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc

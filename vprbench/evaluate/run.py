@@ -59,6 +59,7 @@ def evaluate(
     cluster: str = "protocol",
     metrics: tuple[str, ...] = (),
     rerank: dict | None = None,
+    ranks: tuple[int, int] | None = None,
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
@@ -69,7 +70,10 @@ def evaluate(
     ``metrics``: robotics metrics to add (choices.ROBOTICS_METRICS; vprbench.evaluate.robotics).
     ``rerank``: {"reranker", "k", "options", "local" (the cached local features)}: the top k
     re-ordered by the re-ranker (vprbench.rerank); the recall is then the re-ranked one, the global
-    stage's kept as ``recall_global``.
+    stage's kept as ``recall_global``. ``ranks`` (rank, world size): the process group every rank of
+    which calls this function (`vprbench evaluate` under torchrun): exact search is then sharded
+    between them and rank 0 alone writes files; None: this process alone (training's validation calls
+    it on rank 0 only).
     Returns (record, record path)."""
     from vprbench.evaluate.clusters import canonical, query_clusters, record_entry, resampling_of
 
@@ -96,11 +100,10 @@ def evaluate(
     if per_city and groups is None:
         raise ValueError(f"--per-city: dataset '{dataset.name}' has no city groups")
 
-    # under torchrun each rank searches a shard of the database and the top-k are merged (exact
-    # search over the whole database: the same neighbours); rank 0 alone writes the files
-    from vprbench.extract.distributed import process_group
-
-    rank, world = process_group(device)
+    # with ranks (every rank of a torchrun group here) each rank searches a shard of the database and
+    # the top-k are merged (exact search over the whole database: the same neighbours); rank 0 alone
+    # writes the files
+    rank, world = ranks or (0, 1)
 
     def run_search(kind: str) -> tuple[np.ndarray, np.ndarray]:
         if world > 1 and kind == "exact" and groups is None:
