@@ -107,7 +107,7 @@ def toy_reranker(tmp_path, monkeypatch, capsys, isolated_dirs):
     register_model(card)(build)
     rerank.register_reranker(rerank.Reranker(
         name="test-mnn", model="test-local", description="test only", source="test",
-        top_k=3, local_shape=(2, 2, 3), score=selavpr.mutual_matches, order=selavpr.rerank_order,
+        top_k=100, local_shape=(2, 2, 3), score=selavpr.mutual_matches, order=selavpr.rerank_order,
         options={"one_match": selavpr.ONE_MATCH}))  # fmt: skip
     # the query R G / B B; database: R R / R R far, G R / B B at 5 m (the positive), B G / G G far
     images = {"database": [((552000.0, 4180000.0), [R, R, R, R]),
@@ -145,7 +145,8 @@ def toy_reranker(tmp_path, monkeypatch, capsys, isolated_dirs):
 
 
 def test_evaluate_rerank_by_hand(toy_reranker, capsys, monkeypatch, isolated_dirs):
-    """Global: the top-left pixels R (db 0, wrong, distance 0), G (db 1), B (db 2): R@1 0.
+    """(The toy re-ranker's official number is 100: with 3 database images all 3 are re-ranked.)
+    Global: the top-left pixels R (db 0, wrong, distance 0), G (db 1), B (db 2): R@1 0.
     Mutual nearest neighbours of the query's R G B B: db 0 (R R R R) only R <-> R: 1 match, which
     the official code scores 0; db 1 (G R B B): R, G and the first B: 3; db 2 (B G G G): G and the
     first B: 2. Re-ranked db 1, db 2, db 0: R@1 1."""
@@ -206,6 +207,13 @@ def test_evaluate_rerank_by_hand(toy_reranker, capsys, monkeypatch, isolated_dir
     wide.print(recall_table([record, plain]))
     text = wide.export_text()
     assert "test-local [re-ranked: test-mnn, top 3]" in text and text.count("re-ranked") == 1
+    # AUC-PR and R@100P threshold the global similarity: refused with --rerank; precision and map
+    code, _, err = run([*argv, "--rerank", "test-mnn", "--metrics", "auc-pr"], capsys, monkeypatch)
+    assert code == 1 and "not computed for a re-ranked run" in err
+    code, out, err = run([*argv, "--rerank", "test-mnn", "--metrics", "precision,map"],
+                         capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["results"]["metrics"]["precision@k"]["1"] == 1.0  # re-ranked: db 0
     # bad requests name what is wrong
     code, _, err = run([*argv, "--rerank", "nope"], capsys, monkeypatch)
     assert code == 1 and "--rerank: unknown re-ranker 'nope'; registered:" in err

@@ -104,6 +104,24 @@ def test_vpr_tutorial_multi_soft_ground_truth_and_skipped_rows():
     assert skipped["curve"]["precision"] == pytest.approx([1, 1, 1, 1 / 2])
 
 
+def test_skipped_queries_move_no_threshold():
+    # single: a fifth query whose image was skipped (score -1, nothing retrieved) but which has a
+    # positive: the thresholds stay 0.9, 0.7, 0.5; the recall's denominator is 4
+    out = vpr_tutorial_single(np.r_[RIGHT, False], np.r_[SCORE, -1.0], np.r_[HAS_POSITIVE, True],
+                              n_thresh=3, retrieved=np.r_[True, True, True, True, False])  # fmt: skip
+    assert out["curve"]["precision"] == pytest.approx([1, 1, 2 / 3, 1 / 2])
+    assert out["curve"]["recall"] == pytest.approx([0, 1 / 4, 2 / 4, 2 / 4])
+    # multi: real similarities 1, 0.6, 0.6, ~1; a skipped query's zero descriptor (similarity 0)
+    # must not be the lowest threshold: 1, 0.8, 0.6 (not 1, 0.5, 0): at 0.8 only the two right pairs
+    queries = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 0.0]], dtype=np.float32)
+    database = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    positives = [np.array([0]), np.array([1]), np.array([0])]
+    multi = vpr_tutorial_multi(queries, database, positives, n_thresh=3,
+                               queries_valid=np.array([True, True, False]))  # fmt: skip
+    assert multi["curve"]["precision"] == pytest.approx([1, 1, 1, 1 / 2])
+    assert multi["curve"]["recall"][2:] == pytest.approx([2 / 3, 1])  # 3 positive pairs
+
+
 def test_best_matches_from_a_search():
     indices = np.array([[2, 0], [-1, -1], [1, 2]])
     distances = np.array([[0.2, 1.0], [np.inf, np.inf], [1.0, 1.5]], dtype=np.float32)

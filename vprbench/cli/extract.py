@@ -149,7 +149,7 @@ def evaluate_cmd(
             if not sep:
                 raise VPRBenchError(f"--rerank-option {item!r}: expected NAME=VALUE")
             parsed[name.strip()] = value.strip()
-        rerank_request = {"reranker": reranker, "k": rerank_k or reranker.top_k, "options": parsed}
+        rerank_request = {"reranker": reranker, "k": rerank_k, "options": parsed}
     elif rerank_k is not None or rerank_options:
         raise VPRBenchError("--rerank-k and --rerank-option need --rerank NAME")
     with json_mode(as_json) as emit:
@@ -231,7 +231,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             cluster=cluster,
             metrics=metrics,
             rerank=_with_local_features(rerank, ds, settings, cache_dir),
-            ranks=_ranks(settings.device),
+            group=_ranks(settings.device),
         )
     except ValueError as exc:
         raise VPRBenchError(str(exc)) from exc

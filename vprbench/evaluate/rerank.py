@@ -36,12 +36,17 @@ def rerank_predictions(
     indices: np.ndarray,
     local,
     reranker: Reranker,
-    k: int,
+    k: int | None,
     options: dict | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Re-order each query's first ``k`` candidates of ``indices`` [Nq, K] (a search's, -1 for none)
-    by the re-ranker's score on the local features ``local`` (CachedDescriptors); the ranks past k
-    stay as they were. Returns (re-ranked indices, the permutation applied to each row, cost)."""
+    by the re-ranker's score on the local features ``local`` (CachedDescriptors), computed on
+    ``device``; the ranks past k stay as they were. ``k`` None: the re-ranker's official number, or
+    every saved candidate when the database is smaller. Returns (re-ranked indices, the permutation
+    applied to each row, cost with the k used)."""
+    if k is None:
+        k = min(reranker.top_k, indices.shape[1])
     options = {**{name: values[0] for name, values in reranker.options.items()}, **(options or {})}
     for name, value in options.items():
         if name not in reranker.options or value not in reranker.options[name]:
@@ -63,7 +68,8 @@ def rerank_predictions(
             continue
         query = np.asarray(queries[q : q + 1], dtype=np.float32).reshape(shape)
         candidates = np.asarray(database[head[present]], dtype=np.float32).reshape(-1, *shape)
-        order = np.asarray(reranker.order(reranker.score(query, candidates, **options)))
+        scores = reranker.score(query, candidates, device=device, **options)
+        order = np.asarray(reranker.order(scores))
         permutation[q, present] = present[order]
         out[q, present] = head[present][order]
     seconds = time.perf_counter() - start
@@ -73,5 +79,6 @@ def rerank_predictions(
         "seconds_per_query": seconds / max(1, len(indices)),
         "local_bytes_per_image": int(prod(shape) * itemsize),
         "options": options,
+        "k": k,
     }
     return out, permutation, cost

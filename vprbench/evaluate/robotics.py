@@ -105,13 +105,18 @@ def vpr_tutorial_single(
     score: np.ndarray,
     has_positive: np.ndarray,
     n_thresh: int = TUTORIAL_THRESHOLDS,
+    retrieved: np.ndarray | None = None,
 ) -> dict:
     """createPR(matching='single') on best matches (its argmax per query is the search's top-1: exact
-    ties by lowest database index in both): thresholds over the best-match similarities."""
+    ties by lowest database index in both): thresholds over the best-match similarities of the
+    queries that ``retrieved`` something (a skipped query image has no similarity to threshold; it
+    still counts in the denominator when it has a positive)."""
     right, score = np.asarray(right, bool), np.asarray(score, np.float64)
+    seen = np.ones(len(score), bool) if retrieved is None else np.asarray(retrieved, bool)
+    right, score = right & seen, np.where(seen, score, -np.inf)
     gtp = int(np.count_nonzero(has_positive))
     precision, recall = [1.0], [0.0]
-    for t in np.linspace(score.max(), score.min(), n_thresh):
+    for t in np.linspace(score[seen].max(), score[seen].min(), n_thresh):
         above = score >= t
         tp, fp = int(np.count_nonzero(right & above)), int(np.count_nonzero(~right & above))
         precision.append(tp / (tp + fp))
@@ -176,8 +181,9 @@ def vpr_tutorial_multi(
     top, bottom = -np.inf, np.inf
     for lo, hi in chunks:
         sims, _, keep, lowered = similarities(lo, hi)
-        if keep.any():
-            bottom = min(bottom, float(sims[keep].min()))
+        real = keep & q_valid[:, None]  # a skipped query's zero descriptor has no real similarity
+        if real.any():
+            bottom = min(bottom, float(sims[real].min()))
         if (keep & ~lowered).any():
             top = max(top, float(sims[keep & ~lowered].max()))
     top = max(top, bottom)
@@ -210,14 +216,18 @@ def vpr_tutorial_multi(
     }
 
 
-def precision_at_k(indices: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int]) -> dict:
-    """Mean over queries of the share of the top k that are positives: {"k": value}."""
+def precision_at_k(
+    indices: np.ndarray,
+    positives: Sequence[np.ndarray],
+    ks: Sequence[int],
+    evaluated: np.ndarray | None = None,
+) -> dict:
+    """Mean over the evaluated queries (the no-positive policy's; default all) of the share of the
+    top k that are positives: {"k": value}."""
+    rows = np.arange(len(indices)) if evaluated is None else np.flatnonzero(evaluated)
     out = {}
     for k in ks:
-        hits = [
-            np.isin(row[:k][row[:k] >= 0], p).sum() / k
-            for row, p in zip(indices, positives, strict=True)
-        ]
+        hits = [np.isin(indices[q][:k][indices[q][:k] >= 0], positives[q]).sum() / k for q in rows]
         out[str(k)] = float(np.mean(hits)) if hits else float("nan")
     return out
 

@@ -59,7 +59,7 @@ def evaluate(
     cluster: str = "protocol",
     metrics: tuple[str, ...] = (),
     rerank: dict | None = None,
-    ranks: tuple[int, int] | None = None,
+    group: tuple[int, int] | None = None,
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
@@ -70,7 +70,7 @@ def evaluate(
     ``metrics``: robotics metrics to add (choices.ROBOTICS_METRICS; vprbench.evaluate.robotics).
     ``rerank``: {"reranker", "k", "options", "local" (the cached local features)}: the top k
     re-ordered by the re-ranker (vprbench.rerank); the recall is then the re-ranked one, the global
-    stage's kept as ``recall_global``. ``ranks`` (rank, world size): the process group every rank of
+    stage's kept as ``recall_global``. ``group`` (rank, world size): the process group every rank of
     which calls this function (`vprbench evaluate` under torchrun): exact search is then sharded
     between them and rank 0 alone writes files; None: this process alone (training's validation calls
     it on rank 0 only).
@@ -83,6 +83,11 @@ def evaluate(
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     if rerank is not None and (search != "exact" or pca is not None or per_city):
         raise ValueError("--rerank re-orders an exact global search without --pca or --per-city")
+    if rerank is not None and {"auc-pr", "r@100p"} & set(metrics):
+        raise ValueError(
+            "--metrics auc-pr and r@100p threshold the global similarity, not the re-ranker's score: "
+            "not computed for a re-ranked run (precision and map are)"
+        )
     cached = extracted.descriptors
     n_valid_db = int(cached.database_valid.sum())
     # exact search saves the top-100 (compare reads R@k from it later); an approximate index is
@@ -103,7 +108,7 @@ def evaluate(
     # with ranks (every rank of a torchrun group here) each rank searches a shard of the database and
     # the top-k are merged (exact search over the whole database: the same neighbours); rank 0 alone
     # writes the files
-    rank, world = ranks or (0, 1)
+    rank, world = group or (0, 1)
 
     def run_search(kind: str) -> tuple[np.ndarray, np.ndarray]:
         if world > 1 and kind == "exact" and groups is None:
@@ -125,12 +130,12 @@ def evaluate(
 
         reranker, local = rerank["reranker"], rerank["local"]
         global_indices = indices
-        indices, permutation, cost = rerank_predictions(indices, local, reranker, rerank["k"],
-                                                        rerank.get("options"))  # fmt: skip
+        indices, permutation, cost = rerank_predictions(indices, local, reranker, rerank.get("k"),
+                                                        rerank.get("options"), device)  # fmt: skip
         distances = np.take_along_axis(
             distances, permutation, 1
         )  # the global distances, re-ordered
-        rerank_entry = {"name": reranker.name, "k": rerank["k"], "source": reranker.source,
+        rerank_entry = {"name": reranker.name, "source": reranker.source,
                         "local_descriptors": str(local.path), **cost}  # fmt: skip
     result = (
         recall_at_k(indices, dataset.positives, ks, no_positive_policy)
@@ -346,10 +351,11 @@ def robotics_metrics(metrics, indices, distances, dataset, queries, database, ca
     if {"auc-pr", "r@100p"} & set(metrics):
         right, score = rb.best_matches(indices, distances, dataset.positives)
         has_positive = np.array([p.size > 0 for p in dataset.positives], dtype=bool)
-        bench = rb.vpr_bench(right, score)
+        retrieved = indices[:, 0] >= 0  # a skipped query image: VPR-Bench never scores it
+        bench = rb.vpr_bench(right[retrieved], score[retrieved])
         curve = bench.pop("curve")
         out["curve_arrays"] = {f"pr_vpr_bench_{k}": np.asarray(v) for k, v in curve.items()}
-        single = rb.vpr_tutorial_single(right, score, has_positive)
+        single = rb.vpr_tutorial_single(right, score, has_positive, retrieved=retrieved)
         multi = rb.vpr_tutorial_multi(queries, database, dataset.positives, cached.database_valid,
                                       queries_valid=cached.queries_valid,
                                       similarity="dot" if normalised else "l2")  # fmt: skip
@@ -357,7 +363,7 @@ def robotics_metrics(metrics, indices, distances, dataset, queries, database, ca
         out["vpr-tutorial-single"] = single | {"source": "VPR_Tutorial createPR(matching='single')"}
         out["vpr-tutorial-multi"] = multi | {"source": "VPR_Tutorial createPR(matching='multi')"}
     if "precision" in metrics:
-        out["precision@k"] = rb.precision_at_k(indices, dataset.positives, ks)
+        out["precision@k"] = rb.precision_at_k(indices, dataset.positives, ks, evaluated)
     if "map" in metrics:
         out["map@k"] = rb.msls_map_at_k(indices, dataset.positives, ks, evaluated)
         out["map_source"] = "mapillary_sls utils/eval.py mapk"

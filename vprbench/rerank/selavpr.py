@@ -7,7 +7,9 @@ L2-normalised (models.selavpr ``SelaVPR.local_features``). For a query's l = 3,7
 candidate's: M = candidate @ query^T; query feature j's nearest candidate feature is argmax over the
 candidate's (first index on ties, as torch.argmax); it is a mutual match when that candidate feature's
 nearest query feature is j again. The score is the number of mutual matches; the candidates are
-re-ordered by ``np.argsort(scores)[::-1]`` (numpy's default sort, reversed: ties keep that order).
+re-ordered by ``np.argsort(scores)[::-1]``, the official call. numpy's default sort is not stable
+(and SIMD on some CPUs), so the order of candidates with equal counts depends on the numpy build and
+the CPU, here as in the official run.
 
 One oddity of the official code, matched by default: ``torch.nonzero(valid).squeeze()`` makes a
 single mutual match a 0-d tensor, which ``len(idx1.shape) < 1`` scores 0 instead of 1
@@ -23,26 +25,35 @@ LOCAL_SHAPE = (61, 61, 128)  # parser.py --dense_feature_map_size
 TOP_K = 100  # parser.py --rerank_num
 
 
-def mutual_matches(query, candidates, one_match: str = "official"):
+CANDIDATES_PER_MATMUL = 8  # (8, 3721, 3721) float32 similarities: 443 MB (the official: all 100)
+
+
+def mutual_matches(query, candidates, one_match: str = "official", device: str = "cpu"):
     """Scores [N] (float32, as the official ``torch.zeros(...).cuda()``) of candidates [N, H, W, C]
-    against the query's local features [H, W, C] (torch tensors or arrays)."""
+    against the query's local features [H, W, C] (arrays), on ``device`` (the official code runs it
+    on CUDA), a few candidates at a time: each candidate's score depends on it alone."""
     import torch
 
     if one_match not in ONE_MATCH:
         raise ValueError(f"one_match must be one of {ONE_MATCH}, got {one_match!r}")
-    query = torch.as_tensor(np.asarray(query, dtype=np.float32))
-    candidates = torch.as_tensor(np.asarray(candidates, dtype=np.float32))
+    dev = torch.device(device)
+    query = torch.as_tensor(np.asarray(query, dtype=np.float32)).to(dev)
+    candidates = np.asarray(candidates, dtype=np.float32)
     n, h, w, c = candidates.shape
     q = query.reshape(h * w, c)
-    cand = candidates.reshape(n, h * w, c)
-    m = torch.matmul(cand, q.T)  # (N, l_candidate, l_query)
-    best_candidate = torch.argmax(m, dim=1)  # (N, l_query): each query feature's nearest
-    best_query = torch.argmax(m, dim=2)  # (N, l_candidate)
-    back = best_query[torch.arange(n).reshape(-1, 1), best_candidate]  # (N, l_query)
-    mutual = (torch.arange(h * w).repeat(n, 1) == back).sum(dim=1)
-    scores = mutual.to(torch.float32)
-    if one_match == "official":
-        scores[mutual == 1] = 0.0
+    scores = torch.zeros(n, dtype=torch.float32)
+    for lo in range(0, n, CANDIDATES_PER_MATMUL):
+        cand = torch.as_tensor(candidates[lo : lo + CANDIDATES_PER_MATMUL]).to(dev)
+        cand = cand.reshape(len(cand), h * w, c)
+        m = torch.matmul(cand, q.T)  # (n, l_candidate, l_query)
+        best_candidate = torch.argmax(m, dim=1)  # (n, l_query): each query feature's nearest
+        best_query = torch.argmax(m, dim=2)  # (n, l_candidate)
+        back = best_query[torch.arange(len(cand), device=dev).reshape(-1, 1), best_candidate]
+        mutual = (torch.arange(h * w, device=dev).repeat(len(cand), 1) == back).sum(dim=1).cpu()
+        part = mutual.to(torch.float32)
+        if one_match == "official":
+            part[mutual == 1] = 0.0
+        scores[lo : lo + len(cand)] = part
     return scores.numpy()
 
 
