@@ -478,7 +478,7 @@ def test_evaluate_msls_challenge_per_city_writes_predictions(
     # two database images per city cannot fill the 25 keys the official scorer reads per line
     assert "msls_predictions" not in record["files"]
     assert "fewer than 25 results" in record["notes"][0]
-    from vprbench.evaluate.run import msls_prediction_lines
+    from vprbench.evaluate.msls import msls_prediction_lines
 
     ds = load_formatted("msls-challenge", data_root())
     indices = np.load(record["files"]["predictions"])["indices"]

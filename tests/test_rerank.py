@@ -191,9 +191,16 @@ def test_evaluate_rerank_by_hand(toy_reranker, capsys, monkeypatch, isolated_dir
 
     builds = []
     card, real_build = registry._REGISTERED["test-local"]
-    monkeypatch.setitem(registry._REGISTERED, "test-local",
-                        (card, lambda *a, **k: builds.append(1) or real_build(*a, **k)))  # fmt: skip
-    code, _, err = run([*argv, "--rerank", "test-mnn"], capsys, monkeypatch)
+    # (set and restored here: a monkeypatch undo would put the test model back after the fixture
+    # removed it, and every later test would see it registered)
+    registry._REGISTERED["test-local"] = (
+        card,
+        lambda *a, **k: builds.append(1) or real_build(*a, **k),
+    )
+    try:
+        code, _, err = run([*argv, "--rerank", "test-mnn"], capsys, monkeypatch)
+    finally:
+        registry._REGISTERED["test-local"] = (card, real_build)
     assert code == 0 and builds == [], err
     counted = json.loads(out)
     assert counted["settings"]["rerank"]["options"] == {"one_match": "count"}

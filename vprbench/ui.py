@@ -197,7 +197,7 @@ def recall_table(records: list[dict], title: str = "Recall@k", show_dataset: boo
         name = r["model"]["name"] + (
             " [RANDOM INIT]" if r["model"]["weights"]["random_init"] else ""
         )
-        rerank = r["settings"].get("rerank")
+        rerank = (r.get("settings") or {}).get("rerank")
         if rerank:  # a two-stage number: never shown as the global stage's
             name += f" [re-ranked: {rerank['name']}, top {rerank['k']}]"
         table.add_row(

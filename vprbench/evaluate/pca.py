@@ -100,3 +100,23 @@ def load_or_fit_pca(
     )
     pca.path = path
     return pca
+
+
+def pca_record(pca: PCA) -> dict:
+    """What the PCA was fitted on, and how that differs from the official fit."""
+    fit = pca.key["descriptors"]
+    return {
+        "dim": pca.dim,
+        "fit_dataset": fit["dataset"],
+        "fit_sample": f"at most {pca.key['max_images']} evenly spaced valid database then query "
+        f"descriptors of '{fit['dataset']}'",
+        "official_fit": "a random 16,384 of every image under pitts30k/images (train, val and test; "
+        "D2VPR util.compute_pca, parser.py --pca_dataset_folder): vprbench's sample differs",
+        "max_images": pca.key["max_images"],
+        "solver": "exact float64 SVD, deterministic signs (vprbench/pca.py)",
+        "official_solver": "sklearn PCA(pca_dim) with svd_solver='auto', which picks the randomized "
+        "SVD at the official shapes and is unseeded (random_state=None), so two official fits "
+        "differ slightly (D2VPR util.py:59-87, CricaVPR util.py:53-66)",
+        "renormalised": False,
+        "file": str(pca.path),
+    }

@@ -82,3 +82,15 @@ def rerank_predictions(
         "k": k,
     }
     return out, permutation, cost
+
+
+def apply_rerank(indices: np.ndarray, distances: np.ndarray, rerank: dict, device: str = "cpu"):
+    """A search's (indices, distances) re-ranked as ``rerank`` asks ({"reranker", "k", "options",
+    "local"}), the distances re-ordered with them, and the record's entry for the stage."""
+    reranker, local = rerank["reranker"], rerank["local"]
+    indices, permutation, cost = rerank_predictions(indices, local, reranker, rerank.get("k"),
+                                                    rerank.get("options"), device)  # fmt: skip
+    distances = np.take_along_axis(distances, permutation, 1)  # the global distances, re-ordered
+    entry = {"name": reranker.name, "source": reranker.source,
+             "local_descriptors": str(local.path), **cost}  # fmt: skip
+    return indices, distances, entry

@@ -256,3 +256,35 @@ def msls_map_at_k(
             scores.append(total / min(len(pidx), k))
         out[str(k)] = float(np.mean(scores)) if scores else float("nan")
     return out
+
+
+def record_metrics(metrics, indices, distances, dataset, queries, database, cached, evaluated,
+                     ks, normalised: bool) -> dict:  # fmt: skip
+    """The robotics metrics asked for (choices.ROBOTICS_METRICS), in both conventions, for the run
+    record (evaluate --metrics); ``curve_arrays`` holds VPR-Bench's curve for the predictions file."""
+    out: dict = {
+        "similarity": "cosine (1 - d/2 of the squared L2 distance d of L2-normalised descriptors)"
+        if normalised
+        else "1 - d/2 of the squared L2 distance d of the PCA projections (not normalised)",
+        "curve_arrays": {},
+    }
+    if {"auc-pr", "r@100p"} & set(metrics):
+        right, score = best_matches(indices, distances, dataset.positives)
+        has_positive = np.array([p.size > 0 for p in dataset.positives], dtype=bool)
+        retrieved = indices[:, 0] >= 0  # a skipped query image: VPR-Bench never scores it
+        bench = vpr_bench(right[retrieved], score[retrieved])
+        curve = bench.pop("curve")
+        out["curve_arrays"] = {f"pr_vpr_bench_{k}": np.asarray(v) for k, v in curve.items()}
+        single = vpr_tutorial_single(right, score, has_positive, retrieved=retrieved)
+        multi = vpr_tutorial_multi(queries, database, dataset.positives, cached.database_valid,
+                                      queries_valid=cached.queries_valid,
+                                      similarity="dot" if normalised else "l2")  # fmt: skip
+        out["vpr-bench"] = bench | {"source": "VPR-Bench performance_comparison.py (sklearn curve)"}
+        out["vpr-tutorial-single"] = single | {"source": "VPR_Tutorial createPR(matching='single')"}
+        out["vpr-tutorial-multi"] = multi | {"source": "VPR_Tutorial createPR(matching='multi')"}
+    if "precision" in metrics:
+        out["precision@k"] = precision_at_k(indices, dataset.positives, ks, evaluated)
+    if "map" in metrics:
+        out["map@k"] = msls_map_at_k(indices, dataset.positives, ks, evaluated)
+        out["map_source"] = "mapillary_sls utils/eval.py mapk"
+    return out

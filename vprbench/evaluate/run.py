@@ -22,7 +22,8 @@ from vprbench.evaluate.metrics import (  # parse_ks: re-exported
     recall_at_k,
     recall_interval,
 )
-from vprbench.evaluate.pca import PCA
+from vprbench.evaluate.msls import msls_prediction_lines
+from vprbench.evaluate.pca import PCA, pca_record
 from vprbench.evaluate.search import (
     SEARCHES,
     approximate_params,
@@ -126,17 +127,10 @@ def evaluate(
     has_ground_truth = any(p.size for p in dataset.positives)
     rerank_entry, global_indices = None, None
     if rerank is not None:
-        from vprbench.evaluate.rerank import rerank_predictions
+        from vprbench.evaluate.rerank import apply_rerank
 
-        reranker, local = rerank["reranker"], rerank["local"]
         global_indices = indices
-        indices, permutation, cost = rerank_predictions(indices, local, reranker, rerank.get("k"),
-                                                        rerank.get("options"), device)  # fmt: skip
-        distances = np.take_along_axis(
-            distances, permutation, 1
-        )  # the global distances, re-ordered
-        rerank_entry = {"name": reranker.name, "source": reranker.source,
-                        "local_descriptors": str(local.path), **cost}  # fmt: skip
+        indices, distances, rerank_entry = apply_rerank(indices, distances, rerank, device)
     result = (
         recall_at_k(indices, dataset.positives, ks, no_positive_policy)
         if has_ground_truth
@@ -192,7 +186,9 @@ def evaluate(
         extra["global_indices"] = global_indices  # before re-ranking
     robotics = None
     if metrics and has_ground_truth:
-        robotics = robotics_metrics(metrics, indices, distances, dataset, queries, database, cached,
+        from vprbench.evaluate.robotics import record_metrics
+
+        robotics = record_metrics(metrics, indices, distances, dataset, queries, database, cached,
                                     evaluated, ks, pca is None)  # fmt: skip
         extra |= robotics.pop("curve_arrays")  # VPR-Bench's curve: one point per distinct score
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
@@ -336,40 +332,6 @@ def evaluate(
     return record, record_path
 
 
-def robotics_metrics(metrics, indices, distances, dataset, queries, database, cached, evaluated,
-                     ks, normalised: bool) -> dict:  # fmt: skip
-    """The robotics metrics asked for, in both conventions (vprbench.evaluate.robotics), for the run
-    record; ``curve_arrays`` holds VPR-Bench's curve for the predictions file."""
-    from vprbench.evaluate import robotics as rb
-
-    out: dict = {
-        "similarity": "cosine (1 - d/2 of the squared L2 distance d of L2-normalised descriptors)"
-        if normalised
-        else "1 - d/2 of the squared L2 distance d of the PCA projections (not normalised)",
-        "curve_arrays": {},
-    }
-    if {"auc-pr", "r@100p"} & set(metrics):
-        right, score = rb.best_matches(indices, distances, dataset.positives)
-        has_positive = np.array([p.size > 0 for p in dataset.positives], dtype=bool)
-        retrieved = indices[:, 0] >= 0  # a skipped query image: VPR-Bench never scores it
-        bench = rb.vpr_bench(right[retrieved], score[retrieved])
-        curve = bench.pop("curve")
-        out["curve_arrays"] = {f"pr_vpr_bench_{k}": np.asarray(v) for k, v in curve.items()}
-        single = rb.vpr_tutorial_single(right, score, has_positive, retrieved=retrieved)
-        multi = rb.vpr_tutorial_multi(queries, database, dataset.positives, cached.database_valid,
-                                      queries_valid=cached.queries_valid,
-                                      similarity="dot" if normalised else "l2")  # fmt: skip
-        out["vpr-bench"] = bench | {"source": "VPR-Bench performance_comparison.py (sklearn curve)"}
-        out["vpr-tutorial-single"] = single | {"source": "VPR_Tutorial createPR(matching='single')"}
-        out["vpr-tutorial-multi"] = multi | {"source": "VPR_Tutorial createPR(matching='multi')"}
-    if "precision" in metrics:
-        out["precision@k"] = rb.precision_at_k(indices, dataset.positives, ks, evaluated)
-    if "map" in metrics:
-        out["map@k"] = rb.msls_map_at_k(indices, dataset.positives, ks, evaluated)
-        out["map_source"] = "mapillary_sls utils/eval.py mapk"
-    return out
-
-
 def _per_group_search(
     search: str, dim: int, top_k: int, device: str, groups: dict, database_valid: np.ndarray
 ) -> dict:
@@ -417,41 +379,3 @@ def _official(official: dict, pca: PCA | None) -> dict | None:
 
     extra = pca_difference(official.get("pca_dim"), pca.dim if pca else None)
     return {**official, "differences": official["differences"] + extra}
-
-
-def pca_record(pca: PCA) -> dict:
-    """What the PCA was fitted on, and how that differs from the official fit."""
-    fit = pca.key["descriptors"]
-    return {
-        "dim": pca.dim,
-        "fit_dataset": fit["dataset"],
-        "fit_sample": f"at most {pca.key['max_images']} evenly spaced valid database then query "
-        f"descriptors of '{fit['dataset']}'",
-        "official_fit": "a random 16,384 of every image under pitts30k/images (train, val and test; "
-        "D2VPR util.compute_pca, parser.py --pca_dataset_folder): vprbench's sample differs",
-        "max_images": pca.key["max_images"],
-        "solver": "exact float64 SVD, deterministic signs (vprbench/pca.py)",
-        "official_solver": "sklearn PCA(pca_dim) with svd_solver='auto', which picks the randomized "
-        "SVD at the official shapes and is unseeded (random_state=None), so two official fits "
-        "differ slightly (D2VPR util.py:59-87, CricaVPR util.py:53-66)",
-        "renormalised": False,
-        "file": str(pca.path),
-    }
-
-
-def msls_prediction_lines(dataset: FormattedDataset, indices: np.ndarray, k: int = 25) -> str:
-    """The mapillary_sls prediction format: per query, its key then its ``k`` ranked database keys.
-    Every line has exactly k keys (the official scorer reads them with np.loadtxt, which rejects
-    ragged rows); raises ValueError if a query has fewer than k results (a skipped query image, or a
-    city database smaller than k)."""
-    key = lambda path: Path(path).stem  # noqa: E731
-    short = [q for q, row in enumerate(indices) if (row[:k] < 0).any() or len(row) < k]
-    if short:
-        raise ValueError(
-            f"{len(short)} queries have fewer than {k} results (first: {dataset.queries[short[0]]})"
-        )
-    lines = [
-        " ".join([key(q), *(key(dataset.database[i]) for i in row[:k])])
-        for q, row in zip(dataset.queries, indices, strict=True)
-    ]
-    return "\n".join(lines) + "\n"

@@ -7,14 +7,8 @@ from pathlib import Path
 from vprbench.errors import VPRBenchError
 from vprbench.report.figures import efficiency, mosaic, pr_curves, recall_curves, training_curves
 from vprbench.report.records import frame, load_profiles, load_records
-from vprbench.report.tables import (
-    against_baseline,
-    robotics_latex,
-    robotics_markdown,
-    to_csv,
-    to_latex,
-    to_markdown,
-)
+from vprbench.report.robotics_tables import robotics_latex, robotics_markdown
+from vprbench.report.tables import against_baseline, to_csv, to_latex, to_markdown
 
 
 def write_report(
