@@ -38,6 +38,8 @@ def test_registry_names_and_cards():
         "mixvpr",
         "netvlad",
         "netvlad-pca",
+        "netvlad-pca128",
+        "netvlad-pca512",
         "pixels",
         "salad",
         "selavpr",

@@ -231,3 +231,46 @@ def test_unused_parameters_are_those_no_descriptor_depends_on():
     # BoQ reads DINOv2's last block without its final norm; the mask token is pre-training only
     assert unused_parameters(boq, (322, 322)) == {"backbone.dino.mask_token": 768,
                                                   "backbone.dino.norm": 1536}  # fmt: skip
+
+
+def test_profile_reports_the_rerank_cost(capsys, monkeypatch, isolated_dirs):
+    """``profile --rerank``: the local features' bytes per image (exact), their forward and the
+    matching of one query's top-k timed, in the record, its key and the printed line."""
+    from tests.test_cli import run
+    from vprbench import rerank
+    from vprbench.rerank import patchnetvlad as pnv
+
+    # Patch-NetVLAD's rapid spatial scoring over a 64 x 96 image: 4 x 6 conv5_3, 3 x 5 patches of 2
+    small = pnv.PatchConfig("test", (2,), (1,), (1.0,), "spatialApproximator", image_size=(64, 96))
+    rerank.register_reranker(rerank.patchnetvlad_reranker("test-pnv", "netvlad-pca128", small, 128))
+    try:
+        args = ["profile", "netvlad-pca128", "--image-size", "64", "96", "--repeats", "1",
+                "--warmup", "0", "--rerank", "test-pnv", "--rerank-k", "3", "--rerank-repeats", "2"]
+        code, out, err = run(args, capsys, monkeypatch)  # fmt: skip
+        assert code == 0, err
+        (path,) = (isolated_dirs["results"] / "profiles").glob("*.json")
+        record = json.loads(path.read_text())
+        rr = record["rerank"]
+        assert rr["local_bytes_per_image"] == {"fp32": 15 * 128 * 4, "fp16": 15 * 128 * 2}
+        assert (rr["k"], rr["local_shape"], rr["matching"]["repeats"]) == (3, [15, 128], 2)
+        assert rr["matching"]["score_calls"] == 3  # one candidate a call (Patch-NetVLAD's block)
+        assert rr["query_s"] > rr["matching"]["query_s_median"] > 0
+        assert record["key"]["rerank"] == "test-pnv" and record["key"]["rerank_k"] == 3
+        assert "netvlad-pca128 + re-ranker test-pnv: local features " in out
+        assert "0.01 MiB an image in fp32" in out and "matching the top 3:" in out
+        # without --rerank the key has no re-ranking fields: a second profile, measured anew
+        code, out, err = run(args[:9], capsys, monkeypatch)
+        assert code == 0, err
+        assert "netvlad-pca128: measured" in out and "re-ranker" not in out
+        assert len(list((isolated_dirs["results"] / "profiles").glob("*.json"))) == 2
+        # a re-ranker of a model not profiled; local features of the wrong size
+        code, _, err = run(["profile", "pixels", "--rerank", "selavpr"], capsys, monkeypatch)
+        assert code != 0 and "matches the local features of 'selavpr': profile that model" in err
+        small = ["profile", "netvlad-pca128", "--repeats", "1", "--warmup", "0", "--rerank",
+                 "patchnetvlad-storage", "--image-size"]  # fmt: skip
+        code, _, err = run([*small, "64", "96"], capsys, monkeypatch)
+        assert code != 0 and "patch sizes (5,) exceed the 4 x 6 feature map of a (64, 96)" in err
+        code, _, err = run([*small, "96", "128"], capsys, monkeypatch)  # 2 x 4 patches of 5
+        assert code != 0 and "have 1,024 values; the re-ranker matches (936, 128) (119,808)" in err
+    finally:
+        rerank.RERANKERS.pop("test-pnv")

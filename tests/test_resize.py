@@ -76,6 +76,8 @@ OFFICIAL = {
     "selavpr++-base": (_normalised_then_resized(False), (322, 322)),
     "mixvpr": (_pil("bilinear"), (320, 320)),
     "netvlad-pca": (_pil("bilinear"), (480, 640)),
+    "netvlad-pca512": (_pil("bilinear"), (480, 640)),
+    "netvlad-pca128": (_pil("bilinear"), (480, 640)),
     "boq-resnet50": (_boq, (384, 384)),
     "boq-dinov2": (_boq, (322, 322)),
     "cosplace": (_native, None),

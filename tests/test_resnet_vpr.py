@@ -20,6 +20,9 @@ OFFICIAL = [
     ("mixvpr", {}, 10_880_900, 4096),
     ("netvlad", {}, 14_780_224, 32_768),
     ("netvlad-pca", {}, 149_002_048, 4096),
+    # 14,780,224 + 32,768 x 512 + 512; 14,780,224 + 32,768 x 128 + 128
+    ("netvlad-pca512", {}, 31_557_952, 512),
+    ("netvlad-pca128", {}, 18_974_656, 128),
 ]
 
 
@@ -46,7 +49,7 @@ def official_keys(name: str) -> set[str]:
         # vgg16.features[:-2] (to conv5_3) as `encoder`, the NetVLAD layer as `pool` (main.py)
         keys = {f"encoder.{k}" for k in torchvision.models.vgg16().features.state_dict()}
         keys |= {"pool.centroids", "pool.conv.weight"}
-        return keys | ({"WPCA.0.weight", "WPCA.0.bias"} if name == "netvlad-pca" else set())
+        return keys | ({"WPCA.0.weight", "WPCA.0.bias"} if "pca" in name else set())
     keys = {"backbone.model." + k for k in _torchvision_keys(("fc.", "layer4."))}
     for i in range(4):
         keys |= {f"aggregator.mix.{i}.mix.{j}.{p}" for j in (0, 1, 3) for p in ("weight", "bias")}

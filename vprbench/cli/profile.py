@@ -39,18 +39,38 @@ from vprbench.ui import (
 @click.option("--repeats", type=int, default=10, show_default=True)
 @click.option("--vs", "reference", default=None, help="Reference model (default: the first named).")
 @click.option("--force", is_flag=True, help="Measure again even if a profile of this key exists.")
+@click.option("--rerank", default=None, metavar="NAME",
+              help="Also the cost of this re-ranker (of one of MODELS): local features, bytes per "
+              "image, matching time per query.")  # fmt: skip
+@click.option("--rerank-k", type=int, default=None, help="Candidates a query (default: official).")
+@click.option("--rerank-repeats", type=int, default=3, show_default=True,
+              help="Timed queries of the matching (after one warm-up).")  # fmt: skip
 @results_option
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON on stdout only.")
 def profile_cmd(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
-                repeats, reference, force, results_dir, as_json) -> None:  # fmt: skip
+                repeats, reference, force, rerank, rerank_k, rerank_repeats, results_dir,
+                as_json) -> None:  # fmt: skip
     """Parameters, fvcore FLOPs, latency and memory of MODELS; reductions against a reference."""
     with json_mode(as_json) as emit:
         emit(_profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim,
-                      warmup, repeats, reference, force, results_dir))  # fmt: skip
+                      warmup, repeats, reference, force, results_dir,
+                      (rerank, rerank_k, rerank_repeats)))  # fmt: skip
+
+
+def rerank_line(record: dict) -> str:
+    """One profile's re-ranking cost in words."""
+    rr = record["rerank"]
+    size = rr["local_bytes_per_image"]
+    m = rr["matching"]
+    return (f"{record['model']} + re-ranker {rr['name']}: local features "
+            f"{rr['local_features']['image_ms_median']:.1f} ms an image, {size['fp32'] / 2**20:.2f} MiB "
+            f"an image in fp32 ({size['fp16'] / 2**20:.2f} with --store fp16); matching the top "
+            f"{rr['k']}: {m['query_s_median']:.3f} s a query (median of {m['repeats']}, "
+            f"{m['candidates']}); {rr['query_s']:.3f} s a query in all")  # fmt: skip
 
 
 def _profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
-             repeats, reference, force, results_dir) -> dict:  # fmt: skip
+             repeats, reference, force, results_dir, rerank=(None, None, 3)) -> dict:  # fmt: skip
     from vprbench.models.registry import check_model_request
     from vprbench.yamlfile import parse_overrides
 
@@ -60,6 +80,15 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
     names = list(dict.fromkeys([*models, reference]))
     for name in names:  # before torch is imported
         check_model_request(name, parse_overrides(overrides))
+    if rerank[0] is not None:
+        from vprbench.rerank import get_reranker
+
+        owner = get_reranker(rerank[0]).model
+        if owner not in names:
+            raise VPRBenchError(f"--rerank {rerank[0]} matches the local features of '{owner}': "
+                                f"profile that model")  # fmt: skip
+        if rerank[2] < 1:
+            raise VPRBenchError("--rerank-repeats must be >= 1")
 
     import torch
 
@@ -69,7 +98,7 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
         raise VPRBenchError("--device cuda requested, but CUDA is not available here")
     settings = ProfileSettings(
         tuple(image_size) if image_size else None, batch_size, dtype, device, threads, warmup,
-        repeats, pca_dim,
+        repeats, pca_dim, *rerank,
     )  # fmt: skip
     records = []
     for name in names:
@@ -95,6 +124,8 @@ def _profile(models, image_size, batch_size, dtype, device, threads, overrides, 
                           soft_wrap=True)  # fmt: skip
         for warning in r.get("warnings", []):
             err_console.print(f"[yellow]{r['model']}: {warning}[/]", soft_wrap=True)
+        if "rerank" in r:
+            console.print(rerank_line(r), soft_wrap=True)
     for row in reductions(records, reference):
         if row["model"] != reference and None not in (row["params"], row["flops"], row["latency"]):
             console.print(

@@ -67,8 +67,13 @@ def rerank_predictions(
         if len(present) < 2 or not local.queries_valid[q]:
             continue
         query = np.asarray(queries[q : q + 1], dtype=np.float32).reshape(shape)
-        candidates = np.asarray(database[head[present]], dtype=np.float32).reshape(-1, *shape)
-        scores = reranker.score(query, candidates, device=device, **options)
+        raw = []
+        for lo in range(0, len(present), reranker.block):  # never all the candidates at once
+            rows = head[present[lo : lo + reranker.block]]
+            candidates = np.asarray(database[rows], dtype=np.float32).reshape(-1, *shape)
+            raw.append(np.asarray(reranker.score(query, candidates, device=device, **options)))
+        scores = np.concatenate(raw)
+        scores = scores if reranker.combine is None else reranker.combine(scores)
         order = np.asarray(reranker.order(scores))
         permutation[q, present] = present[order]
         out[q, present] = head[present][order]
@@ -93,4 +98,9 @@ def apply_rerank(indices: np.ndarray, distances: np.ndarray, rerank: dict, devic
     distances = np.take_along_axis(distances, permutation, 1)  # the global distances, re-ordered
     entry = {"name": reranker.name, "source": reranker.source,
              "local_descriptors": str(local.path), **cost}  # fmt: skip
+    if reranker.libraries:
+        import importlib
+
+        entry["libraries"] = {name: importlib.import_module(name).__version__
+                              for name in reranker.libraries}  # fmt: skip
     return indices, distances, entry

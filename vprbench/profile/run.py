@@ -46,18 +46,24 @@ class ProfileSettings:
     warmup: int = 3
     repeats: int = 10
     pca_dim: int | None = None
+    rerank: str | None = None  # a re-ranker of this model: its cost too (vprbench.profile.rerank)
+    rerank_k: int | None = None  # candidates a query; None: the re-ranker's official top-K
+    rerank_repeats: int = 3
 
 
+RERANK_FIELDS = ("rerank", "rerank_k", "rerank_repeats")
 PROFILE_FORMAT = 2  # 2: records hold the parameters no descriptor uses
 
 
 def profile_key(name: str, options: dict, s: ProfileSettings, image_size) -> dict:
+    """The cache key; the re-ranking fields only when a re-ranker is profiled (older keys stay)."""
+    skip = {"image_size", *(RERANK_FIELDS if s.rerank is None else ())}
     return {
         "format": PROFILE_FORMAT,
         "model": name,
         "options": options,
         "image_size": list(image_size),
-        **{k: v for k, v in asdict(s).items() if k != "image_size"},
+        **{k: v for k, v in asdict(s).items() if k not in skip},
         "machine": machine(),
         "vprbench": __version__,
     }
@@ -75,7 +81,15 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
         threads, threads_source = torch.get_num_threads(), "torch's default (CUDA device)"
     else:
         threads, threads_source = free_cores()
-    s = ProfileSettings(**{**asdict(s), "threads": threads})
+    reranker = None
+    if s.rerank is not None:
+        from vprbench.rerank import get_reranker
+
+        reranker = get_reranker(s.rerank)
+        if reranker.model != name:  # another model's stage: profile this one without it
+            reranker = None
+    s = ProfileSettings(**{**asdict(s), "threads": threads,
+                           **({} if reranker else dict.fromkeys(RERANK_FIELDS[:2]))})  # fmt: skip
     key = profile_key(name, options, s, image_size)
     path = Path(results_dir) / "profiles" / f"{name}__{key_digest(key)}.json"
     if path.is_file() and not force:
@@ -99,6 +113,11 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
     memory = measure_memory({"model": name, "options": options, "image_size": list(image_size),
                              "batch": s.batch_size, "dtype": s.dtype, "device": s.device,
                              "threads": threads})  # fmt: skip
+    rerank = None
+    if reranker is not None:
+        from vprbench.profile.rerank import profile_rerank
+
+        rerank = profile_rerank(model, reranker, x, s.rerank_k, s)
     macs = flops.macs_per_image
     by_group = dict(flops.by_group)
     if s.pca_dim:
@@ -135,6 +154,7 @@ def profile_model(name: str, overrides: dict, s: ProfileSettings, results_dir: P
         if s.device == "cpu"
         else [],
         "memory": memory,
+        **({"rerank": rerank} if rerank else {}),
         "settings": {**asdict(s), "image_size": list(image_size)},
         "machine": key["machine"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

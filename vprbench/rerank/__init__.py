@@ -7,8 +7,13 @@ descriptor cache (``LocalFeatures`` wraps the model: its flattened local map is 
 with ``features`` in the options, so it is cached, resumed and shared under torchrun like any
 descriptor, and never computed twice) and read back a query's candidates at a time.
 
-Registered: ``selavpr`` (vprbench.rerank.selavpr). Patch-NetVLAD's, FoL's and SelaVPR++'s stages are
-not written yet.
+Scoring reads a query's candidates ``block`` at a time (``score`` gives each its raw score); ``combine``
+turns the raw scores of all the candidates into the ones ``order`` sorts (Patch-NetVLAD standardises
+them over the candidates).
+
+Registered: ``selavpr`` (vprbench.rerank.selavpr) and Patch-NetVLAD's three configs, ``patchnetvlad``
+(performance.ini), ``patchnetvlad-speed`` and ``patchnetvlad-storage`` (vprbench.rerank.patchnetvlad).
+FoL's and SelaVPR++'s stages are not written yet.
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ class Reranker:
     source: str  # the official files and lines
     top_k: int  # the official number of candidates re-ordered
     local_shape: tuple[int, ...]  # one image's local features
-    score: Callable  # (query local [*local_shape], candidates [N, *local_shape], **options) -> [N]
+    score: Callable  # (query local [*local_shape], candidates [N, *local_shape], **options) -> [N, ...]
     order: Callable  # (scores [N]) -> positions of the candidates, best first
     options: dict[str, tuple] = field(default_factory=dict)  # option: allowed values, first default
+    features: dict = field(default_factory=dict)  # keyword arguments of model.local_features
+    block: int = 8  # candidates read and scored at a time
+    combine: Callable | None = None  # (raw scores of all candidates) -> [N]; None: as they are
+    libraries: tuple[str, ...] = ()  # modules whose version the record states (OpenCV's RANSAC)
 
 
 RERANKERS: dict[str, Reranker] = {}
@@ -48,8 +57,39 @@ def get_reranker(name: str) -> Reranker:
     return RERANKERS[name]
 
 
+def patchnetvlad_reranker(name: str, model: str, config, pcs: int) -> Reranker:
+    """A Patch-NetVLAD re-ranker for one of its configs (vprbench.rerank.patchnetvlad.PatchConfig)
+    over the ``pcs``-d WPCA of ``model``."""
+    from functools import partial
+
+    from vprbench.rerank import patchnetvlad
+
+    matcher = (
+        "RANSAC on the patch centres" if config.matcher == "RANSAC" else "rapid spatial scoring"
+    )
+    sizes = ",".join(str(p) for p in config.patch_sizes)
+    return Reranker(
+        name=name,
+        model=model,
+        description=f"Patch-NetVLAD ({config.name}): mutual nearest {pcs}-d patch descriptors of "
+        f"sizes {sizes}, {matcher}, over the global top-{patchnetvlad.TOP_K}",
+        source="QVPR/Patch-NetVLAD patchnetvlad/models/patchnetvlad.py PatchNetVLAD.forward; "
+        "feature_extract.py; patchnetvlad/models/local_matcher.py local_matcher, "
+        "normalise_func; patchnetvlad/tools/patch_matcher.py; "
+        f"patchnetvlad/configs/{config.name}",
+        top_k=patchnetvlad.TOP_K,
+        local_shape=(sum(config.patches()), pcs),
+        score=partial(patchnetvlad.patch_scores, config),
+        order=patchnetvlad.rerank_order,
+        features={"patch_sizes": config.patch_sizes, "strides": config.strides},
+        block=1,  # 46 MB a candidate in performance.ini
+        combine=partial(patchnetvlad.combine, config),
+        libraries=("cv2",) if config.matcher == "RANSAC" else (),
+    )
+
+
 def _register_official() -> None:
-    from vprbench.rerank import selavpr
+    from vprbench.rerank import patchnetvlad, selavpr
 
     register_reranker(Reranker(
         name="selavpr",
@@ -63,7 +103,14 @@ def _register_official() -> None:
         score=selavpr.mutual_matches,
         order=selavpr.rerank_order,
         options={"one_match": selavpr.ONE_MATCH},
+        block=selavpr.CANDIDATES_PER_MATMUL,
     ))  # fmt: skip
+    for name, model, config, pcs in (
+        ("patchnetvlad", "netvlad-pca", patchnetvlad.PERFORMANCE, 4096),
+        ("patchnetvlad-speed", "netvlad-pca512", patchnetvlad.SPEED, 512),
+        ("patchnetvlad-storage", "netvlad-pca128", patchnetvlad.STORAGE, 128),
+    ):
+        register_reranker(patchnetvlad_reranker(name, model, config, pcs))
 
 
 _register_official()

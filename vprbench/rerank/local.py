@@ -25,6 +25,7 @@ class LocalFeatures(VPRModel):
         self.weights_info = model.weights_info
         self.batch_dependent = model.batch_dependent
         self.descriptor_dim = prod(reranker.local_shape)
+        self.features = dict(reranker.features)
 
     def forward(self, x):
-        return self.inner.local_features(x).flatten(1)
+        return self.inner.local_features(x, **self.features).flatten(1)

@@ -10,6 +10,32 @@ from vprbench.models.card import ModelCard, Release, WeightSource
 _PNV_URL = "https://huggingface.co/TobiasRobotics/Patch-NetVLAD/resolve/main/"
 
 
+def _wpca_releases(pcs: int, pitts_benchmarks: tuple[str, ...] = ("pitts30k-test",),
+                   mapillary_benchmarks: tuple[str, ...] = ("msls-val", "msls-challenge",
+                                                            "nordland-pnv")) -> tuple:  # fmt: skip
+    """The Mapillary- and Pittsburgh-trained files with a ``pcs``-d WPCA (download_models.py)."""
+    return (
+        Release(
+            "mapillary",
+            f"mapillary_WPCA{pcs}.pth.tar",
+            mapillary_benchmarks,
+            url=_PNV_URL + f"mapillary_WPCA{pcs}.pth.tar",
+            note="trained on MSLS; the configs' resumepath (./pretrained_models/mapillary_WPCA + "
+            "num_pcs). The README does not say which file goes with which benchmark: this split "
+            "(Pitts-trained for Pitts, Mapillary-trained elsewhere) follows the paper",
+        ),
+        Release(
+            "pitts",
+            f"pitts_WPCA{pcs}.pth.tar",
+            pitts_benchmarks,
+            url=_PNV_URL + f"pitts_WPCA{pcs}.pth.tar",
+            note=f"trained on Pitts30k; the README's wget and download_models.py save it as "
+            f"pittsburgh_WPCA{pcs}.pth.tar",
+            aliases=(f"pittsburgh_WPCA{pcs}.pth.tar",),
+        ),
+    )
+
+
 NETVLAD_CARD = ModelCard(
     name="netvlad",
     description="NetVLAD: VGG-16 conv5_3 + NetVLAD with 64 clusters (32,768-d), images at their own size.",
@@ -33,6 +59,27 @@ NETVLAD_CARD = ModelCard(
 )
 
 
+def _wpca_card(pcs: int, config: str, reranker: str) -> ModelCard:
+    """Patch-NetVLAD's global descriptor with a smaller WPCA, as its ``config`` uses it."""
+    return ModelCard(
+        name=f"netvlad-pca{pcs}",
+        description=f"Patch-NetVLAD's global descriptor with WPCA to {pcs} (configs/{config}), "
+        "images resized to 480x640.",
+        image_size=(480, 640),
+        descriptor_dim=pcs,
+        pipeline_source=NETVLAD_PCA_CARD.pipeline_source.replace("performance.ini", config),
+        weights=WeightSource(
+            note=f"Patch-NetVLAD's pitts_WPCA{pcs}.pth.tar or mapillary_WPCA{pcs}.pth.tar "
+            f"(download_models.py): --weights official:pitts or official:mapillary"
+        ),
+        releases=_wpca_releases(pcs),
+        reference=NETVLAD_PCA_CARD.reference,
+        licence=NETVLAD_PCA_CARD.licence,
+        protocol=f"480x640 PIL bilinear; configs/{config}'s global stage (num_pcs = {pcs}), "
+        f"before its patch re-ranking (--rerank {reranker})",
+    )
+
+
 NETVLAD_PCA_CARD = ModelCard(
     name="netvlad-pca",
     description="Patch-NetVLAD's global descriptor: NetVLAD-64 + WPCA to 4,096, images resized to 480x640.",
@@ -44,33 +91,20 @@ NETVLAD_PCA_CARD = ModelCard(
         note="Patch-NetVLAD's pitts_WPCA4096.pth.tar or mapillary_WPCA4096.pth.tar (a dict with "
         "num_pcs and state_dict; README.md:72-77): --weights official:pitts or official:mapillary"
     ),
-    releases=(
-        Release(
-            "mapillary",
-            "mapillary_WPCA4096.pth.tar",
-            ("msls-val", "msls-challenge", "nordland-pnv"),
-            url=_PNV_URL + "mapillary_WPCA4096.pth.tar",
-            note="trained on MSLS; configs/performance.ini:18's default resumepath. The README "
-            "does not say which file goes with which benchmark: this split (Pitts-trained for "
-            "Pitts, Mapillary-trained elsewhere) follows the paper",
-        ),
-        Release(
-            "pitts",
-            "pitts_WPCA4096.pth.tar",
-            ("pitts30k-test",),
-            url=_PNV_URL + "pitts_WPCA4096.pth.tar",
-            note="trained on Pitts30k; the README's wget and download_models.py:46-48 save it as "
-            "pittsburgh_WPCA4096.pth.tar",
-            aliases=("pittsburgh_WPCA4096.pth.tar",),
-        ),
-    ),  # fmt: skip
+    releases=_wpca_releases(4096),
     reference="Hausler et al., Patch-NetVLAD (CVPR 2021)",
     licence="MIT (the code: QVPR/Patch-NetVLAD LICENSE; the README states no licence for the "
     "weights)",
     protocol="480x640 PIL bilinear; the WPCA layer's 4,096-d descriptor is Patch-NetVLAD's global "
-    "retrieval stage, before its patch-level re-ranking (which vprbench does not run): the paper's "
-    "numbers include that re-ranking. A model Patch-NetVLAD retrained, not the NetVLAD paper's",
+    "retrieval stage, before its patch-level re-ranking (--rerank patchnetvlad: "
+    "configs/performance.ini): the paper's numbers include that re-ranking. A model "
+    "Patch-NetVLAD retrained, not the NetVLAD paper's",
 )
 
 
-CARDS = {card.name: card for card in (NETVLAD_CARD, NETVLAD_PCA_CARD)}
+NETVLAD_PCA512_CARD = _wpca_card(512, "speed.ini", "patchnetvlad-speed")
+NETVLAD_PCA128_CARD = _wpca_card(128, "storage.ini", "patchnetvlad-storage")
+
+
+CARDS = {card.name: card for card in (NETVLAD_CARD, NETVLAD_PCA_CARD, NETVLAD_PCA512_CARD,
+                                      NETVLAD_PCA128_CARD)}  # fmt: skip
