@@ -244,8 +244,23 @@ def test_profile_reports_the_rerank_cost(capsys, monkeypatch, isolated_dirs):
     small = pnv.PatchConfig("test", (2,), (1,), (1.0,), "spatialApproximator", image_size=(64, 96))
     rerank.register_reranker(rerank.patchnetvlad_reranker("test-pnv", "netvlad-pca128", small, 128))
     try:
-        args = ["profile", "netvlad-pca128", "--image-size", "64", "96", "--repeats", "1",
-                "--warmup", "0", "--rerank", "test-pnv", "--rerank-k", "3", "--rerank-repeats", "2"]
+        args = [
+            "profile",
+            "netvlad-pca128",
+            "--image-size",
+            "64",
+            "96",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--rerank",
+            "test-pnv",
+            "--rerank-k",
+            "3",
+            "--rerank-repeats",
+            "2",
+        ]
         code, out, err = run(args, capsys, monkeypatch)  # fmt: skip
         assert code == 0, err
         (path,) = (isolated_dirs["results"] / "profiles").glob("*.json")
