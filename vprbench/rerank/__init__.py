@@ -11,9 +11,10 @@ Scoring reads a query's candidates ``block`` at a time (``score`` gives each its
 turns the raw scores of all the candidates into the ones ``order`` sorts (Patch-NetVLAD standardises
 them over the candidates).
 
-Registered: ``selavpr`` (vprbench.rerank.selavpr) and Patch-NetVLAD's three configs, ``patchnetvlad``
-(performance.ini), ``patchnetvlad-speed`` and ``patchnetvlad-storage`` (vprbench.rerank.patchnetvlad).
-FoL's and SelaVPR++'s stages are not written yet.
+Registered: ``selavpr`` (vprbench.rerank.selavpr), ``fol`` and ``fol-base`` (SelaVPR's matching with
+FoL's cosine threshold, over FoL's discriminative-region features), and Patch-NetVLAD's three configs,
+``patchnetvlad`` (performance.ini), ``patchnetvlad-speed`` and ``patchnetvlad-storage``
+(vprbench.rerank.patchnetvlad). SelaVPR++'s binary-then-float stage is not written yet.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Reranker:
 
 
 RERANKERS: dict[str, Reranker] = {}
+FOL_THRESHOLD = 0.7  # chenshunpeng/FoL test_FoL.py match_batch_tensor T2
 
 
 def register_reranker(reranker: Reranker) -> Reranker:
@@ -105,6 +107,26 @@ def _register_official() -> None:
         options={"one_match": selavpr.ONE_MATCH},
         block=selavpr.CANDIDATES_PER_MATMUL,
     ))  # fmt: skip
+    from functools import partial
+
+    from vprbench.models.cards.fol import LOCAL_ROWS
+
+    for name in ("fol", "fol-base"):
+        register_reranker(Reranker(
+            name=name,
+            model=name,
+            description=f"FoL: mutual nearest neighbours with cosine over {FOL_THRESHOLD} of the "
+            f"128-d features of its 225 discriminative regions (up to {LOCAL_ROWS:,}), top 100",
+            source="chenshunpeng/FoL test_FoL.py match_batch_tensor (T2=0.7), local_sim, rerank; "
+            "network_FoL.py forward; aggregators/FoL.py forward (num_select 225); parser.py "
+            "--recall_values (max 100)",
+            top_k=100,
+            local_shape=(LOCAL_ROWS, 128),
+            score=partial(selavpr.mutual_matches, threshold=FOL_THRESHOLD),
+            order=selavpr.rerank_order,
+            options={"one_match": selavpr.ONE_MATCH},
+            block=selavpr.CANDIDATES_PER_MATMUL,
+        ))  # fmt: skip
     for name, model, config, pcs in (
         ("patchnetvlad", "netvlad-pca", patchnetvlad.PERFORMANCE, 4096),
         ("patchnetvlad-speed", "netvlad-pca512", patchnetvlad.SPEED, 512),

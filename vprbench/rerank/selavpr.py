@@ -28,10 +28,16 @@ TOP_K = 100  # parser.py --rerank_num
 CANDIDATES_PER_MATMUL = 8  # (8, 3721, 3721) float32 similarities: 443 MB (the official: all 100)
 
 
-def mutual_matches(query, candidates, one_match: str = "official", device: str = "cpu"):
-    """Scores [N] (float32, as the official ``torch.zeros(...).cuda()``) of candidates [N, H, W, C]
-    against the query's local features [H, W, C] (arrays), on ``device`` (the official code runs it
-    on CUDA), a few candidates at a time: each candidate's score depends on it alone."""
+def mutual_matches(query, candidates, one_match: str = "official", device: str = "cpu",
+                   threshold: float | None = None):  # fmt: skip
+    """Scores [N] (float32, as the official ``torch.zeros(...).cuda()``) of candidates [N, ..., C]
+    against the query's local features [..., C] (arrays), on ``device`` (the official code runs it
+    on CUDA), a few candidates at a time: each candidate's score depends on it alone.
+
+    ``threshold`` (FoL's ``T2``): count only the mutual matches whose cosine, computed as the official
+    ``torch.sum(fm1[idx1] * fm2[i][idx2], dim=1)``, exceeds it; a single mutual match still scores 0
+    (``one_match="official"``: the 0-d index skips the threshold and scores 0), or is counted like
+    the others (``"count"``)."""
     import torch
 
     if one_match not in ONE_MATCH:
@@ -39,18 +45,27 @@ def mutual_matches(query, candidates, one_match: str = "official", device: str =
     dev = torch.device(device)
     query = torch.as_tensor(np.asarray(query, dtype=np.float32)).to(dev)
     candidates = np.asarray(candidates, dtype=np.float32)
-    n, h, w, c = candidates.shape
-    q = query.reshape(h * w, c)
+    n, c = len(candidates), candidates.shape[-1]
+    q = query.reshape(-1, c)
+    length = len(q)
     scores = torch.zeros(n, dtype=torch.float32)
     for lo in range(0, n, CANDIDATES_PER_MATMUL):
         cand = torch.as_tensor(candidates[lo : lo + CANDIDATES_PER_MATMUL]).to(dev)
-        cand = cand.reshape(len(cand), h * w, c)
+        cand = cand.reshape(len(cand), length, c)
         m = torch.matmul(cand, q.T)  # (n, l_candidate, l_query)
         best_candidate = torch.argmax(m, dim=1)  # (n, l_query): each query feature's nearest
         best_query = torch.argmax(m, dim=2)  # (n, l_candidate)
-        back = best_query[torch.arange(len(cand), device=dev).reshape(-1, 1), best_candidate]
-        mutual = (torch.arange(h * w, device=dev).repeat(len(cand), 1) == back).sum(dim=1).cpu()
-        part = mutual.to(torch.float32)
+        rows = torch.arange(len(cand), device=dev).reshape(-1, 1)
+        valid = (
+            torch.arange(length, device=dev).repeat(len(cand), 1)
+            == best_query[rows, best_candidate]
+        )
+        mutual = valid.sum(dim=1).cpu()
+        counted = valid
+        if threshold is not None:  # the cosine of each query feature with its nearest
+            cosine = torch.sum(q[None] * cand[rows, best_candidate], dim=-1)
+            counted = valid & (cosine > threshold)
+        part = counted.sum(dim=1).cpu().to(torch.float32)
         if one_match == "official":
             part[mutual == 1] = 0.0
         scores[lo : lo + len(cand)] = part

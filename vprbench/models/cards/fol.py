@@ -10,6 +10,9 @@ import dataclasses
 from vprbench.models.card import ModelCard, WeightSource
 
 _HF = "https://huggingface.co/shunpeng/FoL/resolve/main/"
+# network_FoL.py max_len for an upsampled local map over 80 rows (the 504 and 322 inputs): the rows
+# of one image's local features for --rerank fol (vprbench.models.fol.local_features)
+LOCAL_ROWS = 3600
 _PIPELINE = (
     "chenshunpeng/FoL datasets.py:18-21 (base_transform: ToTensor, Normalize) then :176-183 "
     "(transforms.functional.resize of the normalised tensor, no antialias argument; hard_resize "
@@ -20,8 +23,8 @@ _PIPELINE = (
     "zeroed below 0.01). Commit e930a76"
 )
 _GLOBAL = (
-    "vprbench computes FoL-global, the first column of each pair in the README; the re-ranking "
-    "column re-ranks with FoL's local features (test_FoL.py), which vprbench does not run"
+    "vprbench computes FoL-global, the first column of each pair in the README, and with "
+    "--rerank fol (fol-base) the re-ranking column (test_FoL.py rerank over the top 100)"
 )
 
 FOL_CARD = ModelCard(
