@@ -80,16 +80,10 @@ class TopLeftAndPixels(torch.nn.Module):
         return torch.nn.functional.normalize(x.permute(0, 2, 3, 1), dim=-1)
 
 
-@pytest.fixture
-def toy_reranker(tmp_path, monkeypatch, capsys, isolated_dirs):
-    """'test-local' (TopLeftAndPixels) and 'test-mnn' (SelaVPR's score on its 2 x 2 x 3 features)
-    registered for one test, and a formatted 3-image database + 1 query 'city-rerank'."""
-    from PIL import Image
-
-    from tests.test_cli import run
-    from tests.test_protocols_2026 import vdd_name
+def register_toys() -> None:
+    """'test-local' (TopLeftAndPixels) and 'test-mnn' (SelaVPR's score on its 2 x 2 x 3 features),
+    in this process (a torchrun test's script calls it in each rank)."""
     from vprbench import rerank
-    from vprbench.models import registry
     from vprbench.models.base import VPRModel
     from vprbench.models.registry import ModelCard, WeightsInfo, register_model
     from vprbench.rerank import selavpr
@@ -109,11 +103,23 @@ def toy_reranker(tmp_path, monkeypatch, capsys, isolated_dirs):
         name="test-mnn", model="test-local", description="test only", source="test",
         top_k=100, local_shape=(2, 2, 3), score=selavpr.mutual_matches, order=selavpr.rerank_order,
         options={"one_match": selavpr.ONE_MATCH}))  # fmt: skip
-    # the query R G / B B; database: R R / R R far, G R / B B at 5 m (the positive), B G / G G far
-    images = {"database": [((552000.0, 4180000.0), [R, R, R, R]),
-                           ((550005.0, 4180000.0), [G, R, B, B]),
-                           ((551000.0, 4180000.0), [B, G, G, G])],
-              "queries": [((550000.0, 4180000.0), [R, G, B, B])]}  # fmt: skip
+
+
+def unregister_toys() -> None:
+    from vprbench import rerank
+    from vprbench.models import registry
+
+    registry._REGISTERED.pop("test-local")
+    rerank.RERANKERS.pop("test-mnn")
+
+
+def format_city(tmp_path, images: dict, name: str, capsys, monkeypatch) -> None:
+    """Protocol ``name`` over 2 x 2 images {split: [((east, north), 4 pixels), ...]}, 25 m."""
+    from PIL import Image
+
+    from tests.test_cli import run
+    from tests.test_protocols_2026 import vdd_name
+
     for folder, items in images.items():
         (tmp_path / "CITY" / "test" / folder).mkdir(parents=True)
         for i, ((east, north), pixels) in enumerate(items):
@@ -124,24 +130,40 @@ def toy_reranker(tmp_path, monkeypatch, capsys, isolated_dirs):
                 / folder
                 / vdd_name(east, north, f"{i:04d}").replace(".jpg", ".png")
             )
-    (tmp_path / "datasets.yaml").write_text("""protocols:
-  city-rerank:
+    counts = {split: len(items) for split, items in images.items()}
+    (tmp_path / "datasets.yaml").write_text(f"""protocols:
+  {name}:
     description: d
-    database: {count: 3, layout: "test/database"}
-    queries: {count: 1, layout: "test/queries"}
-    ground_truth: {source: s, formats: [vdd]}
-    positive: {rule: utm-radius, threshold: 25, unit: m}
+    database: {{count: {counts["database"]}, layout: "test/database"}}
+    queries: {{count: {counts["queries"]}, layout: "test/queries"}}
+    ground_truth: {{source: s, formats: [vdd]}}
+    positive: {{rule: utm-radius, threshold: 25, unit: m}}
     licence: l
     obtain: o
-    source: {formatter: vdd, files: [test/database, test/queries]}
+    source: {{formatter: vdd, files: [test/database, test/queries]}}
 """)
     monkeypatch.setenv("VPRBENCH_DATASETS_YAML", str(tmp_path / "datasets.yaml"))
-    code, _, err = run(["datasets", "format", "city-rerank", "--from", str(tmp_path / "CITY")],
+    code, _, err = run(["datasets", "format", name, "--from", str(tmp_path / "CITY")],
                        capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
-    yield
-    registry._REGISTERED.pop(card.name)
-    rerank.RERANKERS.pop("test-mnn")
+
+
+# the query R G / B B; database: R R / R R far, G R / B B at 5 m (the positive), B G / G G far
+CITY = {"database": [((552000.0, 4180000.0), [R, R, R, R]),
+                     ((550005.0, 4180000.0), [G, R, B, B]),
+                     ((551000.0, 4180000.0), [B, G, G, G])],
+        "queries": [((550000.0, 4180000.0), [R, G, B, B])]}  # fmt: skip
+
+
+@pytest.fixture
+def toy_reranker(tmp_path, monkeypatch, capsys, isolated_dirs):
+    """The toys registered for one test, and a formatted 3-image database + 1 query 'city-rerank'."""
+    register_toys()
+    try:
+        format_city(tmp_path, CITY, "city-rerank", capsys, monkeypatch)
+        yield
+    finally:
+        unregister_toys()
 
 
 def test_evaluate_rerank_by_hand(toy_reranker, capsys, monkeypatch, isolated_dirs):

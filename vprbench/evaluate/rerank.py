@@ -39,12 +39,14 @@ def rerank_predictions(
     k: int | None,
     options: dict | None = None,
     device: str = "cpu",
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Re-order each query's first ``k`` candidates of ``indices`` [Nq, K] (a search's, -1 for none)
     by the re-ranker's score on the local features ``local`` (CachedDescriptors), computed on
     ``device``; the ranks past k stay as they were. ``k`` None: the re-ranker's official number, or
-    every saved candidate when the database is smaller. Returns (re-ranked indices, the permutation
-    applied to each row, cost with the k used)."""
+    every saved candidate when the database is smaller. ``rows``: re-rank only these queries (a
+    torchrun rank's share); the others stay as they were. Returns (re-ranked indices, the
+    permutation applied to each row, cost with the k used)."""
     if k is None:
         k = min(reranker.top_k, indices.shape[1])
     options = {**{name: values[0] for name, values in reranker.options.items()}, **(options or {})}
@@ -61,7 +63,8 @@ def rerank_predictions(
     out = indices.copy()
     permutation = np.tile(np.arange(indices.shape[1]), (len(indices), 1))
     start = time.perf_counter()
-    for q in range(len(indices)):
+    rows = np.arange(len(indices)) if rows is None else np.asarray(rows)
+    for q in rows:
         head = indices[q, :k]
         present = np.flatnonzero(head >= 0)
         if len(present) < 2 or not local.queries_valid[q]:
@@ -81,7 +84,7 @@ def rerank_predictions(
     itemsize = np.dtype(store_dtype(local.key)).itemsize
     cost = {
         "seconds": seconds,
-        "seconds_per_query": seconds / max(1, len(indices)),
+        "seconds_per_query": seconds / max(1, len(rows)),
         "local_bytes_per_image": int(prod(shape) * itemsize),
         "options": options,
         "k": k,
@@ -89,12 +92,31 @@ def rerank_predictions(
     return out, permutation, cost
 
 
-def apply_rerank(indices: np.ndarray, distances: np.ndarray, rerank: dict, device: str = "cpu"):
+def apply_rerank(indices: np.ndarray, distances: np.ndarray, rerank: dict, device: str = "cpu",
+                 group: tuple[int, int] | None = None):  # fmt: skip
     """A search's (indices, distances) re-ranked as ``rerank`` asks ({"reranker", "k", "options",
-    "local"}), the distances re-ordered with them, and the record's entry for the stage."""
+    "local"}), the distances re-ordered with them, and the record's entry for the stage.
+
+    ``group`` (rank, world) of a torchrun run: each rank re-ranks every world-th query from its
+    rank on, and the permutations are gathered to every rank (each query's re-ranking depends on it
+    alone: the same result as one process). ``seconds`` is then the slowest rank's, and
+    ``seconds_per_query`` the ranks' total over the queries."""
     reranker, local = rerank["reranker"], rerank["local"]
-    indices, permutation, cost = rerank_predictions(indices, local, reranker, rerank.get("k"),
-                                                    rerank.get("options"), device)  # fmt: skip
+    rank, world = group or (0, 1)
+    mine = np.arange(rank, len(indices), world)
+    _, permutation, cost = rerank_predictions(indices, local, reranker, rerank.get("k"),
+                                              rerank.get("options"), device, rows=mine)  # fmt: skip
+    if world > 1:
+        import torch.distributed as dist
+
+        parts = [None] * world
+        dist.all_gather_object(parts, (mine, permutation[mine], cost["seconds"]))
+        for rows, part, _ in parts:
+            permutation[rows] = part
+        spent = [seconds for _, _, seconds in parts]
+        cost.update(seconds=max(spent), seconds_per_query=sum(spent) / max(1, len(indices)),
+                    ranks=world)  # fmt: skip
+    indices = np.take_along_axis(indices, permutation, 1)
     distances = np.take_along_axis(distances, permutation, 1)  # the global distances, re-ordered
     entry = {"name": reranker.name, "source": reranker.source,
              "local_descriptors": str(local.path), **cost}  # fmt: skip

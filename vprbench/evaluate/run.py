@@ -130,7 +130,8 @@ def evaluate(
         from vprbench.evaluate.rerank import apply_rerank
 
         global_indices = indices
-        indices, distances, rerank_entry = apply_rerank(indices, distances, rerank, device)
+        indices, distances, rerank_entry = apply_rerank(indices, distances, rerank, device,
+                                                        group if world > 1 else None)  # fmt: skip
     result = (
         recall_at_k(indices, dataset.positives, ks, no_positive_policy)
         if has_ground_truth

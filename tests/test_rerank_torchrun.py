@@ -1,0 +1,71 @@
+"""`evaluate --rerank` and `--metrics` under torchrun (two gloo ranks): the ranks share the
+extraction, the search and the re-ranking, and rank 0's record equals one process's (issue 27)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.test_rerank import B, G, R, format_city
+
+REPO = Path(__file__).resolve().parents[1]
+# 4 database images (in the layout's order G R B B, B G G G, R R R R, R B R R), 3 queries. Queries
+# 0 (R G B B) and 1 (R B B G), whose positive is G R B B, retrieve R R R R first (top-left R) and are
+# re-ranked to G R B B (3 mutual matches); query 2 (B G G B) finds B G G G in both stages. Rank 0
+# re-ranks queries 0 and 2, rank 1 query 1: R@1 1/3 global, 3/3 re-ranked
+CITY = {"database": [((552000.0, 4180000.0), [R, R, R, R]),
+                     ((550005.0, 4180000.0), [G, R, B, B]),
+                     ((551000.0, 4180000.0), [B, G, G, G]),
+                     ((553005.0, 4180000.0), [R, B, R, R])],
+        "queries": [((550000.0, 4180000.0), [R, G, B, B]),
+                    ((550010.0, 4180000.0), [R, B, B, G]),
+                    ((551003.0, 4180000.0), [B, G, G, B])]}  # fmt: skip
+
+SCRIPT = f"""import sys
+sys.path.insert(0, {str(REPO)!r})
+from tests.test_rerank import register_toys
+register_toys()
+from vprbench.cli import main
+main()
+"""
+
+
+def test_torchrun_reranks_and_scores_like_one_process(tmp_path, capsys, monkeypatch, isolated_dirs):
+    format_city(tmp_path, CITY, "city-rerank3", capsys, monkeypatch)
+    script = tmp_path / "vprbench_with_toys.py"
+    script.write_text(SCRIPT)
+
+    def evaluate(results: Path, launcher: list[str], *extra: str):
+        argv = [str(script), "evaluate", "--model", "test-local", "--dataset", "city-rerank3",
+                "--k", "1,2", "--results-dir", str(results), *extra]  # fmt: skip
+        done = subprocess.run([sys.executable, *launcher, *argv], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        (record,) = (results / "runs").glob("*.json")
+        return json.loads(record.read_text()), np.load(record.with_suffix(".predictions.npz"))
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(port)]  # fmt: skip
+    rerank = ("--rerank", "test-mnn")
+    one, one_pred = evaluate(tmp_path / "one", [], *rerank)
+    two, two_pred = evaluate(tmp_path / "two", torchrun, *rerank)
+    assert two["settings"]["rerank"]["ranks"] == 2 and "ranks" not in one["settings"]["rerank"]
+    assert two["results"]["recall"] == one["results"]["recall"]
+    assert two["results"]["recall_global"] == one["results"]["recall_global"]
+    assert one["results"]["recall_global"]["1"] == 1 / 3 and one["results"]["recall"]["1"] == 1.0
+    for name in ("indices", "distances", "global_indices", "first_hit_rank"):
+        np.testing.assert_array_equal(two_pred[name], one_pred[name])
+    # the robotics metrics from rank 0's matrix: the same values
+    metrics = ("--metrics", "all")
+    one, _ = evaluate(tmp_path / "one-metrics", [], *metrics)
+    two, _ = evaluate(tmp_path / "two-metrics", torchrun, *metrics)
+    assert two["results"]["metrics"] == one["results"]["metrics"]
