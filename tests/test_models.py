@@ -45,6 +45,8 @@ def test_registry_names_and_cards():
         "selavpr",
         "selavpr++",
         "selavpr++-base",
+        "selavpr++-base-rerank",
+        "selavpr++-rerank",
         "supervlad",
     ]
     card = get_card("dinov2-gem")

@@ -74,6 +74,8 @@ OFFICIAL = {
     # SelaVPRplusplus datasets_ws.py; no pinned torchvision: the lab's 0.15 (see the card)
     "selavpr++": (_normalised_then_resized(False), (322, 322)),
     "selavpr++-base": (_normalised_then_resized(False), (322, 322)),
+    "selavpr++-rerank": (_normalised_then_resized(False), (322, 322)),
+    "selavpr++-base-rerank": (_normalised_then_resized(False), (322, 322)),
     "mixvpr": (_pil("bilinear"), (320, 320)),
     "netvlad-pca": (_pil("bilinear"), (480, 640)),
     "netvlad-pca512": (_pil("bilinear"), (480, 640)),

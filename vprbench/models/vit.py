@@ -30,7 +30,9 @@ ARCHS = {  # name: (embed dim, heads, blocks); MLPs are 4x wide (DINOv2 vision_t
     "vitl14": (1024, 16, 24),
 }
 ADAPTERS = ("crica", "sela")
-SIDE_CHAINS = ("edtformer", "selavpr++")
+# "selavpr++2": SelaVPR++'s two-branch model, a second MultiConv chain (``adapters_hashing``) beside
+# the first, from the same tokens, for its binary codes (hashing and rerank on)
+SIDE_CHAINS = ("edtformer", "selavpr++", "selavpr++2")
 
 
 class BasicConv2d(nn.Module):
@@ -168,7 +170,9 @@ class DINOv2ViT(nn.Module):
     adapter per block from the embeddings) or y + M(y + x) ("selavpr++": SelaVPRplusplus
     model/vision_transformer.py forward_features without hashing, a MultiConv adapter per block from
     the embeddings for ViT-B, and for ViT-L from the 8th block's output over the last 16 blocks).
-    The output is then y (only the last: ``take`` must be left out).
+    The output is then y (only the last: ``take`` must be left out). "selavpr++2" (hashing and
+    rerank on) runs a second such chain z beside y with its own adapters (``self.adapters_hashing``)
+    and returns both, y then z.
     """
 
     def __init__(
@@ -202,11 +206,16 @@ class DINOv2ViT(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6) if final_norm else None
         self.side_chain = side_chain
         # selavpr++ on ViT-L: 16 adapters over blocks 9-24 (the official n_blocks == 24 branch)
-        self.side_start = 8 if side_chain == "selavpr++" and depth == 24 else 0
+        multiconv = side_chain in ("selavpr++", "selavpr++2")
+        self.side_start = 8 if multiconv and depth == 24 else 0
         if side_chain == "edtformer":
             self.adapters = nn.ModuleList(SideAdapter(dim) for _ in range(depth))
-        elif side_chain == "selavpr++":
+        elif multiconv:
             self.adapters = nn.ModuleList(
+                MulConvAdapter(dim) for _ in range(depth - self.side_start)
+            )
+        if side_chain == "selavpr++2":
+            self.adapters_hashing = nn.ModuleList(
                 MulConvAdapter(dim) for _ in range(depth - self.side_start)
             )
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -246,7 +255,7 @@ class DINOv2ViT(nn.Module):
         if self.side_chain is not None:
             if take is not None:
                 raise VPRBenchError("a DINOv2 side chain returns only its last output (no `take`)")
-            return [self._side_chain(tokens, grid)], grid
+            return self._side_chain(tokens, grid), grid
         take = (len(self.blocks),) if take is None else take
         outputs = []
         for i, block in enumerate(self.blocks, start=1):
@@ -255,19 +264,23 @@ class DINOv2ViT(nn.Module):
                 outputs.append(tokens)
         return outputs, grid
 
-    def _side_chain(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        side = tokens if self.side_start == 0 else None
+    def _side_chain(self, tokens: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
+        chains = [self.adapters] + (
+            [self.adapters_hashing] if self.side_chain == "selavpr++2" else []
+        )
+        sides = [tokens] * len(chains) if self.side_start == 0 else None
         for i, block in enumerate(self.blocks, start=1):
             tokens = block(tokens, grid)
             if i == self.side_start:
-                side = tokens
+                sides = [tokens] * len(chains)
             elif i > self.side_start:
-                adapter = self.adapters[i - self.side_start - 1]
-                if self.side_chain == "edtformer":
-                    side = adapter(side + tokens)
-                else:
-                    side = side + adapter(side + tokens, grid)
-        return side
+                for c, chain in enumerate(chains):
+                    adapter = chain[i - self.side_start - 1]
+                    if self.side_chain == "edtformer":
+                        sides[c] = adapter(sides[c] + tokens)
+                    else:
+                        sides[c] = sides[c] + adapter(sides[c] + tokens, grid)
+        return sides
 
 
 def init_adapters(backbone: DINOv2ViT) -> None:

@@ -14,7 +14,8 @@ them over the candidates).
 Registered: ``selavpr`` (vprbench.rerank.selavpr), ``fol`` and ``fol-base`` (SelaVPR's matching with
 FoL's cosine threshold, over FoL's discriminative-region features), and Patch-NetVLAD's three configs,
 ``patchnetvlad`` (performance.ini), ``patchnetvlad-speed`` and ``patchnetvlad-storage``
-(vprbench.rerank.patchnetvlad). SelaVPR++'s binary-then-float stage is not written yet.
+(vprbench.rerank.patchnetvlad), and SelaVPR++'s float re-ranking of its binary codes' top 100,
+``selavpr++`` and ``selavpr++-base`` (vprbench.rerank.selavpr_plusplus).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def patchnetvlad_reranker(name: str, model: str, config, pcs: int) -> Reranker:
 
 
 def _register_official() -> None:
-    from vprbench.rerank import patchnetvlad, selavpr
+    from vprbench.rerank import patchnetvlad, selavpr, selavpr_plusplus
 
     register_reranker(Reranker(
         name="selavpr",
@@ -126,6 +127,20 @@ def _register_official() -> None:
             order=selavpr.rerank_order,
             options={"one_match": selavpr.ONE_MATCH},
             block=selavpr.CANDIDATES_PER_MATMUL,
+        ))  # fmt: skip
+    for name, dim in (("selavpr++", 4096), ("selavpr++-base", 2048)):
+        register_reranker(Reranker(
+            name=name,
+            model=f"{name}-rerank",
+            description=f"SelaVPR++: the Hamming top 100 of the 512-bit codes re-ordered by the L2 "
+            f"distance of the {dim:,}-d float descriptors",
+            source="Lu-Feng/SelaVPRplusplus test_rerank.py test_rerank (IndexBinaryFlat(512)), "
+            "rerank; parser.py --recall_values; model/network.py (hashing and rerank on)",
+            top_k=selavpr_plusplus.TOP_K,
+            local_shape=(dim,),
+            score=selavpr_plusplus.float_distances,
+            order=selavpr_plusplus.rerank_order,
+            block=selavpr_plusplus.TOP_K,  # small vectors: the official reads all 100 at once
         ))  # fmt: skip
     for name, model, config, pcs in (
         ("patchnetvlad", "netvlad-pca", patchnetvlad.PERFORMANCE, 4096),

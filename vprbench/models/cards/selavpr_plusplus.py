@@ -19,11 +19,14 @@ _PIPELINE = (
     "GeoLocalizationNet (hashing and rerank off, aggregation gem), model/vision_transformer.py "
     "forward_features (the MultiConv adapter chain), model/adapter.py MulConvAdapter. Commit 56bd921"
 )
-_PROTOCOL = (
+_INPUT = (
     "322x322 (parser.py --resize), the normalised tensor resized without antialiasing, "
-    "hard_resize for queries and database; fp32; no PCA. The hashing and re-ranking models "
-    "(SelaVPRplusplus_*_rerank.pth) need the binary branch: not these cards. Trained on the "
-    "authors' unified dataset; the README's R@1: "
+    "hard_resize for queries and database; fp32; no PCA. "
+)
+_PROTOCOL = _INPUT + (
+    "The two-branch re-ranking models (SelaVPRplusplus_*_rerank.pth) are the cards "
+    "selavpr++-rerank and selavpr++-base-rerank. Trained on the authors' unified dataset; the "
+    "README's R@1: "
 )
 
 SELAVPR_PP_CARD = ModelCard(
@@ -65,4 +68,43 @@ SELAVPR_PP_BASE_CARD = dataclasses.replace(
 )
 
 
-CARDS = {card.name: card for card in (SELAVPR_PP_CARD, SELAVPR_PP_BASE_CARD)}
+_RERANK = _INPUT + (
+    "The two-branch model (hashing and re-ranking): its descriptor is the 512-bit binary code as "
+    "+-1 (not unit length; exact L2 search ranks it by Hamming distance, ties by index, as "
+    "eval_rerank.py's faiss.IndexBinaryFlat(512)); --rerank {reranker} re-ranks the top 100 by the "
+    "L2 distance of the float descriptor (test_rerank.py rerank). The README's R@1 (binary + float "
+    "re-ranking): "
+)
+SELAVPR_PP_RERANK_CARD = dataclasses.replace(
+    SELAVPR_PP_CARD,
+    name="selavpr++-rerank",
+    description="SelaVPR++ two-branch (binary codes, float re-ranking) on DINOv2-L/14: a second "
+    "MultiConv chain, linear 1024 -> 1024, GeM, linear to 512, sign: 512-bit codes.",
+    descriptor_dim=512,
+    pipeline_source=_PIPELINE.replace(
+        "(hashing and rerank off, aggregation gem)",
+        "(hashing and rerank on, aggregation gem), eval_rerank.py, test_rerank.py",
+    ),  # fmt: skip
+    weights=WeightSource(
+        url=_HF + "SelaVPRplusplus_large_rerank.pth",
+        note="the README's model table, 'Re-ranking (binary+float)': model_state_dict of a "
+        "DataParallel model; no sha256 is published",
+    ),
+    protocol=_RERANK.format(reranker="selavpr++") + "Pitts30k 94.4, MSLS-val 94.5, Nordland 97.2",
+)
+SELAVPR_PP_BASE_RERANK_CARD = dataclasses.replace(
+    SELAVPR_PP_RERANK_CARD,
+    name="selavpr++-base-rerank",
+    description="SelaVPR++ two-branch on DINOv2-B/14: 512-bit codes, float re-ranking (2,048-d).",
+    weights=WeightSource(
+        url=_HF + "SelaVPRplusplus_base_rerank.pth",
+        note="the README's model table, 'Re-ranking (binary+float)': model_state_dict of a "
+        "DataParallel model; no sha256 is published",
+    ),
+    protocol=_RERANK.format(reranker="selavpr++-base") + "Pitts30k 93.3, MSLS-val 94.5, "
+    "Nordland 94.6",
+)
+
+
+CARDS = {card.name: card for card in (SELAVPR_PP_CARD, SELAVPR_PP_BASE_CARD,
+                                      SELAVPR_PP_RERANK_CARD, SELAVPR_PP_BASE_RERANK_CARD)}  # fmt: skip
