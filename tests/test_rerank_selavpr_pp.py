@@ -135,3 +135,29 @@ def test_float_rerank_by_hand():
     scores = reranker.score(query, candidates)
     np.testing.assert_allclose(scores, [np.sqrt(2), 0.0, np.sqrt(0.8)], rtol=1e-6)
     assert reranker.order(scores).tolist() == [1, 2, 0]
+
+
+def test_evaluate_the_two_branch_model_end_to_end(tiny_dataset, capsys, monkeypatch):
+    """The binary stage, then --rerank on 12 + 6 generated images (random weights, 56 x 56): the
+    record says the descriptors are not unit length and which stage each recall is."""
+    import json
+
+    from tests.test_cli import run
+
+    argv = ["evaluate", "--model", "selavpr++-base-rerank", "--dataset", "tiny",
+            "--image-size", "56", "56", "--k", "1,5", "--json"]  # fmt: skip
+    code, out, err = run([*argv, "--metrics", "auc-pr"], capsys, monkeypatch)
+    assert code == 0, err
+    binary = json.loads(out)
+    assert "not unit length" in binary["settings"]["search"]["metric"]
+    assert "not unit length" in binary["results"]["metrics"]["similarity"]
+    with np.load(binary["files"]["predictions"]) as z:  # squared L2 of +-1 codes: 4 x Hamming
+        assert np.all(z["distances"] % 4 == 0) and z["distances"].max() <= 4 * 512
+    code, out, err = run([*argv, "--rerank", "selavpr++-base"], capsys, monkeypatch)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["results"]["recall_global"] == binary["results"]["recall"]
+    entry = record["settings"]["rerank"]
+    # all 12 database images re-ranked (the official 100, fewer saved)
+    assert (entry["name"], entry["k"], entry["local_bytes_per_image"]) == ("selavpr++-base", 12,
+                                                                           2048 * 4)  # fmt: skip

@@ -265,7 +265,8 @@ def record_metrics(metrics, indices, distances, dataset, queries, database, cach
     out: dict = {
         "similarity": "cosine (1 - d/2 of the squared L2 distance d of L2-normalised descriptors)"
         if normalised
-        else "1 - d/2 of the squared L2 distance d of the PCA projections (not normalised)",
+        else "1 - d/2 of the squared L2 distance d of descriptors that are not unit length (PCA "
+        "projections, or a model's own: the dot product for the multi-matching)",
         "curve_arrays": {},
     }
     if {"auc-pr", "r@100p"} & set(metrics):

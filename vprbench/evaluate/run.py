@@ -125,6 +125,10 @@ def evaluate(
 
     indices, distances = run_search(search)
     has_ground_truth = any(p.size for p in dataset.positives)
+    # a model may leave its descriptors unnormalised (SelaVPR++'s +-1 codes): say so, not "cosine"
+    sample = np.flatnonzero(cached.queries_valid)[:8]
+    unit = pca is not None or not len(sample) or bool(np.allclose(
+        np.linalg.norm(np.asarray(queries[sample], dtype=np.float32), axis=1), 1.0, atol=1e-2))  # fmt: skip
     rerank_entry, global_indices = None, None
     if rerank is not None:
         from vprbench.evaluate.rerank import apply_rerank
@@ -190,7 +194,7 @@ def evaluate(
         from vprbench.evaluate.robotics import record_metrics
 
         robotics = record_metrics(metrics, indices, distances, dataset, queries, database, cached,
-                                    evaluated, ks, pca is None)  # fmt: skip
+                                    evaluated, ks, pca is None and unit)  # fmt: skip
         extra |= robotics.pop("curve_arrays")  # VPR-Bench's curve: one point per distinct score
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
     if rank == 0:
@@ -270,7 +274,12 @@ def evaluate(
                     if groups is not None
                     else {}
                 ),  # fmt: skip
-                "metric": "L2 on L2-normalised descriptors"
+                "metric": (
+                    "L2 on L2-normalised descriptors"
+                    if unit
+                    else "L2 on the model's own "
+                    "descriptors, not unit length (e.g. +-1 codes: 4 x Hamming)"
+                )
                 if pca is None
                 else f"L2 on PCA-{pca.dim} projections of L2-normalised descriptors "
                 "(not re-normalised, as the official test.py)",
