@@ -157,15 +157,19 @@ def test_rerank_predictions_reads_candidates_one_at_a_time():
             return self.array[index]
 
     database = np.stack([NOTHING, OUTLIER, SAME, SHIFTED]).reshape(4, -1)
+    queries = np.stack([QUERY, QUERY]).reshape(2, -1)
     local = SimpleNamespace(
-        rows=lambda split: Rows(database) if split == "database" else QUERY.reshape(1, -1),
-        queries_valid=np.array([True]),
+        rows=lambda split: Rows(database) if split == "database" else queries,
+        queries_valid=np.array([True, True]),
         key={"store": "fp32"},
     )
     reranker = patchnetvlad_reranker("test-pnv", "netvlad-pca", SPATIAL, D)
-    indices = np.array([[0, 1, 2, 3]])
+    indices = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
     out, permutation, cost = rerank_predictions(indices, local, reranker, k=3)
-    # spatial scores: NOTHING -52/35, OUTLIER about -42.8, SAME -52: SAME, OUTLIER, NOTHING; 3 stays
-    assert out.tolist() == [[2, 1, 0, 3]] and permutation.tolist() == [[2, 1, 0, 3]]
-    assert reads == [[0], [1], [2]]
+    # spatial scores: NOTHING -52/35, OUTLIER about -42.6, SAME -52, SHIFTED -44.6: query 0's first
+    # 3 become SAME, OUTLIER, NOTHING (3 stays); query 1's SAME, SHIFTED, OUTLIER (0 stays)
+    assert out.tolist() == [[2, 1, 0, 3], [2, 3, 1, 0]]
+    assert permutation.tolist() == [[2, 1, 0, 3], [1, 0, 2, 3]]  # positions in each row
+    assert reads == [[0], [1], [2], [3], [2], [1]]
     assert cost["k"] == 3 and cost["local_bytes_per_image"] == P * D * 4
+    assert cost["seconds_per_query"] == pytest.approx(cost["seconds"] / 2)

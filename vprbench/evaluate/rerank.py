@@ -72,8 +72,8 @@ def rerank_predictions(
         query = np.asarray(queries[q : q + 1], dtype=np.float32).reshape(shape)
         raw = []
         for lo in range(0, len(present), reranker.block):  # never all the candidates at once
-            rows = head[present[lo : lo + reranker.block]]
-            candidates = np.asarray(database[rows], dtype=np.float32).reshape(-1, *shape)
+            chosen = head[present[lo : lo + reranker.block]]
+            candidates = np.asarray(database[chosen], dtype=np.float32).reshape(-1, *shape)
             raw.append(np.asarray(reranker.score(query, candidates, device=device, **options)))
         scores = np.concatenate(raw)
         scores = scores if reranker.combine is None else reranker.combine(scores)

@@ -10,7 +10,7 @@ speed and storage configs) with bias, then L2. NetVLAD's images are evaluated at
 Patch-NetVLAD resizes them to 480x640.
 
 ``local_features`` are Patch-NetVLAD's patch descriptors (patchnetvlad/models/patchnetvlad.py
-``PatchNetVLAD.forward``; feature_extract.py:46-61 for the WPCA): the per-cluster residuals
+``PatchNetVLAD.forward``; feature_extract.py:79, 88-90 for the WPCA): the per-cluster residuals
 a_k(x) (x - c_k) of every conv5_3 position, summed over each p x p patch (stride s) through an integral
 image, divided by p^2, intra-normalised per cluster, L2-normalised, then WPCA'd and L2-normalised
 like the global descriptor, for each patch size in turn.

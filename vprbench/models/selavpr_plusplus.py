@@ -60,8 +60,8 @@ class SelaVPRPlusPlus(VPRModel):
             self.output_normalised = True  # +-1 codes: L2 on them ranks by Hamming distance
         self.descriptor_dim = BINARY_DIM if two_branch else OUTPUT_DIMS[backbone]
 
-    def _chains(self, x: torch.Tensor):
-        chains, grid = self.backbone(x)
+    def _chains(self, x: torch.Tensor, hashing: bool = True):
+        chains, grid = self.backbone(x, hashing=hashing)
         if grid[0] != grid[1]:  # network.py: W = H = int(math.sqrt(P - 1))
             raise VPRBenchError(
                 f"selavpr++ reads a square patch map (as the official code); got "
@@ -90,7 +90,7 @@ class SelaVPRPlusPlus(VPRModel):
             raise VPRBenchError(
                 "selavpr++'s re-ranking needs the two-branch model (selavpr++-rerank)"
             )
-        chains, grid = self._chains(x)
+        chains, grid = self._chains(x, hashing=False)  # the float chain alone
         return self._float(chains[0], grid)
 
 

@@ -243,8 +243,9 @@ class DINOv2ViT(nn.Module):
         return torch.cat([pos[:, :1], patch_pos], dim=1).to(self.pos_embed.dtype)
 
     def forward(
-        self, x: torch.Tensor, take: tuple[int, ...] | None = None
+        self, x: torch.Tensor, take: tuple[int, ...] | None = None, hashing: bool = True
     ) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """``hashing`` False: "selavpr++2" runs its first chain only (the float features)."""
         h, w = int(x.shape[-2]), int(x.shape[-1])  # plain ints, also under tracing (fvcore)
         if h % PATCH or w % PATCH:
             raise VPRBenchError(f"DINOv2 input must be a multiple of 14 pixels, got {h}x{w}")
@@ -255,7 +256,7 @@ class DINOv2ViT(nn.Module):
         if self.side_chain is not None:
             if take is not None:
                 raise VPRBenchError("a DINOv2 side chain returns only its last output (no `take`)")
-            return self._side_chain(tokens, grid), grid
+            return self._side_chain(tokens, grid, hashing), grid
         take = (len(self.blocks),) if take is None else take
         outputs = []
         for i, block in enumerate(self.blocks, start=1):
@@ -264,10 +265,11 @@ class DINOv2ViT(nn.Module):
                 outputs.append(tokens)
         return outputs, grid
 
-    def _side_chain(self, tokens: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
-        chains = [self.adapters] + (
-            [self.adapters_hashing] if self.side_chain == "selavpr++2" else []
-        )
+    def _side_chain(
+        self, tokens, grid: tuple[int, int], hashing: bool = True
+    ) -> list[torch.Tensor]:
+        second = self.side_chain == "selavpr++2" and hashing
+        chains = [self.adapters] + ([self.adapters_hashing] if second else [])
         sides = [tokens] * len(chains) if self.side_start == 0 else None
         for i, block in enumerate(self.blocks, start=1):
             tokens = block(tokens, grid)

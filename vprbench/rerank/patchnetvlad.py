@@ -8,7 +8,7 @@ For each patch size: the mutual nearest neighbours of the two images' patch desc
 then a score per candidate, negative and divided by the query's patch count:
 
 - ``RANSAC`` (performance.ini): with more than 3 mutual matches, the inliers of
-  ``cv2.findHomography(candidate points, query points, RANSAC, 16 * stride * 1.5)`` over the patch
+  ``cv2.findHomography(candidate points, query points, FM_RANSAC, 16 * stride * 1.5)`` over the patch
   centres in image space (``calc_keypoint_centers_from_patches``: VGG-16 conv5_3's receptive field 196,
   stride 16, padding 90); else 0.
 - ``spatialApproximator`` (speed.ini, storage.ini), the rapid spatial scoring: the grid offsets
@@ -19,7 +19,9 @@ then a score per candidate, negative and divided by the query's patch count:
 The per-size scores of the candidates are standardised over the candidates (mean, population std)
 and summed with the config's ``patchweights2use`` (``normalise_func``), and the candidates sorted by
 ``np.argsort`` ascending (the most negative first). As in the official code, a patch size whose
-scores are all equal gives 0 / 0 = NaN, which ``np.argsort`` places last.
+scores are equal over all the candidates standardises to 0 / 0 = NaN, which the sum carries into every
+candidate's score: that query's order is then ``np.argsort`` of all-NaN scores, whatever numpy's sort
+makes of them (not the global order).
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ class PatchConfig:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """The conv5_3 map the config assumes: int(imageresize / 16), as local_matcher.py:67-68."""
+        """The conv5_3 map the config assumes: int(imageresize / 16), as local_matcher.py:91-92."""
         return int(self.image_size[0] / 16), int(self.image_size[1] / 16)
 
     def patches(self) -> tuple[int, ...]:
-        """The number of patches of each size (Hout * Wout, local_matcher.py:73-74)."""
+        """The number of patches of each size (Hout * Wout, local_matcher.py:97-98)."""
         h, w = self.grid
         return tuple(
             ((h - p) // s + 1) * ((w - p) // s + 1)
@@ -117,9 +119,10 @@ def ransac_score(fw, mutual, keypoints, stride: int, query_patches: int) -> floa
         return 0.0
     candidate_points = keypoints[:, mutual].T.astype(np.float32)
     query_points = keypoints[:, fw[mutual]].T.astype(np.float32)
-    _, mask = cv2.findHomography(candidate_points, query_points, cv2.RANSAC,
+    _, mask = cv2.findHomography(candidate_points, query_points, cv2.FM_RANSAC,
                                  ransacReprojThreshold=16 * stride * 1.5)  # fmt: skip
-    inliers = 0 if mask is None else int((mask.ravel() == 1).sum())  # None: no model found
+    # no homography found (degenerate points): the official code fails there (mask None); 0 here
+    inliers = 0 if mask is None else int((mask.ravel() == 1).sum())
     return -inliers / query_patches
 
 
@@ -178,5 +181,5 @@ def combine(config: PatchConfig, diffs: np.ndarray) -> np.ndarray:
 
 
 def rerank_order(scores: np.ndarray) -> np.ndarray:
-    """local_matcher.py:144: ``np.argsort(diffs)``, ascending."""
+    """local_matcher.py:168: ``np.argsort(diffs)``, ascending."""
     return np.argsort(scores)

@@ -71,7 +71,7 @@ SELAVPR_PP_BASE_CARD = dataclasses.replace(
 _RERANK = _INPUT + (
     "The two-branch model (hashing and re-ranking): its descriptor is the 512-bit binary code as "
     "+-1 (not unit length; exact L2 search ranks it by Hamming distance, ties by index, as "
-    "eval_rerank.py's faiss.IndexBinaryFlat(512)); --rerank {reranker} re-ranks the top 100 by the "
+    "test_rerank.py's faiss.IndexBinaryFlat(512)); --rerank {reranker} re-ranks the top 100 by the "
     "L2 distance of the float descriptor (test_rerank.py rerank). The README's R@1 (binary + float "
     "re-ranking): "
 )
