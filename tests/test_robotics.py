@@ -219,3 +219,53 @@ def test_evaluate_metrics_records_both_conventions(
     assert f"{m['vpr-tutorial-multi']['r_at_100p']:.3f}" in tex
     md = (isolated_dirs["results"] / "rep" / "report-robotics.md").read_text()
     assert "tiny AUC-PR VPR-Bench" in md and "no re-ranking" in md
+
+
+def test_gt_soft_widens_the_protocol_rule_over_the_stored_coordinates(
+    tmp_path, capsys, monkeypatch, isolated_dirs, tiny_dataset
+):
+    """--gt-soft 1000 on the 4-image city (database east of 550,000 m: 5, 1,000, 2,000, 3,005 m;
+    queries at 0, 10, 1,003 m): GTsoft {0, 1}, {0, 1}, {0, 1, 2} around the 25 m hard positives
+    {0}, {0}, {1}; the record's multi matching is createPR with that GTsoft."""
+    import json
+
+    from tests.test_cli import run
+    from tests.test_rerank import format_city
+    from tests.test_rerank_torchrun import CITY
+    from vprbench.datasets.formatted import load_formatted
+    from vprbench.evaluate.robotics import soft_positives
+    from vprbench.paths import data_root
+
+    format_city(tmp_path, CITY, "city-soft", capsys, monkeypatch)
+    city = load_formatted("city-soft", data_root())
+    assert [p.tolist() for p in city.positives] == [[0], [0], [1]]
+    soft, entry = soft_positives(city, 1000.0)
+    assert [s.tolist() for s in soft] == [[0, 1], [0, 1], [0, 1, 2]]
+    assert entry == {"threshold": 1000.0, "unit": "m", "pairs": 7}
+    argv = ["evaluate", "--model", "pixels", "--dataset", "city-soft", "--k", "1,2", "--json",
+            "--metrics", "auc-pr"]  # fmt: skip
+    code, out, err = run([*argv, "--gt-soft", "1000"], capsys, monkeypatch)
+    assert code == 0, err
+    record = json.loads(out)
+    multi = record["results"]["metrics"]["vpr-tutorial-multi"]
+    assert multi["gt_soft"] == entry
+    (path,) = (isolated_dirs["cache"] / "descriptors" / "city-soft" / "pixels").glob("*.h5")
+    import h5py
+
+    with h5py.File(path) as f:
+        queries, database = f["queries"][...], f["database"][...]
+    want = vpr_tutorial_multi(queries, database, city.positives, soft_positives=soft)
+    assert multi["auc_pr"] == pytest.approx(want["auc_pr"])
+    assert multi["r_at_100p"] == pytest.approx(want["r_at_100p"])
+    code, out, err = run(argv, capsys, monkeypatch)
+    plain = json.loads(out)
+    assert plain["run_id"] != record["run_id"]
+    assert plain["results"]["metrics"]["vpr-tutorial-multi"]["gt_soft"] is None
+    # bad requests
+    code, _, err = run([*argv[:-2], "--gt-soft", "1000"], capsys, monkeypatch)
+    assert code == 1 and "--gt-soft widens the positives of --metrics auc-pr" in err
+    code, _, err = run([*argv, "--gt-soft", "10"], capsys, monkeypatch)
+    assert code == 1 and "below the protocol's own threshold 25" in err
+    code, _, err = run(["evaluate", "--model", "pixels", "--dataset", "tiny", "--k", "1", "--metrics",
+                        "auc-pr", "--gt-soft", "30"], capsys, monkeypatch)  # fmt: skip
+    assert code == 1 and "dataset 'tiny' stores no coordinates" in err

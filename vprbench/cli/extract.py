@@ -98,6 +98,15 @@ def extract_cmd(dataset, root, cache_dir, **options) -> None:
     "VPR_Tutorial's conventions), precision (precision@k), map (MSLS mAP@k); or all.",
 )
 @click.option(
+    "--gt-soft",
+    "gt_soft",
+    type=float,
+    default=None,
+    metavar="THRESHOLD",
+    help="VPR_Tutorial's GTsoft for the multi-matching AUC-PR / R@100P: the protocol's positive "
+    "rule widened to THRESHOLD (metres, or frames), over the dataset's stored coordinates.",
+)
+@click.option(
     "--rerank",
     default=None,
     help="Re-rank the global top-k with a registered re-ranker (e.g. selavpr).",
@@ -130,6 +139,7 @@ def evaluate_cmd(
     search,
     cluster,
     metrics,
+    gt_soft,
     rerank,
     rerank_k,
     rerank_options,
@@ -152,10 +162,15 @@ def evaluate_cmd(
         rerank_request = {"reranker": reranker, "k": rerank_k, "options": parsed}
     elif rerank_k is not None or rerank_options:
         raise VPRBenchError("--rerank-k and --rerank-option need --rerank NAME")
+    metrics = parse_metrics(metrics)
+    if gt_soft is not None and not {"auc-pr", "r@100p"} & set(metrics):
+        raise VPRBenchError(
+            "--gt-soft widens the positives of --metrics auc-pr / r@100p: ask for one"
+        )
     with json_mode(as_json) as emit:
         emit(_evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city,
                        no_positive_policy, search, results_dir, options, cluster,
-                       parse_metrics(metrics), rerank_request))  # fmt: skip
+                       metrics, rerank_request, gt_soft))  # fmt: skip
 
 
 def _ranks(device: str) -> tuple[int, int]:
@@ -197,7 +212,7 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_positive_policy,
               search, results_dir, options, cluster="protocol", metrics=(),
-              rerank=None) -> dict:  # fmt: skip
+              rerank=None, gt_soft=None) -> dict:  # fmt: skip
     from vprbench.evaluate.metrics import parse_ks
 
     try:
@@ -231,6 +246,7 @@ def _evaluate(dataset, root, cache_dir, ks, pca_dim, pca_fit, per_city, no_posit
             cluster=cluster,
             metrics=metrics,
             rerank=_with_local_features(rerank, ds, settings, cache_dir),
+            gt_soft=gt_soft,
             group=_ranks(settings.device),
         )
     except ValueError as exc:

@@ -258,10 +258,40 @@ def msls_map_at_k(
     return out
 
 
+def soft_positives(dataset, threshold: float) -> tuple[list[np.ndarray], dict]:
+    """createPR's GTsoft (``evaluate --gt-soft``): the dataset's own positive rule widened to
+    ``threshold`` (metres for UTM coordinates, frames for frame numbers) over its stored coordinates,
+    with every hard positive kept; and its record entry."""
+    from vprbench.datasets.formatted import load_coordinates
+    from vprbench.datasets.groundtruth import positives_within_radius, positives_within_window
+    from vprbench.errors import VPRBenchError
+
+    coords = load_coordinates(dataset)
+    if coords is None:
+        raise VPRBenchError(f"--gt-soft: dataset '{dataset.name}' stores no coordinates (its ground "
+                            f"truth came without them), so its positives cannot be widened")  # fmt: skip
+    hard = dataset.manifest.get("threshold")
+    if hard is not None and threshold < hard:
+        raise VPRBenchError(f"--gt-soft {threshold:g}: below the protocol's own threshold {hard:g}")
+    if coords["kind"] == "utm":
+        found = positives_within_radius(coords["queries"], coords["database"], threshold)
+        unit = "m"
+    else:  # frame numbers, in the first column
+        found = positives_within_window(
+            coords["queries"][:, 0], coords["database"][:, 0], threshold
+        )
+        unit = "frames"
+    merged = [
+        np.union1d(s, h).astype(np.int64) for s, h in zip(found, dataset.positives, strict=True)
+    ]
+    return merged, {"threshold": threshold, "unit": unit, "pairs": int(sum(map(len, merged)))}
+
+
 def record_metrics(metrics, indices, distances, dataset, queries, database, cached, evaluated,
-                     ks, normalised: bool) -> dict:  # fmt: skip
+                   ks, normalised: bool, gt_soft: float | None = None) -> dict:  # fmt: skip
     """The robotics metrics asked for (choices.ROBOTICS_METRICS), in both conventions, for the run
-    record (evaluate --metrics); ``curve_arrays`` holds VPR-Bench's curve for the predictions file."""
+    record (evaluate --metrics); ``curve_arrays`` holds VPR-Bench's curve for the predictions file.
+    ``gt_soft``: VPR_Tutorial's GTsoft for the multi matching (:func:`soft_positives`)."""
     out: dict = {
         "similarity": "cosine (1 - d/2 of the squared L2 distance d of L2-normalised descriptors)"
         if normalised
@@ -277,9 +307,11 @@ def record_metrics(metrics, indices, distances, dataset, queries, database, cach
         curve = bench.pop("curve")
         out["curve_arrays"] = {f"pr_vpr_bench_{k}": np.asarray(v) for k, v in curve.items()}
         single = vpr_tutorial_single(right, score, has_positive, retrieved=retrieved)
+        soft, soft_entry = soft_positives(dataset, gt_soft) if gt_soft is not None else (None, None)
         multi = vpr_tutorial_multi(queries, database, dataset.positives, cached.database_valid,
-                                      queries_valid=cached.queries_valid,
+                                      soft_positives=soft, queries_valid=cached.queries_valid,
                                       similarity="dot" if normalised else "l2")  # fmt: skip
+        multi["gt_soft"] = soft_entry
         out["vpr-bench"] = bench | {"source": "VPR-Bench performance_comparison.py (sklearn curve)"}
         out["vpr-tutorial-single"] = single | {"source": "VPR_Tutorial createPR(matching='single')"}
         out["vpr-tutorial-multi"] = multi | {"source": "VPR_Tutorial createPR(matching='multi')"}

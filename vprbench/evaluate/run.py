@@ -61,6 +61,7 @@ def evaluate(
     metrics: tuple[str, ...] = (),
     rerank: dict | None = None,
     group: tuple[int, int] | None = None,
+    gt_soft: float | None = None,
 ) -> tuple[dict, Path]:
     """Search the database with every query (after ``pca``, if given), compute recall@k, and write
     the run record (JSON) and the top-K predictions (.npz) under ``results_dir/runs``. ``tags``
@@ -74,7 +75,8 @@ def evaluate(
     stage's kept as ``recall_global``. ``group`` (rank, world size): the process group every rank of
     which calls this function (`vprbench evaluate` under torchrun): exact search is then sharded
     between them and rank 0 alone writes files; None: this process alone (training's validation calls
-    it on rank 0 only).
+    it on rank 0 only). ``gt_soft``: VPR_Tutorial's GTsoft for ``metrics``, the protocol's rule widened
+    to that threshold (vprbench.evaluate.robotics.soft_positives).
     Returns (record, record path)."""
     from vprbench.evaluate.clusters import canonical, query_clusters, record_entry, resampling_of
 
@@ -158,6 +160,7 @@ def evaluate(
         **({"search": search} if search != "exact" else {}),  # exact: the ids of earlier runs
         **({"cluster": cluster_key} if cluster_key else {}),
         **({"metrics": list(metrics)} if metrics else {}),  # none: the ids of earlier runs
+        **({"gt_soft": gt_soft} if gt_soft is not None else {}),
         **(
             {
                 "rerank": {
@@ -194,7 +197,7 @@ def evaluate(
         from vprbench.evaluate.robotics import record_metrics
 
         robotics = record_metrics(metrics, indices, distances, dataset, queries, database, cached,
-                                    evaluated, ks, pca is None and unit)  # fmt: skip
+                                    evaluated, ks, pca is None and unit, gt_soft)  # fmt: skip
         extra |= robotics.pop("curve_arrays")  # VPR-Bench's curve: one point per distinct score
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
     if rank == 0:
