@@ -89,6 +89,17 @@ def test_vpr_tutorial_multi_by_hand(chunk_rows):
     assert out["auc_pr"] == pytest.approx(23 / 24) and out["r_at_100p"] == pytest.approx(2 / 3)
 
 
+def test_vpr_tutorial_multi_per_city_keeps_each_citys_pairs():
+    # cities: q0 and databases 0, 1 in a, q1 and database 2 in b: the pairs (0,0) 1.0, (0,1) 0.6 and
+    # (1,2) 1.0, all right (q1's wrong 0.8 to database 1 is another city's); thresholds 1, 0.8, 0.6:
+    # >= 1: 2 pairs, >= 0.8: 2, >= 0.6: 3, precision 1 throughout
+    groups = {"queries": np.array(["a", "b"]), "database": np.array(["a", "a", "b"])}
+    out = vpr_tutorial_multi(QUERIES, DATABASE, POSITIVES, n_thresh=3, groups=groups)
+    assert out["curve"]["precision"] == pytest.approx([1, 1, 1, 1])
+    assert out["curve"]["recall"] == pytest.approx([0, 2 / 3, 2 / 3, 1])
+    assert out["auc_pr"] == pytest.approx(1.0) and out["r_at_100p"] == pytest.approx(1.0)
+
+
 def test_vpr_tutorial_multi_soft_ground_truth_and_skipped_rows():
     # GTsoft: q1's 0.8 to database 1 is neither right nor wrong: set to the minimum (0), so
     # >= 1: P 1, R 2/3; >= 0.5: + 0.6 right: P 1, R 1; >= 0: all six (3 wrong): P 1/2

@@ -147,6 +147,7 @@ def vpr_tutorial_multi(
     chunk_rows: int = 8192,
     queries_valid: np.ndarray | None = None,
     similarity: str = "dot",
+    groups: dict | None = None,
 ) -> dict:
     """createPR(matching='multi') over the whole similarity matrix (cosine: descriptor dot products),
     streamed by chunks of database rows in two passes (the range of the similarities, then the counts
@@ -155,7 +156,9 @@ def vpr_tutorial_multi(
     (its positives are misses until the last threshold, where createPR counts every pair).
     ``soft_positives``: createPR's GTsoft (their other pairs get the smallest similarity too).
     ``similarity``: "dot" (cosine of L2-normalised descriptors, as createPR's S) or "l2" (1 - d/2 of
-    the squared L2 distance, the best-match score of un-normalised PCA projections)."""
+    the squared L2 distance, the best-match score of un-normalised PCA projections). ``groups``
+    ({"queries": [Nq], "database": [Nd]} labels, ``--per-city``): only the pairs of one group make
+    the matrix, as each city is searched alone."""
     if similarity not in ("dot", "l2"):
         raise ValueError(f"similarity must be dot or l2, got {similarity!r}")
     queries = np.asarray(queries, dtype=np.float32)
@@ -171,6 +174,10 @@ def vpr_tutorial_multi(
             sims = 1 - ((queries**2).sum(1)[:, None] + (rows**2).sum(1)[None, :] - 2 * sims) / 2
         hard = _positive_mask(positives, lo, hi)
         keep = np.broadcast_to(valid[lo:hi], sims.shape)
+        if groups is not None:  # a city's queries against its own database only
+            keep = keep & (
+                np.asarray(groups["queries"])[:, None] == groups["database"][None, lo:hi]
+            )
         lowered = np.broadcast_to(~q_valid[:, None], sims.shape)  # pairs set to the minimum
         if soft_positives is not None:
             lowered = lowered | (_positive_mask(soft_positives, lo, hi) & ~hard)
@@ -288,10 +295,12 @@ def soft_positives(dataset, threshold: float) -> tuple[list[np.ndarray], dict]:
 
 
 def record_metrics(metrics, indices, distances, dataset, queries, database, cached, evaluated,
-                   ks, normalised: bool, gt_soft: float | None = None) -> dict:  # fmt: skip
+                   ks, normalised: bool, gt_soft: float | None = None,
+                   groups: dict | None = None) -> dict:  # fmt: skip
     """The robotics metrics asked for (choices.ROBOTICS_METRICS), in both conventions, for the run
     record (evaluate --metrics); ``curve_arrays`` holds VPR-Bench's curve for the predictions file.
-    ``gt_soft``: VPR_Tutorial's GTsoft for the multi matching (:func:`soft_positives`)."""
+    ``gt_soft``: VPR_Tutorial's GTsoft for the multi matching (:func:`soft_positives`); ``groups``:
+    the cities of a ``--per-city`` run (the multi matrix keeps each city's pairs only)."""
     out: dict = {
         "similarity": "cosine (1 - d/2 of the squared L2 distance d of L2-normalised descriptors)"
         if normalised
@@ -310,7 +319,8 @@ def record_metrics(metrics, indices, distances, dataset, queries, database, cach
         soft, soft_entry = soft_positives(dataset, gt_soft) if gt_soft is not None else (None, None)
         multi = vpr_tutorial_multi(queries, database, dataset.positives, cached.database_valid,
                                       soft_positives=soft, queries_valid=cached.queries_valid,
-                                      similarity="dot" if normalised else "l2")  # fmt: skip
+                                      similarity="dot" if normalised else "l2",
+                                      groups=groups)  # fmt: skip
         multi["gt_soft"] = soft_entry
         out["vpr-bench"] = bench | {"source": "VPR-Bench performance_comparison.py (sklearn curve)"}
         out["vpr-tutorial-single"] = single | {"source": "VPR_Tutorial createPR(matching='single')"}

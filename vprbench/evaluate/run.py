@@ -197,7 +197,7 @@ def evaluate(
         from vprbench.evaluate.robotics import record_metrics
 
         robotics = record_metrics(metrics, indices, distances, dataset, queries, database, cached,
-                                    evaluated, ks, pca is None and unit, gt_soft)  # fmt: skip
+                                    evaluated, ks, pca is None and unit, gt_soft, groups)  # fmt: skip
         extra |= robotics.pop("curve_arrays")  # VPR-Bench's curve: one point per distinct score
     # per-query results (hit rank, top-K indices and distances): compare and audit never re-extract
     if rank == 0:
