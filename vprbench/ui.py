@@ -334,3 +334,20 @@ def audit_table(record: dict) -> Table:
             ]
         table.add_row(*cells)
     return whole(table)
+
+
+def reproduce_table(outcomes: list[dict]) -> Table:
+    """One row per entry and k: published, measured with its 95% interval, the difference and the
+    verdict (``vprbench reproduce``)."""
+    table = Table(title="Published vs measured (recall@k, %)")
+    for column in ("entry", "protocol", "k", "published", "measured [95%]", "diff", "verdict"):
+        table.add_column(column, justify="right" if column in ("k", "published", "diff") else "left",
+                         overflow="fold")  # fmt: skip
+    for outcome in outcomes:
+        entry = outcome["entry"]
+        for row in outcome["rows"]:
+            low, high = row["interval"]
+            table.add_row(entry["id"], entry["protocol"], str(row["k"]), f"{row['published']:g}",
+                          f"{row['measured']:.2f} [{low:.2f}, {high:.2f}]",
+                          f"{row['difference']:+.2f}", row["verdict"])  # fmt: skip
+    return table

@@ -24,6 +24,36 @@ def read_yaml(path: Path, what: str, compose: bool = False):
         raise VPRBenchError(f"{path}: not valid YAML ({exc})") from exc
 
 
+def _to_python(node, path: tuple, lines: dict, source: Path):
+    """A YAML node as Python values, noting each mapping key's line under its path."""
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in out:
+                raise VPRBenchError(
+                    f"{source}:{key_node.start_mark.line + 1}: key '{key}' given twice"
+                )
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, (*path, key), lines, source)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            items.append(_to_python(item, (*path, i), lines, source))
+        return items
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def read_yaml_with_lines(path: Path, what: str) -> tuple[Any, dict]:
+    """(the parsed file, {key path: line}): for errors that name the line of a key (recipes, the
+    published-results registry); a key given twice is an error."""
+    node = read_yaml(path, what, compose=True)
+    lines: dict = {}
+    return (_to_python(node, (), lines, Path(path)) if node is not None else None), lines
+
+
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``["aggregator=gem", "drm=false"]`` -> ``{"aggregator": "gem", "drm": False}`` (YAML scalars)."""
     out = {}

@@ -32,43 +32,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from vprbench.ablate.schema import TOP_KEYS, Recipe, check_settings, check_unknown
 from vprbench.ablate.variants import expand
 from vprbench.errors import VPRBenchError
 
 
-def _to_python(node, path: tuple, lines: dict, source: Path):
-    """A YAML node as Python values, noting each mapping key's line under its path."""
-    if isinstance(node, yaml.MappingNode):
-        out = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in out:
-                raise VPRBenchError(
-                    f"{source}:{key_node.start_mark.line + 1}: key '{key}' given twice"
-                )
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, (*path, key), lines, source)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, item in enumerate(node.value):
-            lines[(*path, i)] = item.start_mark.line + 1
-            items.append(_to_python(item, (*path, i), lines, source))
-        return items
-    return yaml.safe_load(yaml.serialize(node))
-
-
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (every key, type and combination); nothing runs."""
-    from vprbench.yamlfile import read_yaml
+    from vprbench.yamlfile import read_yaml_with_lines
 
     path = Path(path)
-    node = read_yaml(path, "recipe", compose=True)
-    lines: dict = {}
-    raw = _to_python(node, (), lines, path) if node is not None else None
+    raw, lines = read_yaml_with_lines(path, "recipe")
     if not isinstance(raw, dict):
         raise VPRBenchError(f"{path}: a recipe is a mapping with keys {sorted(TOP_KEYS)}")
     recipe = Recipe(

@@ -37,10 +37,12 @@ def _register_groups() -> None:
     from vprbench.cli.profile import profile_cmd
     from vprbench.cli.quickstart import quickstart_cmd
     from vprbench.cli.report import report_cmd
+    from vprbench.cli.reproduce import reproduce_cmd
     from vprbench.cli.train import train_group
 
     for command in (datasets, models, extract_cmd, evaluate_cmd, profile_cmd, quickstart_cmd,
-                    train_group, ablate_cmd, report_cmd, compare_cmd, audit_cmd):  # fmt: skip
+                    train_group, ablate_cmd, report_cmd, compare_cmd, audit_cmd,
+                    reproduce_cmd):  # fmt: skip
         cli.add_command(command)
 
 

@@ -34,9 +34,11 @@ import click
     is_flag=True,
     help="Also a table of AUC-PR and R@100P (runs evaluated with --metrics).",
 )
+@click.option("--reproduce", is_flag=True,
+              help="A table of published against measured recall from `vprbench reproduce`.")  # fmt: skip
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, correction, ks,
-               label, metrics, results_dir) -> None:  # fmt: skip
+               label, metrics, reproduce, results_dir) -> None:  # fmt: skip
     """Tables and figures from the run records (and profiles) under the results folder."""
     from vprbench.errors import VPRBenchError
     from vprbench.evaluate.metrics import parse_ks
@@ -46,6 +48,16 @@ def report_cmd(formats, runs, recipe, out, queries, no_figures, ci, baseline, co
 
     results = results_root(results_dir)
     out = out or results / "reports" / (recipe or "all")
+    if reproduce:
+        from vprbench.report.reproduce_tables import write_reproduce
+
+        paths = write_reproduce(results, out, list(dict.fromkeys(formats)) or ["latex", "markdown",
+                                                                               "csv"])  # fmt: skip
+        for path in paths:
+            if path.suffix == ".md":
+                console.print(path.read_text(), soft_wrap=True, highlight=False)
+        console.print(f"{len(paths)} files in {out}", soft_wrap=True)
+        return
     try:
         picked = [int(q) for q in queries.split(",")] if queries else None
     except ValueError:

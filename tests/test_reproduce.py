@@ -1,0 +1,181 @@
+"""`vprbench reproduce` on a toy registry over generated data whose "published" numbers are known
+(issue 28): every verdict, the audit of a 'differs', entries that cannot run, bad entries refused."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.test_cli import run
+from tests.test_rerank import format_city
+from tests.test_rerank_torchrun import CITY
+from vprbench.errors import VPRBenchError
+from vprbench.reproduce.registry import load_published
+from vprbench.reproduce.verdict import compare, printed_range
+
+REGISTRY = """format: 1
+tables:
+  toy-readme:
+    description: the toy's table
+    source: README.md:1-9
+    entries: [exact, close, far, missing-data, missing-weights]
+entries:
+  exact:
+    model: pixels
+    weights: null
+    protocol: city-repro
+    published: {{1: {r1}, 4: 100.0}}
+    source: {{where: "README.md:3 (commit 0000000)", third_party: null}}
+  close:
+    model: pixels
+    weights: null
+    protocol: city-repro
+    published: {{4: {close}}}
+    source: {{where: "paper Table 1", third_party: "a later paper"}}
+  far:
+    model: pixels
+    weights: null
+    protocol: city-repro
+    published: {{4: 10.0}}
+    source: {{where: "README.md:5"}}
+    ambiguous: [image_size, dataset_version]
+  missing-data:
+    model: pixels
+    weights: null
+    protocol: city-elsewhere
+    published: {{1: 50.0}}
+    source: {{where: "README.md:7"}}
+  missing-weights:
+    model: netvlad
+    weights: pittsburgh_checkpoint.pth.tar
+    protocol: city-repro
+    published: {{1: 50.0}}
+    source: {{where: "README.md:8"}}
+no_published:
+  effnet-lite0-gem: an ImageNet backbone with GeM, vprbench's own baseline
+"""
+
+ELSEWHERE = """  city-elsewhere:
+    description: d
+    database: {count: 4, layout: "test/database"}
+    queries: {count: 3, layout: "test/queries"}
+    ground_truth: {source: s, formats: [vdd]}
+    positive: {rule: utm-radius, threshold: 25, unit: m}
+    licence: l
+    obtain: "vprbench datasets format city-elsewhere --from CITY/"
+    source: {formatter: vdd, files: [test/database, test/queries]}
+"""
+
+
+def test_printed_range_and_verdicts_by_hand():
+    assert printed_range(91.7) == pytest.approx((91.65, 91.75))
+    assert printed_range(85.21) == pytest.approx((85.205, 85.215))
+    assert printed_range(94.0) == pytest.approx((93.95, 94.05))  # YAML's 94.0: one decimal
+    record = {"results": {"recall": {"1": 0.9, "5": 0.95}, "ci95": {"1": [0.895, 0.905],
+                                                                   "5": [0.94, 0.96]}}}  # fmt: skip
+    # R@1 90.00 [89.50, 90.50]: 90.8 stands for 90.75 .. 90.85, outside, 0.8 points off: close
+    rows, verdict = compare({1: 90.8, 5: 95.0}, record)
+    assert [r["verdict"] for r in rows] == ["close", "reproduced"] and verdict == "close"
+    assert rows[0]["difference"] == pytest.approx(90.0 - 90.8)
+    assert rows[0]["interval"] == pytest.approx([89.5, 90.5])
+    assert compare({1: 92.04}, record)[1] == "differs"  # 2.04 points off
+    assert compare({1: 92.04}, record, close=2.5)[1] == "close"
+    assert compare({1: 90.5}, record)[1] == "reproduced"  # 90.45 .. 90.55 meets 90.50
+    assert compare({1: 90.56}, record)[1] == "close"  # 90.555 .. 90.565 does not
+
+
+@pytest.fixture
+def toy_registry(tmp_path, capsys, monkeypatch, isolated_dirs):
+    """The city of the re-ranking tests as protocol 'city-repro', a second protocol that is not
+    formatted, and pixels' measured R@1 and R@4's interval there."""
+    format_city(tmp_path, CITY, "city-repro", capsys, monkeypatch)
+    with open(tmp_path / "datasets.yaml", "a") as f:
+        f.write(ELSEWHERE)
+    code, out, err = run(["evaluate", "--model", "pixels", "--dataset", "city-repro", "--k", "1,4",
+                          "--json"], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    measured = json.loads(out)["results"]
+    # 3 of 3 queries: Clopper-Pearson's lower bound 0.025 ** (1 / 3)
+    assert measured["recall"]["4"] == 1.0
+    assert measured["ci95"]["4"] == pytest.approx([0.025 ** (1 / 3), 1.0])
+    return tmp_path, 100 * measured["recall"]["1"]
+
+
+def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, capsys,
+                                                                 monkeypatch, isolated_dirs):  # fmt: skip
+    tmp_path, r1 = toy_registry
+    path = tmp_path / "published.yaml"
+    # close: 24.2, outside R@4's [29.24, 100], 75.8 points off, within --close 80; far: 90 off
+    path.write_text(REGISTRY.format(r1=round(r1, 2), close=24.2))
+    code, out, err = run(["reproduce", "--registry", str(path), "--list"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "README.md:3 (commit 0000000)" in out and "third party: a later paper" in out
+    assert "table toy-readme: 5 entries" in out
+    argv = ["reproduce", "--registry", str(path), "--table", "toy-readme", "--close", "80", "--json"]
+    code, out, err = run(argv, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
+    verdicts = {o["entry"]["id"]: o["verdict"] for o in result["outcomes"]}
+    assert verdicts == {"exact": "reproduced", "close": "close", "far": "differs"}
+    far = next(o for o in result["outcomes"] if o["entry"]["id"] == "far")
+    assert far["rows"][0]["difference"] == 90.0 and far["rows"][0]["verdict"] == "differs"
+    assert far["rows"][0]["interval"] == pytest.approx([100 * 0.025 ** (1 / 3), 100.0])
+    # the open setting it names is audited (dataset_version has no audit row)
+    assert far["audit"]["settings"] == ["image-size"]
+    assert [r["setting"] for r in far["audit"]["rows"]] == ["image-size"]
+    assert far["audit"]["rows"][0]["audited"].startswith("48x48")
+    missing = {m["entry"]: m["lacks"] for m in result["missing"]}
+    assert missing["missing-data"] == ["data: vprbench datasets format city-elsewhere --from CITY/"]
+    assert missing["missing-weights"][0].startswith(
+        "weights: --weights pittsburgh_checkpoint.pth.tar"
+    )
+    # the records: one per entry run, with the run record it came from
+    records = sorted((isolated_dirs["results"] / "reproduce").glob("*.json"))
+    assert len(records) == 3
+    exact = json.loads(next(p for p in records if p.name.startswith("exact__")).read_text())
+    assert exact["run_record"].endswith(".json") and exact["entry"]["protocol"] == "city-repro"
+    # a second run recomputes nothing: the descriptors come from the cache
+    from pathlib import Path
+
+    run_record = json.loads(Path(exact["run_record"]).read_text())
+    descriptors = Path(run_record["files"]["descriptors"])
+    stamp = descriptors.stat().st_mtime_ns
+    code, out, err = run(["reproduce", "pixels", "--registry", str(path), "--dataset", "city-repro",
+                          "--no-audit"], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert descriptors.stat().st_mtime_ns == stamp
+    assert "Published vs measured" in out and "differs" in out
+    # report --reproduce turns the records into a table
+    code, out, err = run(["report", "--reproduce", "--markdown", "--no-figures"], capsys,
+                         monkeypatch)  # fmt: skip
+    assert code == 0, err
+    table = (isolated_dirs["results"] / "reports" / "all" / "report-reproduce.md").read_text()
+    (far_row,) = [line for line in table.splitlines() if line.startswith("| far ")]
+    cells = [c.strip() for c in far_row.strip("|").split("|")]
+    assert cells[:4] == ["far", "city-repro", "4", "10"] and cells[5:7] == ["+90.00", "differs"]
+
+
+@pytest.mark.parametrize("body,message", [
+    ("    settings: {options: {nope: 1}}\n", "unknown option"),
+    ("    settings: {stage: two-stage, rerank: selavpr}\n",
+     "re-ranker 'selavpr' matches the local features of 'selavpr', not of 'pixels'"),
+    ("    settings: {rerank: fol}\n", "a two-stage number names its re-ranker"),
+    ("    settings: {image_size: [32]}\n", "image_size is [H, W]"),
+    ("    wheights: x\n", "unknown key 'wheights'"),
+])  # fmt: skip
+def test_entries_the_model_cannot_take_are_refused_with_the_line(body, message, tmp_path):
+    path = tmp_path / "published.yaml"
+    path.write_text("format: 1\nentries:\n  bad:\n    model: pixels\n    protocol: sped\n"
+                    "    published: {1: 50.0}\n    source: {where: x}\n" + body)  # fmt: skip
+    with pytest.raises(VPRBenchError, match=re.escape(message)) as info:
+        load_published(path)
+    assert str(info.value).startswith(f"{path}:8")  # the line of the bad key
+
+
+def test_the_shipped_registry_is_valid():
+    registry = load_published()
+    assert registry.entries and registry.tables
+    for entry in registry.entries.values():
+        assert entry.where and entry.published

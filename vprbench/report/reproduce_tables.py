@@ -1,0 +1,92 @@
+"""`report --reproduce`: the reproduce records (results/reproduce/*.json, `vprbench reproduce`) as one
+table of published against measured recall, in LaTeX, Markdown and CSV. Each entry's latest record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from vprbench.errors import VPRBenchError
+from vprbench.report.tables import LATEX_PREAMBLE, _caption_below
+
+CAPTION = (
+    "Published against measured recall@k (\\%). Measured: the recall and its 95\\% interval over "
+    "the protocol's queries; reproduced: the published value (to its printed decimals) is inside "
+    "the interval; close: within the stated points of it; differs: neither."
+)
+
+
+def reproduce_frame(results_dir: Path) -> pd.DataFrame:
+    """One row per entry and k of the latest record of each entry."""
+    latest: dict[str, dict] = {}
+    for path in sorted((Path(results_dir) / "reproduce").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            entry_id = record["entry"]["id"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise VPRBenchError(f"{path}: not a reproduce record ({exc})") from exc
+        if entry_id not in latest or record["created"] >= latest[entry_id]["created"]:
+            latest[entry_id] = record
+    if not latest:
+        raise VPRBenchError(f"report --reproduce: no record under {Path(results_dir) / 'reproduce'}; "
+                            "run vprbench reproduce first")  # fmt: skip
+    rows = []
+    for record in latest.values():
+        e = record["entry"]
+        for row in record["rows"]:
+            rows.append({"entry": e["id"], "model": e["model"], "weights": e["weights"] or "",
+                         "protocol": e["protocol"], "stage": e["settings"].get("stage", "global"),
+                         "k": row["k"], "published": row["published"],
+                         "measured": row["measured"], "low": row["interval"][0],
+                         "high": row["interval"][1], "difference": row["difference"],
+                         "verdict": row["verdict"], "source": e["where"],
+                         "third_party": e["third_party"] or ""})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "entry": df["entry"], "protocol": df["protocol"], "k": df["k"].map(str),
+        "published": df["published"].map(lambda v: f"{v:g}"),
+        "measured [95%]": [f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                           for m, lo, hi in zip(df["measured"], df["low"], df["high"], strict=True)],
+        "diff": df["difference"].map(lambda v: f"{v:+.2f}"), "verdict": df["verdict"],
+        "source": df["source"] + df["third_party"].map(lambda t: f" (third party: {t})" if t else ""),
+    })  # fmt: skip
+    return out.reset_index(drop=True)
+
+
+def reproduce_markdown(df: pd.DataFrame) -> str:
+    cells = _cells(df)
+    align = ("left", "left", "right", "right", "left", "right", "left", "left")
+    text = cells.to_markdown(index=False, disable_numparse=True, colalign=align)
+    return text + "\n\n" + CAPTION.replace("\\%", "%") + "\n"
+
+
+def reproduce_latex(df: pd.DataFrame, label: str = "tab:reproduce") -> str:
+    cells = _cells(df).drop(columns=["source"])
+    cells.columns = [c.replace("%", "\\%") for c in cells.columns]
+    styler = cells.style.hide(axis="index").format_index(escape="latex", axis=1)
+    styler = styler.format(escape="latex")
+    text = styler.to_latex(hrules=True, caption=CAPTION, label=label, position_float="centering",
+                           column_format="llrrlrl")  # fmt: skip
+    return LATEX_PREAMBLE + _caption_below(text)
+
+
+def write_reproduce(results_dir: Path, out: Path, formats: list[str]) -> list[Path]:
+    """report-reproduce.{tex,md,csv} under ``out``; returns the paths."""
+    from vprbench.atomic import write_text
+
+    df = reproduce_frame(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {"latex": (reproduce_latex, "tex"), "markdown": (reproduce_markdown, "md"),
+               "csv": (lambda d: d.to_csv(index=False), "csv")}  # fmt: skip
+    written = []
+    for fmt in formats:
+        write, suffix = writers[fmt]
+        path = out / f"report-reproduce.{suffix}"
+        write_text(path, write(df))
+        written.append(path)
+    return written
