@@ -110,7 +110,9 @@ def _run(entries, weights, download, device, close, audit, root, cache_dir, resu
         if not (here.data and here.weights_ready):
             lacks = ([f"data: {here.data_hint}"] if not here.data else []) + (
                 [f"weights: {here.weights_hint}"] if not here.weights_ready else [])  # fmt: skip
-            missing.append({"entry": entry.id, "lacks": lacks})
+            missing.append({"entry": entry.id, "lacks": lacks, "protocol": entry.protocol,
+                            "data": None if here.data else here.data_hint,
+                            "weights": None if here.weights_ready else here.weights_hint})  # fmt: skip
             continue
         err_console.print(f"reproducing {entry.id} ...")
         with progress_bars() as bars:
@@ -132,6 +134,22 @@ def _run(entries, weights, download, device, close, audit, root, cache_dir, resu
             console.print(f"{outcome['entry']['id']}: audit not run: {audit['skipped']}",
                           soft_wrap=True)  # fmt: skip
         console.print(f"record: {outcome['path']}", soft_wrap=True)
-    for item in missing:
-        console.print(f"not run: {item['entry']}: {'; '.join(item['lacks'])}", soft_wrap=True)
+    if missing:
+        _print_missing(missing, console)
     return {"outcomes": done, "missing": missing}
+
+
+def _print_missing(missing: list[dict], console) -> None:
+    """What the entries that did not run lack, once per protocol and per weights file."""
+    console.print(f"not run: {len(missing)} entries, for want of:", soft_wrap=True)
+    for kind, label in (("data", "protocol"), ("weights", "weights")):
+        groups: dict[str, list[str]] = {}
+        for item in missing:
+            if item[kind] is not None:
+                what = item["protocol"] if kind == "data" else item["weights"]
+                groups.setdefault(what, []).append(item["entry"])
+        for what, names in groups.items():
+            hint = next(m[kind] for m in missing if m[kind] is not None and
+                        (m["protocol"] if kind == "data" else m["weights"]) == what)  # fmt: skip
+            shown = what if kind == "weights" else f"{what}: {hint}"
+            console.print(f"  {label} {shown} ({len(names)}: {', '.join(names)})", soft_wrap=True)
