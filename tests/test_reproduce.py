@@ -113,7 +113,16 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     assert code == 0, err
     assert "README.md:3 (commit 0000000)" in out and "third party: a later paper" in out
     assert "table toy-readme: 5 entries" in out
-    argv = ["reproduce", "--registry", str(path), "--table", "toy-readme", "--close", "80", "--json"]
+    argv = [
+        "reproduce",
+        "--registry",
+        str(path),
+        "--table",
+        "toy-readme",
+        "--close",
+        "80",
+        "--json",
+    ]
     code, out, err = run(argv, capsys, monkeypatch)
     assert code == 0, err
     result = json.loads(out)
@@ -179,3 +188,20 @@ def test_the_shipped_registry_is_valid():
     assert registry.entries and registry.tables
     for entry in registry.entries.values():
         assert entry.where and entry.published
+
+
+def test_shipped_entries_name_the_file_their_card_gives_the_protocol():
+    """Where a card says which released file a benchmark is reported with, the registry's entry on
+    that benchmark uses that file (and a re-ranked number names a re-ranker of the entry's model)."""
+    from vprbench.models import get_card
+
+    registry = load_published()
+    assert len(registry.entries) >= 180 and "d2vpr-readme-no-encoder" in registry.tables
+    for entry in registry.entries.values():
+        release = get_card(entry.model).release_for(entry.protocol)
+        if release is not None:
+            assert entry.weights == f"official:{release.name}", entry.id
+        assert (entry.stage == "two-stage") == ("rerank" in entry.settings), entry.id
+    d2vpr = registry.entries["d2vpr-finetune_no_encoder-pitts30k-test"]
+    # tony19980810/D2VPR README.md:91-93 at 33042fa
+    assert d2vpr.published == {1: 91.7, 5: 95.8, 10: 96.8}

@@ -26,13 +26,16 @@ SELAVPR_CARD = ModelCard(
         Release(
             "msls",
             "SelaVPR_msls.pth",
-            ("msls-val", "nordland-pnv"),
-            note="README: fine-tuned on MSLS, reported on MSLS-val, Nordland-test, St Lucia",
+            ("msls-val", "st-lucia"),
+            note="README: fine-tuned on MSLS, reported on MSLS-val, Nordland-test, St Lucia. Its "
+            "Nordland-test (README.md:176, the downsampled set of webdiis.unizar.es/~jmfacil/"
+            "pr-nordland) is 3,450 database images and queries at +/-2 frames (the author in "
+            "Lu-Feng/SelaVPR#6), not Nordland** (nordland-pnv): vprbench does not register it",
         ),
         Release(
             "pitts30k",
             "SelaVPR_pitts30k.pth",
-            ("pitts30k-test", "pitts250k-test"),
+            ("pitts30k-test", "pitts250k-test", "tokyo247"),
             note="README: further fine-tuned on Pitts30k, reported on Tokyo24/7, Pitts30k, "
             "Pitts250k",
         ),
