@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ tables:
   toy-readme:
     description: the toy's table
     source: README.md:1-9
-    entries: [exact, close, far, missing-data, missing-weights]
+    entries: [exact, close, far, sized, missing-data, missing-weights]
 entries:
   exact:
     model: pixels
@@ -41,6 +42,14 @@ entries:
     published: {{4: 10.0}}
     source: {{where: "README.md:5"}}
     ambiguous: [image_size, dataset_version]
+  sized:
+    model: pixels
+    weights: null
+    protocol: city-repro
+    published: {{4: 100.0}}
+    source: {{where: "README.md:6"}}
+    settings: {{image_size: [48, 48], resize: uint8, antialias: false, no_positive_policy: exclude,
+               pca: {{dim: 2, fit: city-repro}}}}
   missing-data:
     model: pixels
     weights: null
@@ -112,7 +121,7 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     code, out, err = run(["reproduce", "--registry", str(path), "--list"], capsys, monkeypatch)
     assert code == 0, err
     assert "README.md:3 (commit 0000000)" in out and "third party: a later paper" in out
-    assert "table toy-readme: 5 entries" in out
+    assert "table toy-readme: 6 entries" in out
     argv = [
         "reproduce",
         "--registry",
@@ -127,27 +136,37 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     assert code == 0, err
     result = json.loads(out)
     verdicts = {o["entry"]["id"]: o["verdict"] for o in result["outcomes"]}
-    assert verdicts == {"exact": "reproduced", "close": "close", "far": "differs"}
+    assert verdicts == {"exact": "reproduced", "close": "close", "far": "differs",
+                        "sized": "reproduced"}  # fmt: skip
+    # the entry's settings reached extraction and evaluation
+    sized = next(o for o in result["outcomes"] if o["entry"]["id"] == "sized")
+    run_record = json.loads(Path(sized["run_record"]).read_text())["settings"]
+    assert run_record["preprocess"]["image_size"] == [48, 48]
+    assert (run_record["preprocess"]["resize"], run_record["preprocess"]["antialias"]) == ("uint8",
+                                                                                           False)  # fmt: skip
+    assert run_record["no_positive_policy"] == "exclude" and run_record["pca"]["dim"] == 2
     far = next(o for o in result["outcomes"] if o["entry"]["id"] == "far")
     assert far["rows"][0]["difference"] == 90.0 and far["rows"][0]["verdict"] == "differs"
     assert far["rows"][0]["interval"] == pytest.approx([100 * 0.025 ** (1 / 3), 100.0])
-    # the open setting it names is audited (dataset_version has no audit row)
+    # the open setting it names is audited (dataset_version has no audit row: said so)
     assert far["audit"]["settings"] == ["image-size"]
+    assert far["audit"]["not_audited"] == [{"setting": "dataset_version",
+                                            "reason": "no audit row measures it"}]  # fmt: skip
     assert [r["setting"] for r in far["audit"]["rows"]] == ["image-size"]
     assert far["audit"]["rows"][0]["audited"].startswith("48x48")
     missing = {m["entry"]: m["lacks"] for m in result["missing"]}
-    assert missing["missing-data"] == ["data: vprbench datasets format city-elsewhere --from CITY/"]
+    assert missing["missing-data"] == [
+        "data: city-elsewhere: vprbench datasets format city-elsewhere --from CITY/"
+    ]
     assert missing["missing-weights"][0].startswith(
         "weights: --weights pittsburgh_checkpoint.pth.tar"
     )
     # the records: one per entry run, with the run record it came from
     records = sorted((isolated_dirs["results"] / "reproduce").glob("*.json"))
-    assert len(records) == 3
+    assert len(records) == 4
     exact = json.loads(next(p for p in records if p.name.startswith("exact__")).read_text())
     assert exact["run_record"].endswith(".json") and exact["entry"]["protocol"] == "city-repro"
     # a second run recomputes nothing: the descriptors come from the cache
-    from pathlib import Path
-
     run_record = json.loads(Path(exact["run_record"]).read_text())
     descriptors = Path(run_record["files"]["descriptors"])
     stamp = descriptors.stat().st_mtime_ns
@@ -173,6 +192,7 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     ("    settings: {rerank: fol}\n", "a two-stage number names its re-ranker"),
     ("    settings: {image_size: [32]}\n", "image_size is [H, W]"),
     ("    wheights: x\n", "unknown key 'wheights'"),
+    ("    settings: {rerank_k: 10}\n", "rerank_k without a re-ranker"),
 ])  # fmt: skip
 def test_entries_the_model_cannot_take_are_refused_with_the_line(body, message, tmp_path):
     path = tmp_path / "published.yaml"
@@ -205,3 +225,42 @@ def test_shipped_entries_name_the_file_their_card_gives_the_protocol():
     d2vpr = registry.entries["d2vpr-finetune_no_encoder-pitts30k-test"]
     # tony19980810/D2VPR README.md:91-93 at 33042fa
     assert d2vpr.published == {1: 91.7, 5: 95.8, 10: 96.8}
+
+
+def test_a_boolean_recall_and_a_weights_path_are_refused(tmp_path):
+    path = tmp_path / "published.yaml"
+    entry = ("format: 1\nentries:\n  bad:\n    model: {model}\n    protocol: sped\n"
+             "    published: {{1: {value}}}\n    source: {{where: x}}\n    weights: {weights}\n")  # fmt: skip
+    path.write_text(entry.format(model="pixels", value="true", weights="null"))
+    with pytest.raises(VPRBenchError, match="published '1': True: expected k >= 1 and a recall"):
+        load_published(path)
+    path.write_text(entry.format(model="netvlad", value="50.0", weights="ckpt/checkpoint.pth.tar"))
+    with pytest.raises(VPRBenchError, match="name the file .its official name., not a path"):
+        load_published(path)
+
+
+def test_weights_are_found_by_official_name_cache_or_download(tmp_path):
+    from vprbench.models.weights import cached_name
+    from vprbench.reproduce.run import availability, expected_file
+
+    registry = load_published()
+    # EigenPlaces' official file depends on dim: the 128-d entry names the 128-d file
+    dim128 = registry.entries["eigenplaces-dim128-sf-xl-test-v1"]
+    name, url, _ = expected_file(dim128)
+    assert name == "ResNet50_128_eigenplaces.pth" and url.endswith("/ResNet50_128_eigenplaces.pth")
+    # a released file given by its official name (any folder); the data is not here
+    sela = registry.entries["selavpr-msls-msls-val-rerank"]
+    given = tmp_path / "downloads" / "SelaVPR_msls.pth"
+    here = availability(sela, tmp_path / "data", tmp_path / "cache", [given])
+    assert (here.weights, here.weights_ready, here.data) == (str(given), True, False)
+    assert here.data_hint.startswith("msls-val: ")
+    assert not availability(sela, tmp_path, tmp_path, []).weights_ready  # Drive only: a file
+    # an official URL: missing until downloaded (or --download), then the entry's own spec
+    boq = next(e for e in registry.entries.values() if e.model == "boq-dinov2")
+    name, url, _ = expected_file(boq)
+    here = availability(boq, tmp_path, tmp_path / "cache", [])
+    assert not here.weights_ready and "reproduce --download fetches it" in here.weights_hint
+    assert availability(boq, tmp_path, tmp_path / "cache", [], download=True).weights == boq.weights
+    (tmp_path / "cache" / "weights").mkdir(parents=True)
+    (tmp_path / "cache" / "weights" / cached_name(url)).write_bytes(b"x")
+    assert availability(boq, tmp_path, tmp_path / "cache", []).weights == boq.weights

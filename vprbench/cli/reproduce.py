@@ -44,7 +44,7 @@ def reproduce_cmd(model, protocols, weights, table, show_list, download, device,
             return
         entries = _select(registry, model, protocols, table)
         emit(_run(entries, weights, download, device, close, not no_audit, root, cache_dir,
-                  results_dir))  # fmt: skip
+                  results_dir, registry.path))  # fmt: skip
 
 
 def _select(registry, model, protocols, table) -> list:
@@ -94,7 +94,8 @@ def _list(registry) -> dict:
     }  # fmt: skip
 
 
-def _run(entries, weights, download, device, close, audit, root, cache_dir, results_dir) -> dict:
+def _run(entries, weights, download, device, close, audit, root, cache_dir, results_dir,
+         registry_path=None) -> dict:  # fmt: skip
     from vprbench.paths import cache_root, data_root, results_root
     from vprbench.reproduce.run import availability, reproduce_entry
     from vprbench.ui import console, err_console, print_table, progress_bars, reproduce_table
@@ -104,7 +105,9 @@ def _run(entries, weights, download, device, close, audit, root, cache_dir, resu
     for path in given:
         if not path.is_file():
             raise VPRBenchError(f"--weights {path}: not a file")
-    done, missing = [], []
+    from rich.markup import escape
+
+    done, missing, failed = [], [], []
     for entry in entries:
         here = availability(entry, data, cache, given, download)
         if not (here.data and here.weights_ready):
@@ -115,9 +118,14 @@ def _run(entries, weights, download, device, close, audit, root, cache_dir, resu
                             "weights": None if here.weights_ready else here.weights_hint})  # fmt: skip
             continue
         err_console.print(f"reproducing {entry.id} ...")
-        with progress_bars() as bars:
-            done.append(reproduce_entry(entry, here.weights, data, cache, results, device, close,
-                                        audit, bars, err_console.print))  # fmt: skip
+        try:
+            with progress_bars() as bars:
+                done.append(reproduce_entry(entry, here.weights, data, cache, results, device,
+                                            close, audit, bars, err_console.print,
+                                            registry_path))  # fmt: skip
+        except VPRBenchError as exc:  # one entry's failure: the others still run and print
+            failed.append({"entry": entry.id, "error": str(exc)})
+            err_console.print(f"[red]{entry.id} failed:[/] {escape(str(exc))}", soft_wrap=True)
     if done:
         print_table(reproduce_table(done))
     for outcome in done:
@@ -136,20 +144,18 @@ def _run(entries, weights, download, device, close, audit, root, cache_dir, resu
         console.print(f"record: {outcome['path']}", soft_wrap=True)
     if missing:
         _print_missing(missing, console)
-    return {"outcomes": done, "missing": missing}
+    for item in failed:
+        console.print(f"failed: {item['entry']}: {escape(item['error'])}", soft_wrap=True)
+    return {"outcomes": done, "missing": missing, "failed": failed}
 
 
 def _print_missing(missing: list[dict], console) -> None:
-    """What the entries that did not run lack, once per protocol and per weights file."""
+    """What the entries that did not run lack, once per dataset and per weights file."""
     console.print(f"not run: {len(missing)} entries, for want of:", soft_wrap=True)
-    for kind, label in (("data", "protocol"), ("weights", "weights")):
+    for kind in ("data", "weights"):
         groups: dict[str, list[str]] = {}
         for item in missing:
             if item[kind] is not None:
-                what = item["protocol"] if kind == "data" else item["weights"]
-                groups.setdefault(what, []).append(item["entry"])
-        for what, names in groups.items():
-            hint = next(m[kind] for m in missing if m[kind] is not None and
-                        (m["protocol"] if kind == "data" else m["weights"]) == what)  # fmt: skip
-            shown = what if kind == "weights" else f"{what}: {hint}"
-            console.print(f"  {label} {shown} ({len(names)}: {', '.join(names)})", soft_wrap=True)
+                groups.setdefault(item[kind], []).append(item["entry"])
+        for hint, names in groups.items():
+            console.print(f"  {kind} {hint} ({len(names)}: {', '.join(names)})", soft_wrap=True)

@@ -75,12 +75,23 @@ class ModelCard:
     # Options that change the descriptor size: {option: {value: dim}} (D²-VPR's aggregator: gem 768)
     option_dims: dict = field(default_factory=dict)
 
+    # Options that change the official weights file: {option: {value: URL}} (CosPlace's dim)
+    option_urls: dict = field(default_factory=dict)
+
     def dim_for(self, options: dict) -> int:
         """The descriptor size under ``options`` (resolved), without building the model."""
         for key, dims in self.option_dims.items():
             if options.get(key) in dims:
                 return dims[options[key]]
         return self.descriptor_dim
+
+    def official_url(self, options: dict) -> str | None:
+        """``--weights official``'s URL under ``options`` (resolved): the option's file where the
+        official weights depend on one, else the card's."""
+        for key, urls in self.option_urls.items():
+            if options.get(key) in urls:
+                return urls[options[key]]
+        return self.weights.url if self.weights is not None else None
 
     reference: str = ""
     licence: str = ""  # of the official code and weights, where the repository states one

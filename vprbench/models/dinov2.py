@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vprbench.models.base import VPRModel
-from vprbench.models.cards.dinov2 import DINOV2_GEM_CARD, DINOV2_URLS
+from vprbench.models.cards.dinov2 import DINOV2_GEM_CARD
 from vprbench.models.common import backbone_with_gem, load_weights
 from vprbench.models.pooling import GeM
 from vprbench.models.registry import register_model
@@ -34,5 +34,5 @@ class DINOv2GeM(VPRModel):
 @register_model(DINOV2_GEM_CARD)
 def build_dinov2_gem(options, weights, cache_dir) -> VPRModel:
     model = DINOv2GeM(options["backbone"])
-    official = DINOV2_URLS.get(options["backbone"])
+    official = DINOV2_GEM_CARD.official_url(options)
     return load_weights(model, weights, DINOV2_GEM_CARD, cache_dir, official_url=official)

@@ -115,7 +115,7 @@ class MixVPR(VPRModel):
         return self.aggregator(features)
 
 
-def _register_places(name: str, dims: tuple[int, ...], url: str) -> None:
+def _register_places(name: str, dims: tuple[int, ...]) -> None:
     card = CARDS[name]
 
     @register_model(card)
@@ -123,11 +123,13 @@ def _register_places(name: str, dims: tuple[int, ...], url: str) -> None:
         dim = options["dim"]
         if dim not in dims:
             raise VPRBenchError(f"model '{name}': dim must be one of {list(dims)}, got {dim}")
-        return load_weights(GeoLocalizationNet(dim), weights, card, cache_dir, url.format(dim=dim))
+        return load_weights(
+            GeoLocalizationNet(dim), weights, card, cache_dir, card.official_url(options)
+        )
 
 
 for _name, (_dims, _url, _ref, _protocol) in PLACES_CARDS.items():
-    _register_places(_name, _dims, _url)
+    _register_places(_name, _dims)
 
 
 register_with_weights(MIXVPR_CARD, MixVPR)

@@ -27,6 +27,7 @@ def reproduce_frame(results_dir: Path) -> pd.DataFrame:
             entry_id = record["entry"]["id"]
         except (OSError, ValueError, KeyError) as exc:
             raise VPRBenchError(f"{path}: not a reproduce record ({exc})") from exc
+        # ISO UTC timestamps with microseconds sort by time; a later file wins a tie
         if entry_id not in latest or record["created"] >= latest[entry_id]["created"]:
             latest[entry_id] = record
     if not latest:

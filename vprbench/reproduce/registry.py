@@ -23,6 +23,8 @@ against the model cards, the protocols and the re-rankers, and an error names th
           batch_size: null                   # batch-dependent models
           pca: null                          # {dim: 4096, fit: PROTOCOL, official: "..."}
           options: {}                        # model switches
+          per_city: false                    # MSLS: each city searched alone
+          no_positive_policy: miss           # or exclude
         ambiguous: [batch_size]              # settings the source leaves open: audited on "differs"
         note: ""
     no_published: {pixels: "a baseline of vprbench's own"}
@@ -50,10 +52,11 @@ ENTRY_KEYS = {
 }
 SOURCE_KEYS = {"where", "third_party"}
 SETTING_KEYS = {"stage", "rerank", "rerank_k", "image_size", "resize", "antialias", "dtype",
-                "batch_size", "pca", "options"}  # fmt: skip
+                "batch_size", "pca", "options", "per_city", "no_positive_policy"}  # fmt: skip
 STAGES = ("global", "two-stage")
 # what a source may leave open, and the audit row (vprbench.evaluate.audit.SETTINGS) that measures it
-AMBIGUOUS = {"batch_size": "batch-size", "resize": "resize", "dtype": "dtype", "pca_fit": "pca",
+# (None: no audit row measures it; pca_fit: the audit's pca row compares with and without PCA)
+AMBIGUOUS = {"batch_size": "batch-size", "resize": "resize", "dtype": "dtype", "pca_fit": None,
              "image_size": "image-size", "dataset_version": None}  # fmt: skip
 
 
@@ -184,6 +187,7 @@ def _entry(entry_id: str, body, fail, line: int, protocols: dict) -> Entry:
     for k, value in published.items():  # keys arrive as text (the line-keeping reader)
         if (
             not (str(k).isdigit() and int(k) >= 1)
+            or isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not (0 <= value <= 100)
         ):
@@ -213,6 +217,8 @@ def _check_weights(card, weights, keys, fail) -> None:
         return
     if not isinstance(weights, str):
         fail(keys, f"weights must be a string, got {weights!r}")
+    if "/" in weights or "\\" in weights:
+        fail(keys, f"weights {weights!r}: name the file (its official name), not a path")
     if weights.startswith("official:"):
         try:
             card.release(weights.split(":", 1)[1])
@@ -247,6 +253,16 @@ def _check_settings(card, settings, protocols, keys, fail) -> None:
         if reranker.model != card.name:
             fail(keys + ("rerank",), f"re-ranker '{rerank}' matches the local features of "
                  f"'{reranker.model}', not of '{card.name}'")  # fmt: skip
+    if settings.get("rerank_k") is not None and rerank is None:
+        fail(keys + ("rerank_k",), "rerank_k without a re-ranker (settings.rerank)")
+    if rerank is not None and settings.get("pca") is not None:
+        fail(keys + ("pca",), "a re-ranked number re-orders the exact global search, without PCA")
+    if card.pca_dim and settings.get("pca") is None:
+        fail(keys, f"model '{card.name}' is evaluated with PCA to {card.pca_dim} officially: state "
+             "settings.pca {dim, fit}")  # fmt: skip
+    for key, allowed in (("per_city", (True, False)), ("no_positive_policy", ("miss", "exclude"))):
+        if settings.get(key) is not None and settings[key] not in allowed:
+            fail(keys + (key,), f"{key} must be one of {list(allowed)}, got {settings[key]!r}")
     size = settings.get("image_size")
     if size is not None and not (isinstance(size, list) and len(size) == 2
                                  and all(isinstance(s, int) and s > 0 for s in size)):  # fmt: skip

@@ -7,8 +7,8 @@ leaves open. Each outcome is a record under ``results/reproduce/``."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from vprbench import __version__
@@ -22,35 +22,39 @@ from vprbench.reproduce.verdict import CLOSE_POINTS, compare
 class Availability:
     data: bool
     data_hint: str  # how to get the data, when it is missing
-    weights: str | None  # the spec to load (a file, or a URL already downloaded); None: none needed
+    weights: (
+        str | None
+    )  # the spec to load (a file, or the entry's official spec); None: none needed
     weights_ready: bool
     weights_hint: str  # how to get the weights, when they are missing
 
 
-def expected_file(entry: Entry) -> tuple[str | None, str | None]:
-    """(the official file name, its URL) of the entry's weights, without reading anything."""
+def expected_file(entry: Entry) -> tuple[str | None, str | None, str]:
+    """(the official file name, its URL, its note) of the entry's weights, without reading anything;
+    ``official`` under the entry's options (CosPlace's and EigenPlaces' files depend on dim)."""
     from urllib.parse import urlparse
 
-    from vprbench.models.card import weights_target
-    from vprbench.models.registry import get_card
+    from vprbench.models.registry import get_card, resolve_options
 
     card = get_card(entry.model)
+    note = card.weights.note if card.weights is not None else ""
     if entry.weights is None:
-        return None, None
+        return None, None, ""
     if entry.weights.startswith("official:"):
         release = card.release(entry.weights.split(":", 1)[1])
-        return release.file, release.url
+        return release.file, release.url, release.note or note
     if entry.weights == "official":
-        url = weights_target(card, "official")[0]
-        return Path(urlparse(url).path).name, url
-    return entry.weights, None
+        url = card.official_url(resolve_options(card, entry.settings.get("options") or {}))
+        return Path(urlparse(url).path).name, url, note
+    return entry.weights, None, note
 
 
 def availability(entry: Entry, data_dir: Path, cache_dir: Path, given: list[Path],
                  download: bool = False) -> Availability:  # fmt: skip
-    """What is here for ``entry``: its protocol formatted under ``data_dir`` (the embedded sample
-    always), its weights among the ``given`` files (by the official file name or a release's
-    aliases), already downloaded under ``<cache>/weights``, or downloadable (``download``)."""
+    """What is here for ``entry``: its protocol (and its PCA's fit protocol) formatted under
+    ``data_dir`` with ground truth (the embedded sample always), its weights among the ``given``
+    files (by the official file name or a release's aliases), already downloaded under
+    ``<cache>/weights``, or downloadable (``download``)."""
     from vprbench.choices import SAMPLE_NAME
     from vprbench.datasets.formatted import load_formatted
     from vprbench.datasets.protocols import load_registry
@@ -58,12 +62,21 @@ def availability(entry: Entry, data_dir: Path, cache_dir: Path, given: list[Path
     from vprbench.models.weights import cached_name
 
     data, data_hint = True, ""
-    if entry.protocol != SAMPLE_NAME:
+    needed = [entry.protocol] + (
+        [entry.settings["pca"]["fit"]] if entry.settings.get("pca") else []
+    )
+    for protocol in dict.fromkeys(needed):
+        if protocol == SAMPLE_NAME:
+            continue
         try:
-            load_formatted(entry.protocol, data_dir)
+            formatted = load_formatted(protocol, data_dir)
         except VPRBenchError:
-            data, data_hint = False, load_registry()[entry.protocol].obtain
-    name, url = expected_file(entry)
+            data, data_hint = False, f"{protocol}: {load_registry()[protocol].obtain}"
+            break
+        if protocol == entry.protocol and not any(p.size for p in formatted.positives):
+            data, data_hint = False, f"{protocol}: formatted without ground truth (none released)"
+            break
+    name, url, note = expected_file(entry)
     if name is None:
         return Availability(data, data_hint, None, True, "")
     card = get_card(entry.model)
@@ -73,18 +86,19 @@ def availability(entry: Entry, data_dir: Path, cache_dir: Path, given: list[Path
             return Availability(data, data_hint, str(path), True, "")
     if url is not None:
         cached = Path(cache_dir) / "weights" / cached_name(url)
-        if cached.is_file() or download:
-            return Availability(data, data_hint, url, True, "")
+        if cached.is_file() or download:  # the builder finds it there (or downloads it)
+            return Availability(data, data_hint, entry.weights, True, "")
         hint = f"{url} (reproduce --download fetches it), or --weights {name}"
     else:
-        note = card.weights.note if card.weights is not None else ""
         hint = f"--weights {name}" + (f" ({note})" if note else "")
     return Availability(data, data_hint, None, False, hint)
 
 
 def settings_of(entry: Entry, weights: str | None, device: str):
-    """The ExtractSettings of the entry's recorded settings."""
+    """The ExtractSettings of the entry's recorded settings (absent: the card's, as the registry's
+    docstring says; dtype: the card's published precision)."""
     from vprbench.extract.settings import ExtractSettings
+    from vprbench.models.registry import get_card
 
     s = entry.settings
     return ExtractSettings(
@@ -95,14 +109,15 @@ def settings_of(entry: Entry, weights: str | None, device: str):
         resize=s.get("resize"),
         antialias=s.get("antialias"),
         batch_size=s.get("batch_size"),
-        dtype=s.get("dtype", "fp32"),
+        dtype=s.get("dtype") or get_card(entry.model).dtype,
         device=device,
     )
 
 
 def reproduce_entry(entry: Entry, weights: str | None, data_dir: Path, cache_dir: Path,
                     results_dir: Path, device: str = "cpu", close: float = CLOSE_POINTS,
-                    audit: bool = True, progress=None, log=lambda _: None) -> dict:  # fmt: skip
+                    audit: bool = True, progress=None, log=lambda _: None,
+                    registry_path: Path | None = None) -> dict:  # fmt: skip
     """Run ``entry`` and return (and write) its reproduce record."""
     from vprbench.datasets import manage
     from vprbench.datasets.protocols import load_registry
@@ -131,7 +146,8 @@ def reproduce_entry(entry: Entry, weights: str | None, data_dir: Path, cache_dir
                   "local": local.descriptors}  # fmt: skip
     ks = sorted(entry.published)
     try:
-        record, path = evaluate(dataset, result, ks, "miss", results_dir, device, pca,
+        record, path = evaluate(dataset, result, ks, entry.settings.get("no_positive_policy", "miss"),
+                                results_dir, device, pca, per_city=entry.settings.get("per_city", False),
                                 tags={"reproduce": entry.id}, rerank=rerank)  # fmt: skip
     except ValueError as exc:
         raise VPRBenchError(f"entry '{entry.id}': {exc}") from exc
@@ -139,10 +155,8 @@ def reproduce_entry(entry: Entry, weights: str | None, data_dir: Path, cache_dir
         raise VPRBenchError(f"entry '{entry.id}': '{entry.protocol}' has no ground truth here")
     rows, verdict = compare(entry.published, record, close)
     audit_entry = None
-    rows_to_audit = [AMBIGUOUS[a] for a in entry.ambiguous if AMBIGUOUS[a]]
-    if verdict == "differs" and audit and rows_to_audit:
-        audit_entry = _audit(entry, settings, ks, data_dir, cache_dir, results_dir, rows_to_audit,
-                             progress, log)  # fmt: skip
+    if verdict == "differs" and audit and entry.ambiguous:
+        audit_entry = _audit(entry, settings, ks, data_dir, cache_dir, results_dir, progress, log)
     out = {
         "entry": {**asdict(entry), "published": {str(k): v for k, v in entry.published.items()}},
         "weights": weights,
@@ -153,8 +167,9 @@ def reproduce_entry(entry: Entry, weights: str | None, data_dir: Path, cache_dir
         "run_record": str(path),
         "run_id": record["run_id"],
         "official_differences": (record["settings"].get("official") or {}).get("differences", []),
+        "registry": str(registry_path) if registry_path else None,
         "vprbench": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": datetime.now(timezone.utc).isoformat(),  # sortable: the report takes the latest
     }
     target = Path(results_dir) / "reproduce" / f"{entry.id}__{record['run_id']}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -163,16 +178,36 @@ def reproduce_entry(entry: Entry, weights: str | None, data_dir: Path, cache_dir
     return out
 
 
-def _audit(entry, settings, ks, data_dir, cache_dir, results_dir, only, progress, log) -> dict:
-    """The audit rows of the settings the source leaves open, or why they could not be run."""
+BASELINE = (
+    "the card's settings on the protocol: the global stage, without PCA, the protocol's "
+    "batch size and the card's resize (vprbench audit's baseline)"
+)
+
+
+def _audit(entry, settings, ks, data_dir, cache_dir, results_dir, progress, log) -> dict:
+    """The audit rows of the settings the source leaves open, what no row measures, or why the
+    audit could not run."""
     import dataclasses
 
     from vprbench.evaluate.audit import run_audit
 
+    only, not_audited = [], []
+    for setting in entry.ambiguous:
+        row = AMBIGUOUS[setting]
+        if row is None:
+            not_audited.append({"setting": setting, "reason": "no audit row measures it"})
+        elif row == "dtype" and settings.dtype != "fp32":
+            not_audited.append({"setting": setting, "reason": f"the audit's dtype row compares "
+                                f"fp32 with bf16; the entry runs in {settings.dtype}"})  # fmt: skip
+        else:
+            only.append(row)
+    out = {"settings": only, "not_audited": not_audited, "baseline": BASELINE}
+    if not only:
+        return out
     base = dataclasses.replace(settings, batch_size=None, resize=None, antialias=None)
     try:
         record, path = run_audit(entry.protocol, base, ks, data_dir, cache_dir, results_dir,
                                  only=only, progress=progress, log=log)  # fmt: skip
     except VPRBenchError as exc:
-        return {"settings": only, "skipped": str(exc)}
-    return {"settings": only, "rows": record["rows"], "path": str(path)}
+        return {**out, "skipped": str(exc)}
+    return {**out, "rows": record["rows"], "path": str(path)}

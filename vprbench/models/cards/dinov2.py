@@ -25,6 +25,7 @@ DINOV2_GEM_CARD = ModelCard(
         note="ViT-S/14: " + DINOV2_URLS["vits14"] + "; pass --weights FILE|URL|official",
     ),
     options={"backbone": "vitb14"},
+    option_urls={"backbone": DINOV2_URLS},
     reference="Oquab et al., DINOv2 (TMLR 2024)",
     licence="Apache-2.0 (facebookresearch/dinov2: code and weights)",
     protocol="a vprbench reference: the pre-trained DINOv2 backbone, not fine-tuned for VPR, its "

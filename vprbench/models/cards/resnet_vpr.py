@@ -56,6 +56,7 @@ def _places_card(
         ),  # fmt: skip
         options={"dim": 2048},
         option_dims={"dim": {dim: dim for dim in dims}},
+        option_urls={"dim": {dim: url.format(dim=dim) for dim in dims}},
         reference=reference,
         licence="MIT",
         protocol=protocol,
