@@ -21,7 +21,7 @@ tables:
   toy-readme:
     description: the toy's table
     source: README.md:1-9
-    entries: [exact, close, far, sized, missing-data, missing-weights]
+    entries: [exact, close, far, sized, broken, missing-data, missing-weights]
 entries:
   exact:
     model: pixels
@@ -50,6 +50,13 @@ entries:
     source: {{where: "README.md:6"}}
     settings: {{image_size: [48, 48], resize: uint8, antialias: false, no_positive_policy: exclude,
                pca: {{dim: 2, fit: city-repro}}}}
+  broken:
+    model: pixels
+    weights: null
+    protocol: city-repro
+    published: {{4: 100.0}}
+    source: {{where: "README.md:7"}}
+    settings: {{pca: {{dim: 5000, fit: city-repro}}}}
   missing-data:
     model: pixels
     weights: null
@@ -121,7 +128,7 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     code, out, err = run(["reproduce", "--registry", str(path), "--list"], capsys, monkeypatch)
     assert code == 0, err
     assert "README.md:3 (commit 0000000)" in out and "third party: a later paper" in out
-    assert "table toy-readme: 6 entries" in out
+    assert "table toy-readme: 7 entries" in out
     argv = [
         "reproduce",
         "--registry",
@@ -138,6 +145,10 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     verdicts = {o["entry"]["id"]: o["verdict"] for o in result["outcomes"]}
     assert verdicts == {"exact": "reproduced", "close": "close", "far": "differs",
                         "sized": "reproduced"}  # fmt: skip
+    # an entry that fails (a PCA to more dims than the 4 database images allow) is listed; the
+    # others ran
+    (broken,) = result["failed"]
+    assert broken["entry"] == "broken" and "5000" in broken["error"]
     # the entry's settings reached extraction and evaluation
     sized = next(o for o in result["outcomes"] if o["entry"]["id"] == "sized")
     run_record = json.loads(Path(sized["run_record"]).read_text())["settings"]
