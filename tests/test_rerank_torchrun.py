@@ -3,15 +3,11 @@ extraction, the search and the re-ranking, and rank 0's record equals one proces
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from tests.launch import evaluate_in_subprocess, torchrun
 from tests.test_rerank import B, G, R, format_city
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,22 +38,12 @@ def test_torchrun_reranks_and_scores_like_one_process(tmp_path, capsys, monkeypa
     script.write_text(SCRIPT)
 
     def evaluate(results: Path, launcher: list[str], *extra: str):
-        argv = [str(script), "evaluate", "--model", "test-local", "--dataset", "city-rerank3",
-                "--k", "1,2", "--results-dir", str(results), *extra]  # fmt: skip
-        done = subprocess.run([sys.executable, *launcher, *argv], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        (record,) = (results / "runs").glob("*.json")
-        return json.loads(record.read_text()), np.load(record.with_suffix(".predictions.npz"))
+        argv = ["--model", "test-local", "--dataset", "city-rerank3", "--k", "1,2", *extra]
+        return evaluate_in_subprocess([str(script)], argv, results, launcher)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(port)]  # fmt: skip
     rerank = ("--rerank", "test-mnn")
     one, one_pred = evaluate(tmp_path / "one", [], *rerank)
-    two, two_pred = evaluate(tmp_path / "two", torchrun, *rerank)
+    two, two_pred = evaluate(tmp_path / "two", torchrun(), *rerank)
     assert two["settings"]["rerank"]["ranks"] == 2 and "ranks" not in one["settings"]["rerank"]
     assert two["results"]["recall"] == one["results"]["recall"]
     assert two["results"]["recall_global"] == one["results"]["recall_global"]
@@ -67,5 +53,5 @@ def test_torchrun_reranks_and_scores_like_one_process(tmp_path, capsys, monkeypa
     # the robotics metrics from rank 0's matrix: the same values
     metrics = ("--metrics", "all")
     one, _ = evaluate(tmp_path / "one-metrics", [], *metrics)
-    two, _ = evaluate(tmp_path / "two-metrics", torchrun, *metrics)
+    two, _ = evaluate(tmp_path / "two-metrics", torchrun(), *metrics)
     assert two["results"]["metrics"] == one["results"]["metrics"]

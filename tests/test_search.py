@@ -367,27 +367,11 @@ def test_sharded_search_over_gloo_equals_one_search(tmp_path):
 def test_torchrun_evaluate_shards_the_database_and_equals_one_process(tiny_dataset, tmp_path):
     """Two gloo ranks each search half the database; rank 0 writes the record, whose neighbours
     and recall equal one process's."""
-    import json
-    import os
-    import socket
-    import subprocess
-    import sys
+    from tests.launch import evaluate_in_subprocess, torchrun
 
-    def evaluate(results, launcher):
-        argv = ["-m", "vprbench", "evaluate", "--model", "pixels", "--dataset", "tiny",
-                "--k", "1,5", "--results-dir", str(results)]  # fmt: skip
-        done = subprocess.run([sys.executable, *launcher, *argv], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        (record,) = (results / "runs").glob("*.json")
-        return json.loads(record.read_text()), np.load(record.with_suffix(".predictions.npz"))
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    one, one_pred = evaluate(tmp_path / "one", [])
-    two, two_pred = evaluate(tmp_path / "two", ["-m", "torch.distributed.run", "--nproc_per_node",
-                             "2", "--master_addr", "127.0.0.1", "--master_port", str(port)])  # fmt: skip
+    argv = ["--model", "pixels", "--dataset", "tiny", "--k", "1,5"]
+    one, one_pred = evaluate_in_subprocess(["-m", "vprbench"], argv, tmp_path / "one")
+    two, two_pred = evaluate_in_subprocess(["-m", "vprbench"], argv, tmp_path / "two", torchrun())
     assert two["settings"]["search"]["shards"] == 2 and "shards" not in one["settings"]["search"]
     assert two["results"]["recall"] == one["results"]["recall"]
     for name in ("indices", "distances", "first_hit_rank"):
