@@ -57,16 +57,24 @@ def profile_cmd(models, image_size, batch_size, dtype, device, threads, override
                       (rerank, rerank_k, rerank_repeats)))  # fmt: skip
 
 
+def _bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.3f} s" if s >= 1 else f"{1000 * s:.2f} ms"
+
+
 def rerank_line(record: dict) -> str:
     """One profile's re-ranking cost in words."""
     rr = record["rerank"]
     size = rr["local_bytes_per_image"]
     m = rr["matching"]
     return (f"{record['model']} + re-ranker {rr['name']}: local features "
-            f"{rr['local_features']['image_ms_median']:.1f} ms an image, {size['fp32'] / 2**20:.2f} MiB "
-            f"an image in fp32 ({size['fp16'] / 2**20:.2f} with --store fp16); matching the top "
-            f"{rr['k']}: {m['query_s_median']:.3f} s a query (median of {m['repeats']}, "
-            f"{m['candidates']}); {rr['query_s']:.3f} s a query in all")  # fmt: skip
+            f"{rr['local_features']['image_ms_median']:.1f} ms an image, {_bytes(size['fp32'])} "
+            f"an image in fp32 ({_bytes(size['fp16'])} with --store fp16); matching the top "
+            f"{rr['k']}: {_seconds(m['query_s_median'])} a query (median of {m['repeats']}, "
+            f"{m['candidates']}); {_seconds(rr['query_s'])} a query in all")  # fmt: skip
 
 
 def _profile(models, image_size, batch_size, dtype, device, threads, overrides, pca_dim, warmup,
