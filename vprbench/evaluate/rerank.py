@@ -32,6 +32,21 @@ def extract_local(dataset, settings, cache_dir: Path, reranker: Reranker, progre
                    progress=progress)  # fmt: skip
 
 
+def order_candidates(reranker: Reranker, query: np.ndarray, count: int, read, device: str = "cpu",
+                     options: dict | None = None) -> np.ndarray:  # fmt: skip
+    """Positions of ``count`` candidates, best first, by the re-ranker: ``read(lo, hi)`` gives
+    candidates lo..hi as [hi - lo, *local_shape], read and scored ``block`` at a time (never all at
+    once), then ``combine``d over all of them and ordered. The one scoring path of an evaluation and
+    of ``profile --rerank``."""
+    raw = []
+    for lo in range(0, count, reranker.block):
+        candidates = read(lo, min(lo + reranker.block, count))
+        raw.append(np.asarray(reranker.score(query, candidates, device=device, **(options or {}))))
+    scores = np.concatenate(raw)
+    scores = scores if reranker.combine is None else reranker.combine(scores)
+    return np.asarray(reranker.order(scores))
+
+
 def rerank_predictions(
     indices: np.ndarray,
     local,
@@ -60,7 +75,6 @@ def rerank_predictions(
         raise VPRBenchError(f"--rerank-k {k}: must be between 1 and the {indices.shape[1]} saved")
     queries, database = local.rows("queries"), local.rows("database")
     shape = reranker.local_shape
-    out = indices.copy()
     permutation = np.tile(np.arange(indices.shape[1]), (len(indices), 1))
     start = time.perf_counter()
     rows = np.arange(len(indices)) if rows is None else np.asarray(rows)
@@ -70,16 +84,12 @@ def rerank_predictions(
         if len(present) < 2 or not local.queries_valid[q]:
             continue
         query = np.asarray(queries[q : q + 1], dtype=np.float32).reshape(shape)
-        raw = []
-        for lo in range(0, len(present), reranker.block):  # never all the candidates at once
-            chosen = head[present[lo : lo + reranker.block]]
-            candidates = np.asarray(database[chosen], dtype=np.float32).reshape(-1, *shape)
-            raw.append(np.asarray(reranker.score(query, candidates, device=device, **options)))
-        scores = np.concatenate(raw)
-        scores = scores if reranker.combine is None else reranker.combine(scores)
-        order = np.asarray(reranker.order(scores))
+
+        def read(lo: int, hi: int, rows=head[present]) -> np.ndarray:
+            return np.asarray(database[rows[lo:hi]], dtype=np.float32).reshape(-1, *shape)
+
+        order = order_candidates(reranker, query, len(present), read, device, options)
         permutation[q, present] = present[order]
-        out[q, present] = head[present][order]
     seconds = time.perf_counter() - start
     itemsize = np.dtype(store_dtype(local.key)).itemsize
     cost = {
@@ -89,7 +99,7 @@ def rerank_predictions(
         "options": options,
         "k": k,
     }
-    return out, permutation, cost
+    return np.take_along_axis(indices, permutation, 1), permutation, cost
 
 
 def apply_rerank(indices: np.ndarray, distances: np.ndarray, rerank: dict, device: str = "cpu",

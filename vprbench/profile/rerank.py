@@ -31,17 +31,13 @@ def near_duplicates(query: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def time_matching(reranker: Reranker, query: np.ndarray, k: int, device: str, repeats: int) -> dict:
     """Seconds to score and order ``k`` candidates for one query, as evaluate's re-ranking does it
     (``block`` candidates a score call), after one warm-up query."""
+    from vprbench.evaluate.rerank import order_candidates
+
     block = near_duplicates(query, min(reranker.block, k))
     times = []
     for i in range(1 + repeats):
         start = time.perf_counter()
-        raw = []
-        for lo in range(0, k, reranker.block):
-            raw.append(np.asarray(reranker.score(query, block[: min(reranker.block, k - lo)],
-                                                 device=device)))  # fmt: skip
-        scores = np.concatenate(raw)
-        scores = scores if reranker.combine is None else reranker.combine(scores)
-        reranker.order(scores)
+        order_candidates(reranker, query, k, lambda lo, hi: block[: hi - lo], device)
         if i:
             times.append(time.perf_counter() - start)
     q1, median, q3 = np.percentile(times, [25, 50, 75])
