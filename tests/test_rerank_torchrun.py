@@ -1,4 +1,5 @@
-"""`evaluate --rerank` and `--metrics` under torchrun (two gloo ranks): the ranks share the
+"""`evaluate --rerank` (with --rerank-k and --rerank-option) and `--metrics` (with --gt-soft) under
+torchrun (two gloo ranks): the ranks share the
 extraction, the search and the re-ranking, and rank 0's record equals one process's (issue 27)."""
 
 from __future__ import annotations
@@ -50,8 +51,17 @@ def test_torchrun_reranks_and_scores_like_one_process(tmp_path, capsys, monkeypa
     assert one["results"]["recall_global"]["1"] == 1 / 3 and one["results"]["recall"]["1"] == 1.0
     for name in ("indices", "distances", "global_indices", "first_hit_rank"):
         np.testing.assert_array_equal(two_pred[name], one_pred[name])
+    # with the options a user passes: fewer candidates than saved, the counting variant
+    options = (*rerank, "--rerank-k", "3", "--rerank-option", "one_match=count")
+    one, one_pred = evaluate(tmp_path / "one-options", [], *options)
+    two, two_pred = evaluate(tmp_path / "two-options", torchrun(), *options)
+    assert (two["settings"]["rerank"]["k"], two["settings"]["rerank"]["options"]) == (
+        3, {"one_match": "count"})  # fmt: skip
+    assert two["results"]["recall"] == one["results"]["recall"]
+    np.testing.assert_array_equal(two_pred["indices"], one_pred["indices"])
     # the robotics metrics from rank 0's matrix: the same values
-    metrics = ("--metrics", "all")
+    metrics = ("--metrics", "all", "--gt-soft", "1000")
     one, _ = evaluate(tmp_path / "one-metrics", [], *metrics)
     two, _ = evaluate(tmp_path / "two-metrics", torchrun(), *metrics)
     assert two["results"]["metrics"] == one["results"]["metrics"]
+    assert two["results"]["metrics"]["vpr-tutorial-multi"]["gt_soft"]["pairs"] == 7
