@@ -1,6 +1,6 @@
 """`evaluate --rerank` (with --rerank-k and --rerank-option) and `--metrics` (with --gt-soft) under
-torchrun (two gloo ranks): the ranks share the
-extraction, the search and the re-ranking, and rank 0's record equals one process's (issue 27)."""
+torchrun (two gloo ranks): the ranks share the extraction, the search and the re-ranking, and rank
+0's record equals one process's (issue 27)."""
 
 from __future__ import annotations
 
