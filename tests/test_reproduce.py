@@ -187,13 +187,18 @@ def test_reproduce_gives_every_verdict_and_lists_what_cannot_run(toy_registry, c
     assert descriptors.stat().st_mtime_ns == stamp
     assert "Published vs measured" in out and "differs" in out
     # report --reproduce turns the records into a table
-    code, out, err = run(["report", "--reproduce", "--markdown", "--no-figures"], capsys,
-                         monkeypatch)  # fmt: skip
+    code, out, err = run(["report", "--reproduce", "--markdown", "--latex", "--no-figures"],
+                         capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
     table = (isolated_dirs["results"] / "reports" / "all" / "report-reproduce.md").read_text()
     (far_row,) = [line for line in table.splitlines() if line.startswith("| far ")]
     cells = [c.strip() for c in far_row.strip("|").split("|")]
-    assert cells[:4] == ["far", "city-repro", "4", "10"] and cells[5:7] == ["+90.00", "differs"]
+    assert cells[:4] == ["far", "city-repro", "4", "10.0"] and cells[5:7] == ["+90.00", "differs"]
+    # the latest record of each entry: the second run's, judged at the default --close 1
+    assert "24.2 (third party)" in table and "close: within 1 point of it" in table
+    latex = (isolated_dirs["results"] / "reports" / "all" / "report-reproduce.tex").read_text()
+    assert "measured [95\\%]" in latex and "textbackslash" not in latex
+    assert "far & city-repro & 4 & 10.0 & 100.00 [29.24, 100.00] & +90.00 & differs \\\\" in latex
 
 
 @pytest.mark.parametrize("body,message", [

@@ -347,7 +347,7 @@ def reproduce_table(outcomes: list[dict]) -> Table:
         entry = outcome["entry"]
         for row in outcome["rows"]:
             low, high = row["interval"]
-            table.add_row(entry["id"], entry["protocol"], str(row["k"]), f"{row['published']:g}",
+            table.add_row(entry["id"], entry["protocol"], str(row["k"]), str(float(row["published"])),
                           f"{row['measured']:.2f} [{low:.2f}, {high:.2f}]",
                           f"{row['difference']:+.2f}", row["verdict"])  # fmt: skip
     return table

@@ -14,8 +14,15 @@ from vprbench.report.tables import LATEX_PREAMBLE, _caption_below
 CAPTION = (
     "Published against measured recall@k (\\%). Measured: the recall and its 95\\% interval over "
     "the protocol's queries; reproduced: the published value (to its printed decimals) is inside "
-    "the interval; close: within the stated points of it; differs: neither."
+    "the interval; close: within {points} of it; differs: neither."
 )
+
+
+def caption(df: pd.DataFrame) -> str:
+    """The caption, with the --close points the records were judged with."""
+    values = sorted(set(df["close_points"]))
+    points = " or ".join(f"{p:g}" for p in values) + (" point" if values == [1] else " points")
+    return CAPTION.format(points=points)
 
 
 def reproduce_frame(results_dir: Path) -> pd.DataFrame:
@@ -42,7 +49,8 @@ def reproduce_frame(results_dir: Path) -> pd.DataFrame:
                          "k": row["k"], "published": row["published"],
                          "measured": row["measured"], "low": row["interval"][0],
                          "high": row["interval"][1], "difference": row["difference"],
-                         "verdict": row["verdict"], "source": e["where"],
+                         "verdict": row["verdict"], "close_points": record["close_points"],
+                         "source": e["where"],
                          "third_party": e["third_party"] or ""})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -50,7 +58,9 @@ def reproduce_frame(results_dir: Path) -> pd.DataFrame:
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "entry": df["entry"], "protocol": df["protocol"], "k": df["k"].map(str),
-        "published": df["published"].map(lambda v: f"{v:g}"),
+        # as printed (100.0, not 100); a third party's number says so beside it
+        "published": [str(float(v)) + (" (third party)" if t else "")
+                      for v, t in zip(df["published"], df["third_party"], strict=True)],
         "measured [95%]": [f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
                            for m, lo, hi in zip(df["measured"], df["low"], df["high"], strict=True)],
         "diff": df["difference"].map(lambda v: f"{v:+.2f}"), "verdict": df["verdict"],
@@ -63,15 +73,14 @@ def reproduce_markdown(df: pd.DataFrame) -> str:
     cells = _cells(df)
     align = ("left", "left", "right", "right", "left", "right", "left", "left")
     text = cells.to_markdown(index=False, disable_numparse=True, colalign=align)
-    return text + "\n\n" + CAPTION.replace("\\%", "%") + "\n"
+    return text + "\n\n" + caption(df).replace("\\%", "%") + "\n"
 
 
 def reproduce_latex(df: pd.DataFrame, label: str = "tab:reproduce") -> str:
     cells = _cells(df).drop(columns=["source"])
-    cells.columns = [c.replace("%", "\\%") for c in cells.columns]
     styler = cells.style.hide(axis="index").format_index(escape="latex", axis=1)
     styler = styler.format(escape="latex")
-    text = styler.to_latex(hrules=True, caption=CAPTION, label=label, position_float="centering",
+    text = styler.to_latex(hrules=True, caption=caption(df), label=label, position_float="centering",
                            column_format="llrrlrl")  # fmt: skip
     return LATEX_PREAMBLE + _caption_below(text)
 
