@@ -60,7 +60,8 @@ def protocol_sections(family: str) -> str:
         rows = [
             (
                 "database / queries",
-                f"{count_text(p.database_count)} / {count_text(p.queries_count)}",
+                f"{count_text(p.database_count, p.database_reported)} / "
+                f"{count_text(p.queries_count, p.queries_reported)}",
             ),
             ("positives", f"{p.positive_summary()} ({p.positive_rule}, from {p.gt_source})"),
             ("ground-truth formats", ", ".join(f"`{f}`" for f in p.gt_formats)),

@@ -28,7 +28,7 @@ EXPECTED = {
     **{f"svox-{c}": (17166, n, "utm-radius", 25, "m", 16, 64, "listed")
        for c, n in (("night", 823), ("overcast", 872), ("rain", 937), ("snow", 870), ("sun", 854))},
     "eynsham": (23935, None, "utm-radius", 25, "m", 16, 64, "listed"),
-    "st-lucia": (None, None, "utm-radius", 25, "m", 16, 64, "listed"),
+    "st-lucia": (1549, 1464, "utm-radius", 25, "m", 16, 64, "listed"),
     "baidu-mall-10m": (None, None, "utm-radius", 10, "m", 16, 64, "listed"),
 }  # fmt: skip
 FORMATTERS = {

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.test_cli import one_line_error, run
 from vprbench.datasets.formatters import FORMATTERS
-from vprbench.datasets.protocols import load_registry, sharing_database
+from vprbench.datasets.protocols import count_text, load_registry, sharing_database
 from vprbench.datasets.readers import read_pnv
 from vprbench.errors import VPRBenchError
 
@@ -25,7 +25,7 @@ NEW = {  # name: (database, queries, radius in m, shared database)
     **{f"svox-{c}": (17166, n, 25, "svox-gallery")
        for c, n in (("night", 823), ("overcast", 872), ("rain", 937), ("snow", 870), ("sun", 854))},
     "eynsham": (23935, None, 25, None),  # VDD download_eynsham.py: 4,787 panoramas x 5 tiles
-    "st-lucia": (None, None, 25, None),
+    "st-lucia": (1549, 1464, 25, None),  # EigenPlaces Table 1 and AnyLoc Table I agree
     "baidu-mall-10m": (None, None, 10, None),
 }  # fmt: skip
 
@@ -154,6 +154,39 @@ def test_datasets_info_shows_the_image_rule_and_the_shared_database(
     flat = " ".join(out.replace("│", " ").split())  # the table's wrapped cells, joined
     assert "17,166" in flat and "shared database 'svox-gallery'" in flat
     assert "svox-night, svox-overcast, svox-rain, svox-snow" in flat
+    # a count that is not asserted shows what papers and logs report, with the source
+    code, out, _ = run(["datasets", "info", "sf-xl-occlusion"], capsys, monkeypatch)
+    flat = " ".join(out.replace("│", " ").split())
+    assert "not asserted; reported: about 2.8 M" in flat and "2,805,840 and 2,588,640" in flat
+    code, out, _ = run(["datasets", "info", "eynsham"], capsys, monkeypatch)
+    flat = " ".join(out.replace("│", " ").split())
+    assert "23,935" in flat and "not asserted; reported: about 24k (EigenPlaces" in flat
+
+
+def test_a_reported_count_is_only_for_a_count_that_is_not_asserted(tmp_path):
+    registry = tmp_path / "datasets.yaml"
+    entry = """protocols:
+  a:
+    description: d
+    database: {{count: {count}, layout: "test/database", reported: about 5 (a paper)}}
+    queries: {{count: 2, layout: "test/queries"}}
+    ground_truth: {{source: s, formats: [vdd]}}
+    positive: {{rule: utm-radius, threshold: 25, unit: m}}
+    licence: l
+    obtain: o
+"""
+    registry.write_text(entry.format(count=5))
+    with pytest.raises(VPRBenchError, match=r"protocols.a.database: field 'reported' is for a count "
+                                            r"that is not asserted \(count: null\); this count is "
+                                            r"asserted \(5\)"):  # fmt: skip
+        load_registry(registry)
+    registry.write_text(entry.format(count="null"))
+    p = load_registry(registry)["a"]
+    assert (p.database_count, p.database_reported) == (None, "about 5 (a paper)")
+    assert count_text(p.database_count, p.database_reported) == (
+        "not asserted; reported: about 5 (a paper)"
+    )
+    assert count_text(p.queries_count, p.queries_reported) == "2"
 
 
 def make_tokyo_raw(root):

@@ -91,9 +91,10 @@ def datasets_info(name: str, root: Path | None) -> None:
             ("description", p.description),
             (
                 "database",
-                f"{count_text(p.database_count)} ({p.database_layout})" + _shared(p, registry),
+                f"{count_text(p.database_count, p.database_reported)} ({p.database_layout})"
+                + _shared(p, registry),
             ),
-            ("queries", f"{count_text(p.queries_count)} ({p.queries_layout})"),
+            ("queries", f"{count_text(p.queries_count, p.queries_reported)} ({p.queries_layout})"),
             ("positive", f"{p.positive_summary()} (rule {p.positive_rule})"),
             ("ground truth", f"{p.gt_source} [formats: {', '.join(p.gt_formats)}]"),
             ("inference batch", _batch_sizes(p)),

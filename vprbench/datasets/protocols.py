@@ -112,6 +112,9 @@ class Protocol:
     image_rule: str | None = None
     # The name of a database that several protocols share (SF-XL's four query sets): extracted once
     database_shared: str | None = None
+    # Where a count is not asserted: what papers or logs report, with the source (shown, never checked)
+    database_reported: str | None = None
+    queries_reported: str | None = None
 
     def cluster_spec(self) -> str:
         """The protocol's default cluster rule as the command line writes it: 'place', 'blocks:10'."""
@@ -177,12 +180,18 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
     sides = {}
     for side in ("database", "queries"):
         part = fields[side]
-        _check_keys(part, {"count", "layout"} | ({"shared"} if side == "database" else set()),
-                    f"{where}.{side}")  # fmt: skip
+        keys = {"count", "layout", "reported"} | ({"shared"} if side == "database" else set())
+        _check_keys(part, keys, f"{where}.{side}")
         count = _field(part, "count", int, f"{where}.{side}", optional=True)
         if count is not None and count <= 0:
             raise VPRBenchError(f"{where}.{side}: field 'count' must be positive, got {count}")
-        sides[side] = (count, _field(part, "layout", str, f"{where}.{side}"))
+        reported = _field(part, "reported", str, f"{where}.{side}", optional=True)
+        if reported is not None and count is not None:
+            raise VPRBenchError(
+                f"{where}.{side}: field 'reported' is for a count that is not asserted "
+                f"(count: null); this count is asserted ({count})"
+            )
+        sides[side] = (count, _field(part, "layout", str, f"{where}.{side}"), reported)
     gt = fields["ground_truth"]
     _check_keys(gt, {"source", "formats"}, f"{where}.ground_truth")
     formats = _field(gt, "formats", list, f"{where}.ground_truth")
@@ -247,6 +256,8 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         database_shared=_field(
             fields["database"], "shared", str, f"{where}.database", optional=True
         ),
+        database_reported=sides["database"][2],
+        queries_reported=sides["queries"][2],
         **source,
     )
 
@@ -332,10 +343,12 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Protocol]:
     return registry
 
 
-def count_text(count: int | None) -> str:
+def count_text(count: int | None, reported: str | None = None) -> str:
     """A registry count as ``datasets info`` and the docs show it: with thousands separators, or
-    "not asserted"."""
-    return "not asserted" if count is None else f"{count:,}"
+    "not asserted" (with what is reported elsewhere, when the registry says)."""
+    if count is not None:
+        return f"{count:,}"
+    return "not asserted" if reported is None else f"not asserted; reported: {reported}"
 
 
 def _check_shared_databases(registry: dict[str, Protocol], source: Path) -> None:
