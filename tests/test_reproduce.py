@@ -219,11 +219,36 @@ def test_entries_the_model_cannot_take_are_refused_with_the_line(body, message, 
     assert str(info.value).startswith(f"{path}:8")  # the line of the bad key
 
 
+def test_a_model_with_entries_gives_no_reason_for_having_none(tmp_path):
+    path = tmp_path / "published.yaml"
+    path.write_text("format: 1\nentries:\n  one:\n    model: pixels\n    protocol: sped\n"
+                    "    published: {1: 50.0}\n    source: {where: x}\n"
+                    "no_published:\n  pixels: none published\n")  # fmt: skip
+    with pytest.raises(
+        VPRBenchError, match="model 'pixels' has entries; a reason is only for a model"
+    ):
+        load_published(path)
+
+
 def test_the_shipped_registry_is_valid():
+    from vprbench.models.registry import list_models
+
     registry = load_published()
     assert registry.entries and registry.tables
     for entry in registry.entries.values():
         assert entry.where and entry.published
+    # every registered model has entries or says why it has none, never both
+    with_entries = {entry.model for entry in registry.entries.values()}
+    assert not with_entries & set(registry.no_published)
+    assert set(list_models()) == with_entries | set(registry.no_published)
+    # the EigenPlaces paper's cells agree with the numbers issue threads state for the same files
+    paper = registry.entries
+    assert paper["eigenplaces-paper-dim2048-sf-xl-test-v1"].published == {1: 84.1}  # EigenPlaces#4
+    assert paper["eigenplaces-paper-dim128-sf-xl-test-v1"].published == {1: 72.4}  # EigenPlaces#3
+    assert paper["eigenplaces-paper-dim2048-pitts30k-test"].published == (
+        paper["eigenplaces-pitts30k-test-author"].published
+    )  # VPR-methods-evaluation#2
+    assert paper["mixvpr-eigenplaces-paper-tokyo247"].third_party
 
 
 def test_shipped_entries_name_the_file_their_card_gives_the_protocol():
@@ -261,7 +286,7 @@ def test_weights_are_found_by_official_name_cache_or_download(tmp_path):
 
     registry = load_published()
     # EigenPlaces' official file depends on dim: the 128-d entry names the 128-d file
-    dim128 = registry.entries["eigenplaces-dim128-sf-xl-test-v1"]
+    dim128 = registry.entries["eigenplaces-paper-dim128-sf-xl-test-v1"]
     name, url, _ = expected_file(dim128)
     assert name == "ResNet50_128_eigenplaces.pth" and url.endswith("/ResNet50_128_eigenplaces.pth")
     # a released file given by its official name (any folder); the data is not here

@@ -151,8 +151,12 @@ def load_published(path: str | os.PathLike | None = None) -> Registry:
                 fail(keys + ("entries", i), f"no entry named {member!r}")
         registry.tables[name] = Table(name, str(body.get("description") or ""),
                                       str(body.get("source") or ""), tuple(members))  # fmt: skip
+    with_entries = {entry.model for entry in registry.entries.values()}
     for model, reason in (raw.get("no_published") or {}).items():
         _check_model(model, ("no_published", model), fail)
+        if model in with_entries:
+            fail(("no_published", model), f"model '{model}' has entries; a reason is only for a model "
+                 "without any")  # fmt: skip
         registry.no_published[model] = str(reason)
     return registry
 
