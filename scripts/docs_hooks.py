@@ -109,8 +109,9 @@ def protocol_families() -> str:
         page, title, _ = FAMILIES[family_of(name)]
         link = page.split("/", 1)[1]  # the table is on protocols/index.md
         lines.append(
-            f"| [{title}]({link}) | `{name}` | {count_text(p.database_count)} | "
-            f"{count_text(p.queries_count)} | {_cell(p.positive_summary())} |"
+            f"| [{title}]({link}) | `{name}` | "
+            f"{_cell(count_text(p.database_count, p.database_reported))} | "
+            f"{_cell(count_text(p.queries_count, p.queries_reported))} | {_cell(p.positive_summary())} |"
         )
     return "\n".join(lines) + "\n"
 

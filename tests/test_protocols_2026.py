@@ -25,7 +25,7 @@ NEW = {  # name: (database, queries, radius in m, shared database)
     **{f"svox-{c}": (17166, n, 25, "svox-gallery")
        for c, n in (("night", 823), ("overcast", 872), ("rain", 937), ("snow", 870), ("sun", 854))},
     "eynsham": (23935, None, 25, None),  # VDD download_eynsham.py: 4,787 panoramas x 5 tiles
-    "st-lucia": (1549, 1464, 25, None),  # EigenPlaces Table 1 and AnyLoc Table I agree
+    "st-lucia": (1549, 1464, 25, None),  # the EigenPlaces and AnyLoc papers' dataset tables agree
     "baidu-mall-10m": (None, None, 10, None),
 }  # fmt: skip
 
@@ -161,6 +161,29 @@ def test_datasets_info_shows_the_image_rule_and_the_shared_database(
     code, out, _ = run(["datasets", "info", "eynsham"], capsys, monkeypatch)
     flat = " ".join(out.replace("│", " ").split())
     assert "23,935" in flat and "not asserted; reported: about 24k (EigenPlaces" in flat
+
+
+def test_a_shared_database_says_the_same_reported_count_everywhere(tmp_path):
+    registry = tmp_path / "datasets.yaml"
+    entry = """  {name}:
+    description: d
+    database: {{count: null, shared: city, layout: "test/database", reported: "{reported}"}}
+    queries: {{count: 2, layout: "test/{name}"}}
+    ground_truth: {{source: s, formats: [vdd]}}
+    positive: {{rule: utm-radius, threshold: 25, unit: m}}
+    licence: l
+    obtain: o
+"""
+    registry.write_text("protocols:\n" + entry.format(name="a", reported="about 5")
+                        + entry.format(name="b", reported="about 6"))  # fmt: skip
+    with pytest.raises(VPRBenchError, match=r"protocols.b.database: shared database 'city' is not "
+                       r"asserted; reported: about 5 images \(test/database\) in protocols.a, but "
+                       r"not asserted; reported: about 6 images"):  # fmt: skip
+        load_registry(registry)
+    registry.write_text("protocols:\n" + entry.format(name="a", reported=" ")
+                        + entry.format(name="b", reported=" "))  # fmt: skip
+    with pytest.raises(VPRBenchError, match="protocols.a.database: field 'reported' must say what"):
+        load_registry(registry)
 
 
 def test_a_reported_count_is_only_for_a_count_that_is_not_asserted(tmp_path):

@@ -186,6 +186,10 @@ def _parse_entry(name: str, entry: Any, source: Path) -> Protocol:
         if count is not None and count <= 0:
             raise VPRBenchError(f"{where}.{side}: field 'count' must be positive, got {count}")
         reported = _field(part, "reported", str, f"{where}.{side}", optional=True)
+        if reported is not None and not reported.strip():
+            raise VPRBenchError(
+                f"{where}.{side}: field 'reported' must say what is reported, got ''"
+            )
         if reported is not None and count is not None:
             raise VPRBenchError(
                 f"{where}.{side}: field 'reported' is for a count that is not asserted "
@@ -358,15 +362,19 @@ def _check_shared_databases(registry: dict[str, Protocol], source: Path) -> None
         if p.database_shared is None:
             continue
         other = first.setdefault(p.database_shared, p)
-        same = (other.database_count, other.database_layout) == (
-            p.database_count,
-            p.database_layout,
-        )
-        if not same:
+
+        def described(q: Protocol) -> tuple:
+            return q.database_count, q.database_layout, q.database_reported
+
+        def text(q: Protocol) -> str:
+            return (
+                f"{count_text(q.database_count, q.database_reported)} images ({q.database_layout})"
+            )
+
+        if described(other) != described(p):
             raise VPRBenchError(
                 f"{source}: protocols.{p.name}.database: shared database '{p.database_shared}' is "
-                f"{other.database_count} images ({other.database_layout}) in protocols.{other.name}, "
-                f"but {p.database_count} ({p.database_layout}) here"
+                f"{text(other)} in protocols.{other.name}, but {text(p)} here"
             )
 
 
