@@ -94,8 +94,15 @@ def test_ivf_indexes_train_on_the_database_and_lose_little():
     for kind, floor in (("ivf-flat", 0.9), ("ivf-pq", 0.5)):
         idx, _ = exact_search(db, queries, 1, kind=kind)
         assert (idx[:, 0] == exact[:, 0]).mean() >= floor, kind
-        again, _ = exact_search(db, queries, 1, kind=kind)
+        timings = {}
+        again, _ = exact_search(db, queries, 1, kind=kind, timings=timings)
         np.testing.assert_array_equal(idx, again)  # seeded k-means: the same index each time
+        # the build (train and add) and the search timed apart, and only for an approximate index
+        assert set(timings) == {"build_seconds", "search_seconds"}
+        assert timings["build_seconds"] > 0 and timings["search_seconds"] > 0
+    untimed = {}
+    exact_search(db, queries, 1, timings=untimed)
+    assert untimed == {}
     with pytest.raises(ValueError, match="ivf-pq trains on the database: it needs at least 256"):
         exact_search(db[:200], queries, 1, kind="ivf-pq")
 

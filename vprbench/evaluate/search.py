@@ -16,6 +16,7 @@ cosine similarity).
 from __future__ import annotations
 
 import math
+import time
 
 import faiss
 import numpy as np
@@ -153,7 +154,8 @@ def approximate_params(kind: str, n: int, dim: int, k: int = 1) -> dict:
     return params
 
 
-def _approximate(database, queries, k, keep, kind):
+def _approximate(database, queries, k, keep, kind, timings=None):
+    start = time.perf_counter()
     dim = database.shape[1]
     params = approximate_params(kind, len(keep), dim, k)
     if kind == "hnsw":
@@ -192,7 +194,10 @@ def _approximate(database, queries, k, keep, kind):
         for start in range(0, len(keep), chunk):  # added in order: the same index as one add
             index.add(rows_of(slice(start, start + chunk)))
         index.nprobe = params["nprobe"]
+    built = time.perf_counter()
     d, local = index.search(queries, k)
+    if timings is not None:  # build (training and adding the database) and search, apart
+        timings.update(build_seconds=built - start, search_seconds=time.perf_counter() - built)
     idx = np.where(local >= 0, keep[np.clip(local, 0, None)], -1)
     return np.where(local >= 0, d, np.inf), idx
 
@@ -207,6 +212,7 @@ def exact_search(
     backend: str | None = None,
     chunk_rows: int | None = None,
     plan_rows: int | None = None,
+    timings: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k database indices for each query, by squared L2 distance.
 
@@ -216,7 +222,8 @@ def exact_search(
     kind: ``exact`` or an approximate index (SEARCHES). backend: ``faiss`` or ``torch`` for exact
     search (default: :func:`default_backend`, torch on CUDA and for large CPU searches, faiss for
     small ones). chunk_rows: database rows per chunk. plan_rows: the valid rows the blocks of
-    queries are sized for (default: this search's; a shard passes the whole search's).
+    queries are sized for (default: this search's; a shard passes the whole search's). timings: a
+    dict an approximate search fills with its ``build_seconds`` and ``search_seconds``.
     Returns (indices [Nq, k] int64, squared L2 distances [Nq, k] float32); slots beyond the number of
     valid database rows hold -1 and +inf.
     """
@@ -231,7 +238,7 @@ def exact_search(
     if len(keep) == 0 or len(queries) == 0:
         distances, indices = np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0))
     elif kind != "exact":
-        distances, indices = _approximate(database, queries, k, keep, kind)
+        distances, indices = _approximate(database, queries, k, keep, kind, timings)
     else:
         chunk = chunk_rows or max(1, CHUNK_BYTES // (4 * database.shape[1]))
         backend = backend or default_backend(len(queries), len(keep), queries.shape[1], device)
