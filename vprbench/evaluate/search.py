@@ -155,7 +155,7 @@ def approximate_params(kind: str, n: int, dim: int, k: int = 1) -> dict:
 
 
 def _approximate(database, queries, k, keep, kind, timings=None):
-    start = time.perf_counter()
+    began = time.perf_counter()
     dim = database.shape[1]
     params = approximate_params(kind, len(keep), dim, k)
     if kind == "hnsw":
@@ -197,7 +197,7 @@ def _approximate(database, queries, k, keep, kind, timings=None):
     built = time.perf_counter()
     d, local = index.search(queries, k)
     if timings is not None:  # build (training and adding the database) and search, apart
-        timings.update(build_seconds=built - start, search_seconds=time.perf_counter() - built)
+        timings.update(build_seconds=built - began, search_seconds=time.perf_counter() - built)
     idx = np.where(local >= 0, keep[np.clip(local, 0, None)], -1)
     return np.where(local >= 0, d, np.inf), idx
 
