@@ -357,20 +357,18 @@ def count_text(count: int | None, reported: str | None = None) -> str:
 
 def _check_shared_databases(registry: dict[str, Protocol], source: Path) -> None:
     """Protocols that name one shared database must describe the same database."""
+
+    def described(q: Protocol) -> tuple:
+        return q.database_count, q.database_layout, q.database_reported
+
+    def text(q: Protocol) -> str:
+        return f"{count_text(q.database_count, q.database_reported)} images ({q.database_layout})"
+
     first: dict[str, Protocol] = {}
     for p in registry.values():
         if p.database_shared is None:
             continue
         other = first.setdefault(p.database_shared, p)
-
-        def described(q: Protocol) -> tuple:
-            return q.database_count, q.database_layout, q.database_reported
-
-        def text(q: Protocol) -> str:
-            return (
-                f"{count_text(q.database_count, q.database_reported)} images ({q.database_layout})"
-            )
-
         if described(other) != described(p):
             raise VPRBenchError(
                 f"{source}: protocols.{p.name}.database: shared database '{p.database_shared}' is "
