@@ -24,8 +24,9 @@ def read_yaml(path: Path, what: str, compose: bool = False):
         raise VPRBenchError(f"{path}: not valid YAML ({exc})") from exc
 
 
-def _to_python(node, path: tuple, lines: dict, source: Path):
-    """A YAML node as Python values, noting each mapping key's line under its path."""
+def _to_python(node, path: tuple, lines: dict, source: Path, scalar):
+    """A YAML node as Python values, noting each mapping key's line under its path; ``scalar``
+    builds a scalar node's value (a SafeConstructor's, as yaml.safe_load would)."""
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
@@ -35,15 +36,15 @@ def _to_python(node, path: tuple, lines: dict, source: Path):
                     f"{source}:{key_node.start_mark.line + 1}: key '{key}' given twice"
                 )
             lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, (*path, key), lines, source)
+            out[key] = _to_python(value_node, (*path, key), lines, source, scalar)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             lines[(*path, i)] = item.start_mark.line + 1
-            items.append(_to_python(item, (*path, i), lines, source))
+            items.append(_to_python(item, (*path, i), lines, source, scalar))
         return items
-    return yaml.safe_load(yaml.serialize(node))
+    return scalar(node)
 
 
 def read_yaml_with_lines(path: Path, what: str) -> tuple[Any, dict]:
@@ -51,7 +52,12 @@ def read_yaml_with_lines(path: Path, what: str) -> tuple[Any, dict]:
     published-results registry); a key given twice is an error."""
     node = read_yaml(path, what, compose=True)
     lines: dict = {}
-    return (_to_python(node, (), lines, Path(path)) if node is not None else None), lines
+    if node is None:
+        return None, lines
+    # one constructor per file (it caches what it built): scalars as safe_load builds them, without
+    # serialising each one back to text and parsing it again (40x faster on published.yaml)
+    scalar = yaml.constructor.SafeConstructor().construct_object
+    return _to_python(node, (), lines, Path(path), scalar), lines
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
