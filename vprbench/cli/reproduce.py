@@ -88,8 +88,7 @@ def _list(registry) -> dict:
         console.print(f"table {t.name}: {len(t.entries)} entries; {t.description} ({t.source})",
                       soft_wrap=True)  # fmt: skip
     return {
-        "entries": [{**vars(e), "published": {str(k): v for k, v in e.published.items()}}
-                    for e in registry.entries.values()],
+        "entries": [e.as_json() for e in registry.entries.values()],
         "tables": {t.name: list(t.entries) for t in registry.tables.values()},
     }  # fmt: skip
 

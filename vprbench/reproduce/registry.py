@@ -34,7 +34,7 @@ No torch here: `reproduce --list` and every check read the cards."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vprbench.errors import VPRBenchError
@@ -79,6 +79,10 @@ class Entry:
     @property
     def stage(self) -> str:
         return self.settings.get("stage") or "global"
+
+    def as_json(self) -> dict:
+        """The entry as records and --json write it (JSON keys are text: published {"1": 91.7})."""
+        return {**asdict(self), "published": {str(k): v for k, v in self.published.items()}}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ leaves open. Each outcome is a record under ``results/reproduce/``."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,7 +158,7 @@ def reproduce_entry(entry: Entry, weights: str | None, data_dir: Path, cache_dir
     if verdict == "differs" and audit and entry.ambiguous:
         audit_entry = _audit(entry, settings, ks, data_dir, cache_dir, results_dir, progress, log)
     out = {
-        "entry": {**asdict(entry), "published": {str(k): v for k, v in entry.published.items()}},
+        "entry": entry.as_json(),
         "weights": weights,
         "rows": rows,
         "verdict": verdict,
