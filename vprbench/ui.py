@@ -343,11 +343,11 @@ def reproduce_table(outcomes: list[dict]) -> Table:
     for column in ("entry", "protocol", "k", "published", "measured [95%]", "diff", "verdict"):
         table.add_column(column, justify="right" if column in ("k", "published", "diff") else "left",
                          overflow="fold")  # fmt: skip
+    from vprbench.reproduce.verdict import row_text
+
     for outcome in outcomes:
         entry = outcome["entry"]
         for row in outcome["rows"]:
-            low, high = row["interval"]
-            table.add_row(entry["id"], entry["protocol"], str(row["k"]), str(float(row["published"])),
-                          f"{row['measured']:.2f} [{low:.2f}, {high:.2f}]",
-                          f"{row['difference']:+.2f}", row["verdict"])  # fmt: skip
+            texts = row_text(row["published"], row["measured"], *row["interval"])
+            table.add_row(entry["id"], entry["protocol"], str(row["k"]), *texts, row["verdict"])
     return table

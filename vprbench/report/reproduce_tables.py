@@ -10,6 +10,7 @@ import pandas as pd
 
 from vprbench.errors import VPRBenchError
 from vprbench.report.tables import LATEX_PREAMBLE, _caption_below
+from vprbench.reproduce.verdict import row_text
 
 CAPTION = (
     "Published against measured recall@k (\\%). Measured: the recall and its 95\\% interval over "
@@ -56,14 +57,15 @@ def reproduce_frame(results_dir: Path) -> pd.DataFrame:
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    texts = [row_text(p, m, lo, hi) for p, m, lo, hi
+             in zip(df["published"], df["measured"], df["low"], df["high"], strict=True)]  # fmt: skip
     out = pd.DataFrame({
         "entry": df["entry"], "protocol": df["protocol"], "k": df["k"].map(str),
         # as printed (100.0, not 100); a third party's number says so beside it
-        "published": [str(float(v)) + (" (third party)" if t else "")
-                      for v, t in zip(df["published"], df["third_party"], strict=True)],
-        "measured [95%]": [f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
-                           for m, lo, hi in zip(df["measured"], df["low"], df["high"], strict=True)],
-        "diff": df["difference"].map(lambda v: f"{v:+.2f}"), "verdict": df["verdict"],
+        "published": [t[0] + (" (third party)" if third else "")
+                      for t, third in zip(texts, df["third_party"], strict=True)],
+        "measured [95%]": [t[1] for t in texts], "diff": [t[2] for t in texts],
+        "verdict": df["verdict"],
         "source": df["source"] + df["third_party"].map(lambda t: f" (third party: {t})" if t else ""),
     })  # fmt: skip
     return out.reset_index(drop=True)

@@ -42,3 +42,10 @@ def compare(published: dict[int, float], record: dict, close: float = CLOSE_POIN
                      "verdict": verdict})  # fmt: skip
     worst = max((VERDICTS.index(r["verdict"]) for r in rows), default=0)
     return rows, VERDICTS[worst]
+
+
+def row_text(published: float, measured: float, low: float, high: float) -> tuple[str, str, str]:
+    """A row as the tables print it: (published as printed, 100.0 not 100; measured with its 95%
+    interval; the signed difference), for the terminal table and ``report --reproduce``."""
+    return (str(float(published)), f"{measured:.2f} [{low:.2f}, {high:.2f}]",
+            f"{measured - published:+.2f}")  # fmt: skip
